@@ -1,0 +1,38 @@
+"""The Flask app factory: config, extensions, blueprints, CLI. No business logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+from flask_migrate import Migrate
+
+from feed.api import init_api
+from feed.bootstrap import Services, build_services
+from feed.cli import register_cli
+from feed.config import Settings
+from feed.observability import configure_logging
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the app from ``settings`` (the environment by default) or ready-made ``services``."""
+    if services is None:
+        settings = settings or Settings.from_env()
+        configure_logging(json_output=settings.log_json)
+        services = build_services(settings)
+    settings = services.settings
+    app = Flask("feed")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_json_bytes,
+        RATELIMIT_ENABLED=settings.rate_limits_enabled,
+        RATELIMIT_STORAGE_URI=settings.limiter_storage_uri,
+        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
+    )
+    app.extensions["feed"] = services
+    Migrate().init_app(app, None, directory=str(MIGRATIONS_DIR))
+    init_api(app)
+    register_cli(app)
+    return app

@@ -1,0 +1,1 @@
+"""A social-feed backend: commands into PostgreSQL with an outbox, reads from Redis."""

@@ -1,0 +1,95 @@
+"""The HTTP layer: thin blueprints over the command handlers and queries."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from feed.api import accounts, ops, posts
+from feed.api.converters import IdConverter
+from feed.api.limits import limiter
+from feed.api.problems import register_problem_handlers
+from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
+
+API_PREFIX = "/api/v1"
+REQUEST_ID_HEADER = "X-Request-ID"
+# Endpoints whose body is not JSON (multipart uploads).
+NON_JSON_ENDPOINTS: set[str] = set()
+
+
+class FeedApi(Api):
+    """flask-smorest's Api, with errors left to the app's problem+json handlers."""
+
+    def _register_error_handlers(self) -> None:
+        pass
+
+
+def init_api(app: Flask) -> None:
+    """Register converters, hooks, error handlers and blueprints on ``app``."""
+    app.url_map.converters["id"] = IdConverter
+    app.url_map.strict_slashes = False
+    app.config.update(
+        API_TITLE="feed",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    )
+    api = FeedApi(
+        app,
+        spec_kwargs={
+            "components": {
+                "securitySchemes": {
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                }
+            },
+        },
+    )
+    register_problem_handlers(app)
+    limiter.init_app(app)
+    app.before_request(_start_request)
+    app.before_request(_require_json_body)
+    app.after_request(_finish_request)
+    api.register_blueprint(accounts.blp, url_prefix=API_PREFIX)
+    api.register_blueprint(posts.blp, url_prefix=API_PREFIX)
+    app.register_blueprint(ops.blp)
+
+
+def _start_request() -> None:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    g.started = time.perf_counter()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def _require_json_body() -> None:
+    """A command with a body must send JSON: anything else is a 400, before validation."""
+    if request.method not in {"POST", "PUT", "PATCH"} or request.endpoint in NON_JSON_ENDPOINTS:
+        return
+    data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    if not data:
+        return
+    if not request.is_json:
+        raise BadRequest("The request body must be JSON (Content-Type: application/json).")
+    if request.get_json(silent=True) is None and data.strip() != b"null":
+        raise BadRequest("The request body is not valid JSON.")
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+    if "started" in g:
+        HTTP_LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - g.started)
+    return response
+
+
+__all__ = ["API_PREFIX", "init_api", "HTTPException"]

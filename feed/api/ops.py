@@ -1,0 +1,50 @@
+"""Operations endpoints, outside /api/v1: liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from feed.api.problems import problem
+from feed.api.web import json_response, services
+from feed.bootstrap import check_broker, check_database, check_redis
+from feed.observability import metrics_payload
+
+blp = Blueprint("ops", __name__)
+
+
+@blp.get("/healthz")
+def healthz() -> Response:
+    """The process is alive."""
+    return json_response({"status": "ok"}, 200)
+
+
+@blp.get("/readyz")
+def readyz() -> Response:
+    """PostgreSQL, Redis and the broker all answer; 503 naming those that do not."""
+    svc = services()
+    checks = {
+        "postgres": lambda: check_database(svc.engine),
+        "redis": lambda: check_redis(svc.redis),
+        "broker": lambda: check_broker(svc.settings.broker_url),
+    }
+    down = {}
+    for name, check in checks.items():
+        try:
+            check()
+        except Exception as error:  # any failure means "not ready"; say which
+            down[name] = [type(error).__name__]
+    if down:
+        return problem(
+            503,
+            "Not ready: " + ", ".join(sorted(down)) + " unreachable.",
+            errors=down,
+            headers={"Retry-After": "5"},
+        )
+    return json_response({"status": "ready", "checks": dict.fromkeys(checks, "ok")}, 200)
+
+
+@blp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format."""
+    payload, content_type = metrics_payload()
+    return Response(payload, mimetype=None, content_type=content_type)

@@ -1,0 +1,134 @@
+"""Marshmallow schemas: what a command accepts (unknown fields refused) and what it answers."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+HANDLE = validate.Regexp(r"^[a-z0-9_]{3,30}$", error="3 to 30 of a-z, 0-9 and _.")
+
+
+class StrictSchema(Schema):
+    """Input schemas refuse fields they do not know (``{"is_admin": true}`` is a 422)."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class NonBlank(fields.String):
+    """A string that must hold something besides white space."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text.strip():
+            raise ValidationError("Must not be blank.")
+        return text
+
+
+class RegisterAccountIn(StrictSchema):
+    handle = fields.String(required=True, validate=HANDLE)
+    password = fields.String(required=True, validate=validate.Length(min=8, max=256), load_only=True)
+    display_name = NonBlank(validate=validate.Length(min=1, max=50))
+
+
+class StartSessionIn(StrictSchema):
+    handle = fields.String(required=True, validate=validate.Length(min=1, max=30))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=256), load_only=True)
+
+
+class PublishPostIn(StrictSchema):
+    body = NonBlank(required=True, validate=validate.Length(min=1, max=500))
+    media_ids = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        validate=validate.Length(max=4),
+        load_default=list,
+    )
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer; ``true``/``false`` and ``"1"`` are refused (Python counts bools as ints)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Must be an integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class CastVoteIn(StrictSchema):
+    value = StrictInteger(required=True, validate=validate.OneOf([1, -1, 0], error="Must be 1, -1 or 0."))
+
+
+class IdString(fields.Field):
+    """A 64-bit id written as a decimal string."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else str(value)
+
+
+class Rfc3339(fields.Field):
+    """A time as ``2026-11-26T15:04:05.123Z``."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        from feed.clock import rfc3339
+
+        return None if value is None else rfc3339(value)
+
+
+class AccountOut(Schema):
+    id = IdString(required=True)
+    handle = fields.String(required=True)
+    display_name = fields.String(required=True)
+    created_at = Rfc3339(required=True)
+    followers_count = fields.Integer(required=True)
+    following_count = fields.Integer(required=True)
+    posts_count = fields.Integer(required=True)
+
+
+class AuthorOut(Schema):
+    id = IdString(required=True)
+    handle = fields.String(required=True)
+    display_name = fields.String(required=True)
+
+
+class PostOut(Schema):
+    id = IdString(required=True)
+    author = fields.Nested(AuthorOut, required=True)
+    body = fields.String(required=True)
+    media = fields.List(fields.Dict(), required=True)
+    created_at = Rfc3339(required=True)
+    status = fields.String(required=True)
+    up = fields.Integer(required=True)
+    down = fields.Integer(required=True)
+    score = fields.Method("_score", required=True)
+    my_vote = fields.Integer()
+
+    def _score(self, post):
+        return post["up"] - post["down"]
+
+
+class SessionOut(Schema):
+    token = fields.String(required=True)
+    expires_at = fields.String(required=True)
+    account = fields.Nested(AccountOut, required=True)
+
+
+class FollowOut(Schema):
+    following = fields.Boolean(required=True)
+
+
+class VoteOut(Schema):
+    post_id = IdString(required=True)
+    up = fields.Integer(required=True)
+    down = fields.Integer(required=True)
+    score = fields.Method("_score", required=True)
+    my_vote = fields.Integer(required=True)
+
+    def _score(self, counts):
+        return counts["up"] - counts["down"]
+
+
+class ProblemOut(Schema):
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))

@@ -1,0 +1,126 @@
+"""What every view shares: the services, the caller, and running a command with idempotency."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Response, current_app, g, json, request
+
+from feed import idempotency
+from feed.auth import Principal
+from feed.bootstrap import Services
+from feed.errors import InvalidInput, Unauthenticated
+from feed.unit_of_work import UnitOfWork
+
+T = TypeVar("T")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+CONSISTENCY_HEADER = "X-Consistency-Token"
+
+
+def services() -> Services:
+    """The app's clients (built once by ``create_app``)."""
+    return current_app.extensions["feed"]
+
+
+def bearer_token() -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if there is one."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def optional_principal() -> Principal | None:
+    """The caller, when a valid token is given; ``Unauthenticated`` for a bad one."""
+    if "principal" not in g:
+        token = bearer_token()
+        g.principal = services().tokens.verify(token) if token else None
+    return g.principal
+
+
+def require_principal() -> Principal:
+    """The caller; ``Unauthenticated`` without a valid token."""
+    principal = optional_principal()
+    if principal is None:
+        raise Unauthenticated("Log in and send the token as 'Authorization: Bearer <token>'.")
+    return principal
+
+
+def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Answer 401 before anything else (body validation included) when the caller has no token."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        require_principal()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key, checked for length."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 255 characters.",
+            errors={IDEMPOTENCY_HEADER: ["Must be 1 to 255 characters."]},
+        )
+    return key
+
+
+def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response; ``None`` gives an empty body (204)."""
+    payload = "" if body is None else json.dumps(body)
+    response = Response(payload, status=status, mimetype=None if body is None else "application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def run_command(
+    status: int,
+    execute: Callable[[UnitOfWork], T],
+    render: Callable[[T], Any],
+    *,
+    principal: Principal | None = None,
+) -> Response:
+    """Run one command in one transaction and answer it.
+
+    The idempotency record, the command's rows and its outbox events commit together. A key
+    seen before with the same request replays the stored answer; the answer carries an
+    ``X-Consistency-Token`` naming the outbox position the command reached.
+    """
+    svc = services()
+    key = idempotency_key()
+    scope = str(principal.account_id) if principal else ""
+    request_fingerprint = idempotency.fingerprint(
+        request.method, request.path, request.get_json(silent=True)
+    )
+    with UnitOfWork(svc.engine, correlation_id=g.get("request_id")) as uow:
+        if key is not None:
+            stored = idempotency.claim(
+                uow.conn, scope, key, request_fingerprint, svc.settings.idempotency_ttl_seconds
+            )
+            if stored is not None:
+                replay = json_response(stored.body, stored.status_code, stored.headers)
+                replay.headers["Idempotent-Replayed"] = "true"
+                return replay
+        result = execute(uow)
+        headers = {CONSISTENCY_HEADER: svc.consistency.issue(uow.flush_events())}
+        body = render(result)
+        if key is not None:
+            idempotency.remember(
+                uow.conn,
+                scope,
+                key,
+                request_fingerprint,
+                idempotency.StoredResponse(status, body, headers),
+            )
+        uow.commit()
+    return json_response(body, status, headers)

@@ -1,0 +1,90 @@
+"""Password hashing (Argon2id) and bearer tokens (JWT, HS256 only)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from feed.errors import Unauthenticated
+
+TOKEN_ALGORITHM = "HS256"
+TOKEN_ISSUER = "feed"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the account id and whether it holds the admin role."""
+
+    account_id: int
+    is_admin: bool
+
+
+class Passwords:
+    """Argon2id hashing with the configured cost; verifies in constant work for unknown handles."""
+
+    def __init__(self, *, time_cost: int, memory_cost: int, parallelism: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
+        )
+        # Verified against when the handle is unknown, so a miss costs as much as a hit.
+        self._decoy = self._hasher.hash("decoy password for unknown handles")
+
+    def hash(self, password: str) -> str:
+        """A new Argon2id hash of ``password``."""
+        return self._hasher.hash(password)
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when ``password`` matches; spends the same work when there is no hash."""
+        try:
+            return self._hasher.verify(password_hash or self._decoy, password) and bool(
+                password_hash
+            )
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """True when the hash was made with other parameters than the current ones."""
+        return self._hasher.check_needs_rehash(password_hash)
+
+
+class Tokens:
+    """Signed, expiring bearer tokens. The algorithm is pinned: ``none`` and others are refused."""
+
+    def __init__(self, secret_key: str, ttl_seconds: int) -> None:
+        self._key = secret_key
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, principal: Principal, *, now: float | None = None) -> tuple[str, datetime]:
+        """A token for ``principal`` and the time it expires."""
+        issued = int(now if now is not None else time.time())
+        expires = issued + self.ttl_seconds
+        claims = {
+            "sub": str(principal.account_id),
+            "adm": principal.is_admin,
+            "iat": issued,
+            "exp": expires,
+            "iss": TOKEN_ISSUER,
+        }
+        token = jwt.encode(claims, self._key, algorithm=TOKEN_ALGORITHM)
+        return token, datetime.fromtimestamp(expires, tz=UTC)
+
+    def verify(self, token: str) -> Principal:
+        """The principal a valid token names; ``Unauthenticated`` for anything else."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[TOKEN_ALGORITHM],
+                issuer=TOKEN_ISSUER,
+                options={"require": ["sub", "exp", "iat", "iss"]},
+            )
+            return Principal(account_id=int(claims["sub"]), is_admin=bool(claims.get("adm")))
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("The token has expired; log in again.") from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise Unauthenticated("The token is not valid.") from None

@@ -1,0 +1,108 @@
+"""The one place that builds clients from settings: engine, Redis, hashers, tokens.
+
+Nothing connects at import time; tests build their own ``Services`` from their settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import redis
+from sqlalchemy import Engine, create_engine, text
+
+from feed.auth import Passwords, Tokens
+from feed.config import Settings, sqlalchemy_url
+from feed.consistency import ConsistencyTokens
+
+
+@dataclass
+class Services:
+    """The clients a process uses, built once from its settings."""
+
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis
+    passwords: Passwords
+    tokens: Tokens
+    consistency: ConsistencyTokens
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+        self.redis.close()
+
+
+def build_engine(database_url: str, *, pool_size: int = 10) -> Engine:
+    """A SQLAlchemy engine on psycopg 3 with a bounded pool and short connect timeout."""
+    return create_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def build_redis(redis_url: str) -> redis.Redis:
+    """A Redis client that fails fast when the server is down."""
+    return redis.Redis.from_url(
+        redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+    )
+
+
+def build_services(settings: Settings) -> Services:
+    """Build every client from ``settings`` (which must name real servers by now)."""
+    if not (settings.database_url and settings.redis_url):
+        raise RuntimeError(
+            "DATABASE_URL and REDIS_URL are not set: start the service with `make run` "
+            "(python -m feed.launcher), which embeds PostgreSQL and Redis when they are missing."
+        )
+    return Services(
+        settings=settings,
+        engine=build_engine(settings.database_url),
+        redis=build_redis(settings.redis_url),
+        passwords=Passwords(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_cost,
+            parallelism=settings.argon2_parallelism,
+        ),
+        tokens=Tokens(settings.secret_key, settings.token_ttl_seconds),
+        consistency=ConsistencyTokens(settings.secret_key),
+    )
+
+
+def check_database(engine: Engine) -> None:
+    """Raise when PostgreSQL does not answer."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def check_redis(client: redis.Redis) -> None:
+    """Raise when Redis does not answer."""
+    client.ping()
+
+
+def check_broker(broker_url: str | None) -> None:
+    """Raise when the message broker does not answer (RabbitMQ or Redis, by URL scheme)."""
+    if not broker_url:
+        raise RuntimeError("BROKER_URL is not set")
+    scheme = urlparse(broker_url).scheme
+    if scheme in {"amqp", "amqps"}:
+        import pika
+
+        params = pika.URLParameters(broker_url)
+        params.socket_timeout = 2
+        params.blocked_connection_timeout = 2
+        params.connection_attempts = 1
+        connection = pika.BlockingConnection(params)
+        connection.close()
+    elif scheme in {"redis", "rediss", "unix"}:
+        client = build_redis(broker_url)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    else:
+        raise RuntimeError(f"unsupported broker scheme {scheme!r}")

@@ -1,0 +1,379 @@
+"""Command handlers: one function per command, each inside one unit of work.
+
+Lock order, to keep concurrent commands free of deadlocks: a post row first, then the
+accounts involved, always in ascending id order (``_lock_accounts``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from feed.auth import Passwords, Principal, Tokens
+from feed.clock import rfc3339
+from feed.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from feed.events import (
+    AccountFollowed,
+    AccountRegistered,
+    AccountUnfollowed,
+    PostDeleted,
+    PostPublished,
+    VoteCast,
+)
+from feed.schema import accounts, follows, posts, votes
+from feed.unit_of_work import UnitOfWork
+
+Row = Mapping[str, Any]
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisterAccount:
+    handle: str
+    password: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class StartSession:
+    handle: str
+    password: str
+
+
+@dataclass(frozen=True)
+class PublishPost:
+    author: Principal
+    body: str
+    media_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeletePost:
+    actor: Principal
+    post_id: int
+
+
+@dataclass(frozen=True)
+class FollowAccount:
+    follower: Principal
+    followee_id: int
+
+
+@dataclass(frozen=True)
+class UnfollowAccount:
+    follower: Principal
+    followee_id: int
+
+
+@dataclass(frozen=True)
+class CastVote:
+    voter: Principal
+    post_id: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    expires_at: str
+    account: Row
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+def register_account(uow: UnitOfWork, cmd: RegisterAccount, passwords: Passwords) -> Row:
+    """Create an account; a taken handle is a ``Conflict`` (also when two race for it)."""
+    row = (
+        uow.conn.execute(
+            pg_insert(accounts)
+            .values(
+                handle=cmd.handle,
+                display_name=cmd.display_name or cmd.handle,
+                password_hash=passwords.hash(cmd.password),
+            )
+            .on_conflict_do_nothing(index_elements=[accounts.c.handle])
+            .returning(*accounts.c)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise Conflict("That handle is taken.", errors={"handle": ["This handle is taken."]})
+    uow.emit(
+        AccountRegistered(
+            account_id=str(row["id"]),
+            handle=row["handle"],
+            display_name=row["display_name"],
+            created_at=rfc3339(row["created_at"]),
+        )
+    )
+    return row
+
+
+def start_session(
+    uow: UnitOfWork, cmd: StartSession, passwords: Passwords, tokens: Tokens
+) -> Session:
+    """Check a handle and password and issue a token; any mismatch is the same 401."""
+    row = uow.conn.execute(select(accounts).where(accounts.c.handle == cmd.handle)).mappings().first()
+    ok = passwords.verify(row["password_hash"] if row else None, cmd.password)
+    if row is None or not ok or row["status"] != "active":
+        raise Unauthenticated("The handle or password is wrong.")
+    changes: dict[str, Any] = {"last_active_at": func.now()}
+    if passwords.needs_rehash(row["password_hash"]):
+        changes["password_hash"] = passwords.hash(cmd.password)
+    uow.conn.execute(update(accounts).where(accounts.c.id == row["id"]).values(**changes))
+    token, expires_at = tokens.issue(Principal(account_id=row["id"], is_admin=row["is_admin"]))
+    return Session(token=token, expires_at=rfc3339(expires_at), account=row)
+
+
+def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
+    """Publish a text post now (posts with media go through the publish saga)."""
+    if cmd.media_ids:
+        # No media can be attached yet: every id is unknown to the media service.
+        raise InvalidInput(
+            "Unknown media.",
+            errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
+        )
+    (author,) = _lock_accounts(uow.conn, [cmd.author.account_id], actor=cmd.author)
+    post = (
+        uow.conn.execute(
+            insert(posts).values(author_id=author["id"], body=cmd.body).returning(*posts.c)
+        )
+        .mappings()
+        .one()
+    )
+    counts = _bump_counts(uow.conn, author["id"], posts_count=1)
+    uow.emit(
+        PostPublished(
+            post_id=str(post["id"]),
+            author_id=str(author["id"]),
+            body=post["body"],
+            created_at=rfc3339(post["created_at"]),
+            media=(),
+            posts_count=counts["posts_count"],
+            counts_version=counts["counts_version"],
+        )
+    )
+    return {**post, "author": author, "media": [], "my_vote": 0}
+
+
+def delete_post(uow: UnitOfWork, cmd: DeletePost) -> None:
+    """Delete a post: its author or an admin only. It leaves every feed through ``PostDeleted``."""
+    post = _lock_post(uow.conn, cmd.post_id, statuses=("published", "pending", "rejected"))
+    involved = {post["author_id"], cmd.actor.account_id}
+    locked = {row["id"]: row for row in _lock_accounts(uow.conn, involved, actor=cmd.actor)}
+    actor = locked[cmd.actor.account_id]
+    if post["author_id"] != actor["id"] and not actor["is_admin"]:
+        raise Forbidden("Only the author or an admin can delete this post.")
+    deleted_at = uow.conn.execute(
+        update(posts)
+        .where(posts.c.id == post["id"])
+        .values(status="deleted", deleted_at=func.now())
+        .returning(posts.c.deleted_at)
+    ).scalar_one()
+    was_counted = post["status"] == "published"
+    counts = _bump_counts(uow.conn, post["author_id"], posts_count=-1 if was_counted else 0)
+    uow.emit(
+        PostDeleted(
+            post_id=str(post["id"]),
+            author_id=str(post["author_id"]),
+            deleted_by=str(actor["id"]),
+            deleted_at=rfc3339(deleted_at),
+            posts_count=counts["posts_count"],
+            counts_version=counts["counts_version"],
+        )
+    )
+
+
+def follow_account(uow: UnitOfWork, cmd: FollowAccount) -> bool:
+    """Follow an account; following it again changes nothing. Returns True (following)."""
+    follower_id, followee_id = cmd.follower.account_id, cmd.followee_id
+    if follower_id == followee_id:
+        raise InvalidInput("You cannot follow yourself.", errors={"id": ["You cannot follow yourself."]})
+    _lock_pair(uow.conn, cmd.follower, followee_id)
+    created = uow.conn.execute(
+        pg_insert(follows)
+        .values(follower_id=follower_id, followee_id=followee_id)
+        .on_conflict_do_nothing()
+        .returning(follows.c.created_at)
+    ).scalar_one_or_none()
+    if created is not None:
+        follower, followee = _bump_follow_counts(uow.conn, follower_id, followee_id, +1)
+        uow.emit(
+            AccountFollowed(
+                follower_id=str(follower_id),
+                followee_id=str(followee_id),
+                followed_at=rfc3339(created),
+                follower_following_count=follower["following_count"],
+                follower_counts_version=follower["counts_version"],
+                followee_followers_count=followee["followers_count"],
+                followee_counts_version=followee["counts_version"],
+            )
+        )
+    return True
+
+
+def unfollow_account(uow: UnitOfWork, cmd: UnfollowAccount) -> bool:
+    """Stop following an account; not following it already changes nothing. Returns False."""
+    follower_id, followee_id = cmd.follower.account_id, cmd.followee_id
+    if follower_id == followee_id:
+        raise InvalidInput(
+            "You cannot unfollow yourself.", errors={"id": ["You cannot unfollow yourself."]}
+        )
+    _lock_pair(uow.conn, cmd.follower, followee_id)
+    removed = uow.conn.execute(
+        delete(follows)
+        .where(and_(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id))
+        .returning(func.now())
+    ).scalar_one_or_none()
+    if removed is not None:
+        follower, followee = _bump_follow_counts(uow.conn, follower_id, followee_id, -1)
+        uow.emit(
+            AccountUnfollowed(
+                follower_id=str(follower_id),
+                followee_id=str(followee_id),
+                unfollowed_at=rfc3339(removed),
+                follower_following_count=follower["following_count"],
+                follower_counts_version=follower["counts_version"],
+                followee_followers_count=followee["followers_count"],
+                followee_counts_version=followee["counts_version"],
+            )
+        )
+    return False
+
+
+def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
+    """Set the caller's vote on a post (1, -1, 0 to clear); returns the post's exact counts.
+
+    The post row is locked for the transaction, so concurrent votes on one post serialize
+    and the totals are exact.
+    """
+    post = _lock_post(uow.conn, cmd.post_id, statuses=("published",))
+    _lock_accounts(uow.conn, [cmd.voter.account_id], actor=cmd.voter)
+    key = and_(votes.c.account_id == cmd.voter.account_id, votes.c.post_id == post["id"])
+    previous = uow.conn.execute(select(votes.c.value).where(key)).scalar_one_or_none() or 0
+    result = {"post_id": post["id"], "up": post["up"], "down": post["down"], "my_vote": cmd.value}
+    if cmd.value == previous:
+        return result
+    if cmd.value == 0:
+        uow.conn.execute(delete(votes).where(key))
+    else:
+        uow.conn.execute(
+            pg_insert(votes)
+            .values(account_id=cmd.voter.account_id, post_id=post["id"], value=cmd.value)
+            .on_conflict_do_update(
+                index_elements=[votes.c.account_id, votes.c.post_id],
+                set_={"value": cmd.value, "updated_at": func.now()},
+            )
+        )
+    up_delta = (cmd.value == 1) - (previous == 1)
+    down_delta = (cmd.value == -1) - (previous == -1)
+    counts = (
+        uow.conn.execute(
+            update(posts)
+            .where(posts.c.id == post["id"])
+            .values(
+                up=posts.c.up + up_delta,
+                down=posts.c.down + down_delta,
+                votes_version=posts.c.votes_version + 1,
+            )
+            .returning(posts.c.up, posts.c.down, posts.c.votes_version)
+        )
+        .mappings()
+        .one()
+    )
+    uow.emit(
+        VoteCast(
+            post_id=str(post["id"]),
+            account_id=str(cmd.voter.account_id),
+            value=cmd.value,
+            previous=previous,
+            up=counts["up"],
+            down=counts["down"],
+            votes_version=counts["votes_version"],
+        )
+    )
+    return {**result, "up": counts["up"], "down": counts["down"]}
+
+
+# --- locking and counters -----------------------------------------------------------------
+
+
+def _lock_accounts(conn: Connection, ids: Iterable[int], *, actor: Principal) -> list[Row]:
+    """Lock the given accounts in id order; the actor must be active (it is marked active now).
+
+    Raises ``Unauthenticated`` when the actor's account is gone or disabled, ``NotFound`` when
+    another of the accounts is.
+    """
+    wanted = sorted(set(ids))
+    rows = (
+        conn.execute(
+            select(accounts)
+            .where(accounts.c.id.in_(wanted))
+            .order_by(accounts.c.id)
+            .with_for_update(key_share=True)
+        )
+        .mappings()
+        .all()
+    )
+    by_id = {row["id"]: row for row in rows}
+    me = by_id.get(actor.account_id)
+    if me is None or me["status"] != "active":
+        raise Unauthenticated("This account is no longer active.")
+    for account_id in wanted:
+        row = by_id.get(account_id)
+        if row is None or row["status"] != "active":
+            raise NotFound("No such account.")
+    conn.execute(
+        update(accounts).where(accounts.c.id == actor.account_id).values(last_active_at=func.now())
+    )
+    return [by_id[account_id] for account_id in wanted]
+
+
+def _lock_pair(conn: Connection, follower: Principal, followee_id: int) -> None:
+    _lock_accounts(conn, [follower.account_id, followee_id], actor=follower)
+
+
+def _lock_post(conn: Connection, post_id: int, *, statuses: tuple[str, ...]) -> Row:
+    row = (
+        conn.execute(
+            select(posts)
+            .where(posts.c.id == post_id, posts.c.status.in_(statuses))
+            .with_for_update(key_share=True)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound("No such post.")
+    return row
+
+
+def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
+    values: dict[str, Any] = {name: accounts.c[name] + delta for name, delta in deltas.items()}
+    values["counts_version"] = accounts.c.counts_version + 1
+    return (
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(**values)
+            .returning(*accounts.c)
+        )
+        .mappings()
+        .one()
+    )
+
+
+def _bump_follow_counts(
+    conn: Connection, follower_id: int, followee_id: int, delta: int
+) -> tuple[Row, Row]:
+    follower = _bump_counts(conn, follower_id, following_count=delta)
+    followee = _bump_counts(conn, followee_id, followers_count=delta)
+    return follower, followee

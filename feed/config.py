@@ -1,0 +1,119 @@
+"""Settings from the environment, with the embedded default when nothing is configured."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Point a plain ``postgresql://`` URL at the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def limiter_storage_url(redis_url: str) -> str:
+    """Flask-Limiter (``limits``) spells a Redis unix socket ``redis+unix://``."""
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://") :]
+    return redis_url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    port: int = 8000
+    data_dir: Path = DEFAULT_DATA_DIR
+    token_ttl_seconds: int = 24 * 3600
+    idempotency_ttl_seconds: int = 24 * 3600
+    rate_limit_sessions: str = "10/minute;50/hour"
+    rate_limit_commands: str = "120/minute"
+    rate_limits_enabled: bool = True
+    argon2_time_cost: int = 3
+    argon2_memory_cost: int = 65536
+    argon2_parallelism: int = 4
+    max_json_bytes: int = 64 * 1024
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (``os.environ`` by default)."""
+        env = dict(os.environ if env is None else env)
+        defaults = cls()
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            broker_url=env.get("BROKER_URL") or None,
+            secret_key=env.get("SECRET_KEY") or _persistent_secret(env),
+            port=_int(env, "PORT", defaults.port),
+            data_dir=Path(env.get("FEED_DATA_DIR") or DEFAULT_DATA_DIR),
+            token_ttl_seconds=_int(env, "TOKEN_TTL_SECONDS", defaults.token_ttl_seconds),
+            idempotency_ttl_seconds=_int(
+                env, "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
+            ),
+            rate_limit_sessions=env.get("RATE_LIMIT_SESSIONS") or defaults.rate_limit_sessions,
+            rate_limit_commands=env.get("RATE_LIMIT_COMMANDS") or defaults.rate_limit_commands,
+            rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", True),
+            argon2_time_cost=_int(env, "ARGON2_TIME_COST", defaults.argon2_time_cost),
+            argon2_memory_cost=_int(env, "ARGON2_MEMORY_COST", defaults.argon2_memory_cost),
+            argon2_parallelism=_int(env, "ARGON2_PARALLELISM", defaults.argon2_parallelism),
+            log_json=_bool(env, "LOG_JSON", True),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some settings replaced (tests use this)."""
+        return replace(self, **changes)
+
+    @property
+    def limiter_storage_uri(self) -> str:
+        """Where Flask-Limiter keeps its counters (Redis; memory when no Redis is set)."""
+        return limiter_storage_url(self.redis_url) if self.redis_url else "memory://"
+
+    @property
+    def is_configured(self) -> bool:
+        """True when every server is given; otherwise the launcher embeds what is missing."""
+        return bool(self.database_url and self.redis_url and self.broker_url)
+
+
+def _persistent_secret(env: dict[str, str]) -> str:
+    """Without SECRET_KEY, keep one under the data directory so tokens survive restarts."""
+    data_dir = Path(env.get("FEED_DATA_DIR") or DEFAULT_DATA_DIR)
+    path = data_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key)
+        return key
+    except FileExistsError:
+        return path.read_text().strip()
+    except OSError:
+        return secrets.token_urlsafe(32)

@@ -1,0 +1,205 @@
+"""Domain events: what happened, in the past tense, as frozen dataclasses with a name and version.
+
+Every event written to the outbox is listed here; this module is the one place that documents
+their fields. Ids are decimal strings (64-bit ids do not survive JSON numbers in every client),
+times are RFC 3339 strings in UTC. Counters travel with the write model's value *and* its
+version, so a projection can apply them in any order and keep the newest.
+
+A payload written by an older version is brought up to date by the chain of ``upcast_*``
+functions registered in ``UPCASTERS`` before it is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event: subclasses set ``name`` and ``version``."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    @property
+    def aggregate_id(self) -> str:
+        """The id of the object the event is about (the outbox orders and groups by it)."""
+        raise NotImplementedError
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON object stored in the outbox."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class AccountRegistered(Event):
+    """A new account exists."""
+
+    name: ClassVar[str] = "AccountRegistered"
+    version: ClassVar[int] = 1
+
+    account_id: str
+    handle: str
+    display_name: str
+    created_at: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.account_id
+
+
+@dataclass(frozen=True)
+class PostPublished(Event):
+    """A post became visible: it goes to its author's and followers' feeds.
+
+    ``posts_count``/``counts_version`` are the author's post counter after the publish.
+    """
+
+    name: ClassVar[str] = "PostPublished"
+    version: ClassVar[int] = 1
+
+    post_id: str
+    author_id: str
+    body: str
+    created_at: str
+    media: tuple[dict[str, Any], ...]
+    posts_count: int
+    counts_version: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.post_id
+
+
+@dataclass(frozen=True)
+class PostDeleted(Event):
+    """A post was deleted: it leaves every feed and the post cache."""
+
+    name: ClassVar[str] = "PostDeleted"
+    version: ClassVar[int] = 1
+
+    post_id: str
+    author_id: str
+    deleted_by: str
+    deleted_at: str
+    posts_count: int
+    counts_version: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.post_id
+
+
+@dataclass(frozen=True)
+class AccountFollowed(Event):
+    """``follower_id`` now follows ``followee_id``; both accounts' counters after the change."""
+
+    name: ClassVar[str] = "AccountFollowed"
+    version: ClassVar[int] = 1
+
+    follower_id: str
+    followee_id: str
+    followed_at: str
+    follower_following_count: int
+    follower_counts_version: int
+    followee_followers_count: int
+    followee_counts_version: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.follower_id
+
+
+@dataclass(frozen=True)
+class AccountUnfollowed(Event):
+    """``follower_id`` no longer follows ``followee_id``; both accounts' counters after it."""
+
+    name: ClassVar[str] = "AccountUnfollowed"
+    version: ClassVar[int] = 1
+
+    follower_id: str
+    followee_id: str
+    unfollowed_at: str
+    follower_following_count: int
+    follower_counts_version: int
+    followee_followers_count: int
+    followee_counts_version: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.follower_id
+
+
+@dataclass(frozen=True)
+class VoteCast(Event):
+    """An account set its vote on a post to ``value`` (1, -1, or 0 for cleared).
+
+    ``up``/``down`` are the post's exact totals after the vote and ``votes_version`` orders them.
+    """
+
+    name: ClassVar[str] = "VoteCast"
+    version: ClassVar[int] = 1
+
+    post_id: str
+    account_id: str
+    value: int
+    previous: int
+    up: int
+    down: int
+    votes_version: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.post_id
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.name: cls
+    for cls in (
+        AccountRegistered,
+        PostPublished,
+        PostDeleted,
+        AccountFollowed,
+        AccountUnfollowed,
+        VoteCast,
+    )
+}
+
+#: (event name, version it upgrades from) -> function giving the next version's payload.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class UnknownEvent(ValueError):
+    """An outbox row names an event type or version this code does not know."""
+
+
+def upcast(name: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run ``payload`` through the upcasters until it has the current version's shape."""
+    cls = EVENT_TYPES.get(name)
+    if cls is None:
+        raise UnknownEvent(f"unknown event type {name!r}")
+    while version < cls.version:
+        step = UPCASTERS.get((name, version))
+        if step is None:
+            raise UnknownEvent(f"no upcaster for {name} v{version}")
+        payload = step(payload)
+        version += 1
+    if version != cls.version:
+        raise UnknownEvent(f"{name} v{version} is newer than this code (v{cls.version})")
+    return payload
+
+
+def decode(name: str, version: int, payload: dict[str, Any]) -> Event:
+    """Turn a stored (name, version, payload) back into its event object."""
+    cls = EVENT_TYPES.get(name)
+    if cls is None:
+        raise UnknownEvent(f"unknown event type {name!r}")
+    data = upcast(name, version, payload)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {key: value for key, value in data.items() if key in fields}
+    if "media" in values:
+        values["media"] = tuple(values["media"])
+    return cls(**values)

@@ -1,0 +1,66 @@
+"""One command, one PostgreSQL transaction: its rows and its outbox events commit together."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+
+from feed.events import Event
+from feed.outbox import append_events, last_position
+
+
+class UnitOfWork:
+    """A transaction that collects events and appends them to the outbox before it commits.
+
+    Leaving the ``with`` block without ``commit()`` (or by an exception) rolls everything back,
+    rows and events alike.
+    """
+
+    def __init__(self, engine: Engine, *, correlation_id: str | None = None) -> None:
+        self._engine = engine
+        self.correlation_id = correlation_id
+        self._pending: list[Event] = []
+        self.position = 0
+        self.conn: Connection
+
+    def __enter__(self) -> UnitOfWork:
+        self.conn = self._engine.connect()
+        self._transaction = self.conn.begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self.conn.close()
+
+    def emit(self, *events: Event) -> None:
+        """Queue events; they are written to the outbox by ``flush_events``/``commit``."""
+        self._pending.extend(events)
+
+    def flush_events(self) -> int:
+        """Write queued events to the outbox now; return the outbox position they reach.
+
+        With no events at all the position is the outbox's current end, so a consistency token
+        built from it still means "at least everything committed before this command".
+        """
+        if self._pending:
+            self.position = append_events(
+                self.conn, self._pending, correlation_id=self.correlation_id
+            )
+            self._pending.clear()
+        elif not self.position:
+            self.position = last_position(self.conn)
+        return self.position
+
+    def commit(self) -> None:
+        """Write the queued events and commit the transaction."""
+        self.flush_events()
+        self._transaction.commit()

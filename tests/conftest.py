@@ -1,0 +1,140 @@
+"""Fixtures: a private database on the machine's PostgreSQL, a Redis db, the app and a client.
+
+Tests run against the real servers (see ../shared/SERVERS.md). A missing server is an error,
+never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from feed.bootstrap import build_services
+from feed.config import Settings, sqlalchemy_url
+
+SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+TABLES = ("idempotency_keys", "outbox", "votes", "follows", "posts", "accounts")
+
+
+def _database_url(name: str) -> str:
+    base, _, _ = SERVER_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test run, migrated to head, dropped afterwards."""
+    name = f"feed_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(sqlalchemy_url(SERVER_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = _database_url(name)
+    app = create_app(services=build_services(make_settings(url)))
+    with app.app_context():
+        upgrade()
+    app.extensions["feed"].close()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for tests: real servers, cheap Argon2id, rate limits off unless asked for."""
+    settings = Settings(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        broker_url=BROKER_URL,
+        secret_key="test-secret-key-that-is-long-enough-for-hs256",
+        argon2_time_cost=1,
+        argon2_memory_cost=8192,
+        argon2_parallelism=1,
+        rate_limits_enabled=False,
+        log_json=False,
+    )
+    return settings.with_overrides(**overrides)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def clean_state(database_url: str) -> Iterator[None]:
+    """Empty tables and an empty Redis db before each test."""
+    engine = create_engine(sqlalchemy_url(database_url))
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
+    yield
+
+
+@pytest.fixture
+def app(settings: Settings, clean_state: None):
+    application = create_app(services=build_services(settings))
+    application.config["TESTING"] = True
+    yield application
+    application.extensions["feed"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def engine(app):
+    return app.extensions["feed"].engine
+
+
+@dataclass
+class Account:
+    id: str
+    handle: str
+    password: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_account(client):
+    """Register and log in an account; returns its id, handle, password and token."""
+    counter = iter(range(10_000))
+
+    def make(handle: str | None = None, password: str = "correct horse battery") -> Account:
+        handle = handle or f"user_{next(counter)}_{uuid.uuid4().hex[:6]}"
+        created = client.post("/api/v1/accounts", json={"handle": handle, "password": password})
+        assert created.status_code == 201, created.get_json()
+        session = client.post("/api/v1/sessions", json={"handle": handle, "password": password})
+        assert session.status_code == 200, session.get_json()
+        return Account(created.get_json()["id"], handle, password, session.get_json()["token"])
+
+    return make
+
+
+def fetch_all(engine, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Rows of a query as dicts."""
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(text(sql), params).mappings()]
+
+
+def outbox_events(engine) -> list[dict[str, Any]]:
+    return fetch_all(engine, "SELECT type, version, aggregate_id, payload FROM outbox ORDER BY position")
