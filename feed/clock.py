@@ -12,4 +12,6 @@ def utcnow() -> datetime:
 
 def rfc3339(moment: datetime) -> str:
     """``2026-11-26T15:04:05.123Z`` for an aware datetime."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )

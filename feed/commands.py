@@ -121,7 +121,9 @@ def start_session(
     uow: UnitOfWork, cmd: StartSession, passwords: Passwords, tokens: Tokens
 ) -> Session:
     """Check a handle and password and issue a token; any mismatch is the same 401."""
-    row = uow.conn.execute(select(accounts).where(accounts.c.handle == cmd.handle)).mappings().first()
+    row = (
+        uow.conn.execute(select(accounts).where(accounts.c.handle == cmd.handle)).mappings().first()
+    )
     ok = passwords.verify(row["password_hash"] if row else None, cmd.password)
     if row is None or not ok or row["status"] != "active":
         raise Unauthenticated("The handle or password is wrong.")
@@ -196,7 +198,9 @@ def follow_account(uow: UnitOfWork, cmd: FollowAccount) -> bool:
     """Follow an account; following it again changes nothing. Returns True (following)."""
     follower_id, followee_id = cmd.follower.account_id, cmd.followee_id
     if follower_id == followee_id:
-        raise InvalidInput("You cannot follow yourself.", errors={"id": ["You cannot follow yourself."]})
+        raise InvalidInput(
+            "You cannot follow yourself.", errors={"id": ["You cannot follow yourself."]}
+        )
     _lock_pair(uow.conn, cmd.follower, followee_id)
     created = uow.conn.execute(
         pg_insert(follows)

@@ -1,5 +1,6 @@
 """Gunicorn settings for the API: threads suit a service that waits on PostgreSQL and Redis."""
 
+import glob
 import os
 
 from prometheus_client import multiprocess
@@ -12,7 +13,16 @@ graceful_timeout = 10
 accesslog = None
 
 
+def on_starting(server):
+    """Start with an empty metrics directory: files of an earlier run would be counted again."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+
+
 def child_exit(server, worker):
-    """Drop a dead worker's metric files so /metrics does not count it twice."""
+    """Drop a dead worker's live gauges so /metrics does not count it."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, text

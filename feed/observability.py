@@ -60,7 +60,7 @@ def configure_logging(*, json_output: bool = True, level: int = logging.INFO) ->
 
 
 def metrics_payload() -> tuple[bytes, str]:
-    """The Prometheus exposition of this process, or of all gunicorn workers in multiprocess mode."""
+    """Prometheus text for this process, or for all gunicorn workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -1,4 +1,4 @@
-"""The write model's tables (SQLAlchemy 2 Core). Alembic migrations create them; nothing else does."""
+"""The write model's tables (SQLAlchemy 2 Core), created only by the Alembic migrations."""
 
 from __future__ import annotations
 
@@ -65,9 +65,7 @@ posts = Table(
     Column("up", Integer, nullable=False, server_default="0"),
     Column("down", Integer, nullable=False, server_default="0"),
     Column("votes_version", BigInteger, nullable=False, server_default="0"),
-    CheckConstraint(
-        "status IN ('pending', 'published', 'rejected', 'deleted')", name="status"
-    ),
+    CheckConstraint("status IN ('pending', 'published', 'rejected', 'deleted')", name="status"),
     Index("ix_posts_author_id_id", "author_id", text("id DESC")),
 )
 

@@ -137,4 +137,6 @@ def fetch_all(engine, sql: str, **params: Any) -> list[dict[str, Any]]:
 
 
 def outbox_events(engine) -> list[dict[str, Any]]:
-    return fetch_all(engine, "SELECT type, version, aggregate_id, payload FROM outbox ORDER BY position")
+    return fetch_all(
+        engine, "SELECT type, version, aggregate_id, payload FROM outbox ORDER BY position"
+    )

@@ -64,7 +64,9 @@ def init_api(app: Flask) -> None:
 
 def _start_request() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    g.request_id = (
+        incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    )
     g.started = time.perf_counter()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)

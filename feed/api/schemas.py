@@ -26,13 +26,17 @@ class NonBlank(fields.String):
 
 class RegisterAccountIn(StrictSchema):
     handle = fields.String(required=True, validate=HANDLE)
-    password = fields.String(required=True, validate=validate.Length(min=8, max=256), load_only=True)
+    password = fields.String(
+        required=True, validate=validate.Length(min=8, max=256), load_only=True
+    )
     display_name = NonBlank(validate=validate.Length(min=1, max=50))
 
 
 class StartSessionIn(StrictSchema):
     handle = fields.String(required=True, validate=validate.Length(min=1, max=30))
-    password = fields.String(required=True, validate=validate.Length(min=1, max=256), load_only=True)
+    password = fields.String(
+        required=True, validate=validate.Length(min=1, max=256), load_only=True
+    )
 
 
 class PublishPostIn(StrictSchema):
@@ -54,7 +58,9 @@ class StrictInteger(fields.Integer):
 
 
 class CastVoteIn(StrictSchema):
-    value = StrictInteger(required=True, validate=validate.OneOf([1, -1, 0], error="Must be 1, -1 or 0."))
+    value = StrictInteger(
+        required=True, validate=validate.OneOf([1, -1, 0], error="Must be 1, -1 or 0.")
+    )
 
 
 class IdString(fields.Field):

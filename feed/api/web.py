@@ -77,7 +77,9 @@ def idempotency_key() -> str | None:
 def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
     """A JSON response; ``None`` gives an empty body (204)."""
     payload = "" if body is None else json.dumps(body)
-    response = Response(payload, status=status, mimetype=None if body is None else "application/json")
+    response = Response(
+        payload, status=status, mimetype=None if body is None else "application/json"
+    )
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

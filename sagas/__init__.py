@@ -1,0 +1,1 @@
+"""Saga orchestration: multi-step operations across services, each step with a compensation."""

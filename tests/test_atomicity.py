@@ -1,0 +1,100 @@
+"""A command's rows and its events commit together: a failure in the middle leaves neither."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from feed.unit_of_work import UnitOfWork
+from tests.conftest import TABLES, fetch_all
+
+
+def snapshot(engine) -> dict[str, list]:
+    """Every row of every write-model table (what 'nothing changed' is compared against)."""
+    return {table: fetch_all(engine, f"SELECT * FROM {table}") for table in TABLES}
+
+
+@pytest.fixture
+def world(client, make_account):
+    """Two accounts, a post by ada, bob following nobody yet."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    post_id = client.post("/api/v1/posts", json={"body": "hi"}, headers=ada.auth).get_json()["id"]
+    return {"ada": ada, "bob": bob, "post_id": post_id}
+
+
+COMMANDS = {
+    "register": lambda c, w: c.post(
+        "/api/v1/accounts", json={"handle": "carol", "password": "12345678"}
+    ),
+    "publish": lambda c, w: c.post("/api/v1/posts", json={"body": "x"}, headers=w["ada"].auth),
+    "delete": lambda c, w: c.delete(f"/api/v1/posts/{w['post_id']}", headers=w["ada"].auth),
+    "follow": lambda c, w: c.post(f"/api/v1/accounts/{w['ada'].id}/follow", headers=w["bob"].auth),
+    "vote": lambda c, w: c.put(
+        f"/api/v1/posts/{w['post_id']}/vote", json={"value": 1}, headers=w["bob"].auth
+    ),
+}
+
+
+@pytest.fixture
+def failing_outbox(engine):
+    """A trigger that makes every outbox insert fail inside PostgreSQL, after the rows went in."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION fail_outbox() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'outbox unavailable'; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox "
+                "FOR EACH ROW EXECUTE FUNCTION fail_outbox()"
+            )
+        )
+    yield
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER fail_outbox ON outbox"))
+        conn.execute(text("DROP FUNCTION fail_outbox()"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_when_writing_the_events_fails_the_rows_are_not_written(
+    command, client, engine, world, failing_outbox
+):
+    before = snapshot(engine)
+
+    r = COMMANDS[command](client, world)
+
+    assert r.status_code == 500
+    assert r.mimetype == "application/problem+json"
+    assert "outbox" not in r.get_data(as_text=True)  # no internal detail leaks
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_when_the_commit_never_happens_neither_rows_nor_events_exist(
+    command, client, engine, world, monkeypatch
+):
+    before = snapshot(engine)
+
+    def crash_before_commit(uow: UnitOfWork) -> None:
+        uow.flush_events()  # rows and events are both written in the open transaction...
+        raise RuntimeError("process died before COMMIT")  # ...and it never commits
+
+    monkeypatch.setattr(UnitOfWork, "commit", crash_before_commit)
+    r = COMMANDS[command](client, world)
+
+    assert r.status_code == 500
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_without_a_failure_the_same_commands_write_rows_and_events(command, client, engine, world):
+    before = snapshot(engine)
+
+    r = COMMANDS[command](client, world)
+
+    assert r.status_code in (200, 201, 204)
+    after = snapshot(engine)
+    assert len(after["outbox"]) == len(before["outbox"]) + 1
+    assert after != before

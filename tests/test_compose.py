@@ -1,0 +1,94 @@
+"""docker-compose.yml is read against the code: every command it runs exists and gets its config.
+
+Docker does not run on this machine, so this is how the file is kept correct.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app import create_app
+from feed.bootstrap import build_services
+from feed.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = [name for name, svc in SERVICES.items() if "build" in svc]
+
+
+def test_the_stack_has_its_servers_with_healthchecks_and_the_app_services():
+    assert {"postgres", "redis", "rabbitmq", "migrate", "api"} <= set(SERVICES)
+    for name in ("postgres", "redis", "rabbitmq", "api"):
+        assert SERVICES[name]["healthcheck"]["test"], name
+
+
+def test_app_services_wait_for_healthy_servers_and_the_api_for_the_migration():
+    for name in APP_SERVICES:
+        needs = SERVICES[name]["depends_on"]
+        for server in ("postgres", "redis", "rabbitmq"):
+            assert needs[server]["condition"] == "service_healthy", (name, server)
+    assert SERVICES["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def compose_env(name: str) -> dict[str, str]:
+    env = {key: str(value) for key, value in SERVICES[name]["environment"].items()}
+    return {**env, "SECRET_KEY": "compose-secret"}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_configure_every_server_through_the_environment(name):
+    env = compose_env(name)
+    settings = Settings.from_env(env)
+    assert settings.database_url == env["DATABASE_URL"]
+    assert settings.redis_url.startswith("redis://redis:")
+    assert settings.broker_url.startswith("amqp://")
+    assert settings.is_configured
+
+
+def _flask_command_exists(args: list[str], settings) -> bool:
+    assert args[:3] == ["flask", "--app", "app"], args
+    app = create_app(services=build_services(settings))
+    try:
+        command = app.cli
+        with app.app_context():
+            for word in args[3:]:
+                ctx = command.make_context(command.name, [], resilient_parsing=True)
+                command = command.get_command(ctx, word)
+                if command is None:
+                    return False
+        return True
+    finally:
+        app.extensions["feed"].close()
+
+
+def _gunicorn_target_exists(args: list[str]) -> bool:
+    config = args[args.index("--config") + 1]
+    assert (ROOT / config).is_file(), config
+    module_name, _, call = args[-1].partition(":")
+    factory = getattr(importlib.import_module(module_name), re.sub(r"\(\)$", "", call))
+    return callable(factory)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_command_the_stack_runs_exists_in_the_code(name, settings):
+    args = [str(a) for a in SERVICES[name]["command"]]
+    if args[0] == "flask":
+        assert _flask_command_exists(args, settings), args
+    elif args[0] == "gunicorn":
+        assert _gunicorn_target_exists(args), args
+    elif args[:2] == ["python", "-m"]:
+        importlib.import_module(args[2])
+    else:
+        pytest.fail(f"{name}: unknown command {args}")
+
+
+def test_the_image_contains_every_top_level_package():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for part in ("app.py", "feed", "sagas", "workers", "migrations", "pyproject.toml"):
+        assert re.search(rf"^COPY {re.escape(part)} ", dockerfile, re.M), part

@@ -1,0 +1,189 @@
+"""Commands racing each other on the real PostgreSQL: counts stay exact, uniqueness holds."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.conftest import fetch_all
+
+
+def run_together(app, requests, workers: int = 25):
+    """Send ``requests`` (callables taking a test client) at once; a barrier lines them up."""
+    barrier = threading.Barrier(len(requests))
+
+    def send(request):
+        client = app.test_client()
+        barrier.wait()
+        return request(client)
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+def test_fifty_accounts_voting_at_once_count_exactly_fifty(app, client, engine, make_account):
+    author = make_account()
+    post_id = client.post("/api/v1/posts", json={"body": "vote!"}, headers=author.auth).get_json()[
+        "id"
+    ]
+    voters = [make_account() for _ in range(50)]
+
+    responses = run_together(
+        app,
+        [
+            (
+                lambda c, v=v: c.put(
+                    f"/api/v1/posts/{post_id}/vote", json={"value": 1}, headers=v.auth
+                )
+            )
+            for v in voters
+        ],
+    )
+
+    assert [r.status_code for r in responses] == [200] * 50
+    assert sorted(r.get_json()["up"] for r in responses) == list(range(1, 51))
+    (post,) = fetch_all(engine, "SELECT up, down, votes_version FROM posts")
+    assert (post["up"], post["down"], post["votes_version"]) == (50, 0, 50)
+    assert len(fetch_all(engine, "SELECT * FROM votes")) == 50
+    events = fetch_all(engine, "SELECT payload FROM outbox WHERE type = 'VoteCast'")
+    assert sorted(e["payload"]["votes_version"] for e in events) == list(range(1, 51))
+
+
+def test_switching_votes_at_once_moves_them_exactly(app, client, engine, make_account):
+    author = make_account()
+    post_id = client.post("/api/v1/posts", json={"body": "vote!"}, headers=author.auth).get_json()[
+        "id"
+    ]
+    voters = [make_account() for _ in range(20)]
+    for v in voters:
+        client.put(f"/api/v1/posts/{post_id}/vote", json={"value": 1}, headers=v.auth)
+
+    run_together(
+        app,
+        [
+            (
+                lambda c, v=v: c.put(
+                    f"/api/v1/posts/{post_id}/vote", json={"value": -1}, headers=v.auth
+                )
+            )
+            for v in voters[:12]
+        ],
+    )
+
+    (post,) = fetch_all(engine, "SELECT up, down FROM posts")
+    assert (post["up"], post["down"]) == (8, 12)
+
+
+def test_one_account_spamming_the_same_vote_counts_once(app, client, engine, make_account):
+    author, voter = make_account(), make_account()
+    post_id = client.post("/api/v1/posts", json={"body": "x"}, headers=author.auth).get_json()["id"]
+
+    run_together(
+        app,
+        [
+            (
+                lambda c: c.put(
+                    f"/api/v1/posts/{post_id}/vote", json={"value": 1}, headers=voter.auth
+                )
+            )
+            for _ in range(20)
+        ],
+    )
+
+    assert fetch_all(engine, "SELECT up FROM posts")[0]["up"] == 1
+    assert len(fetch_all(engine, "SELECT * FROM outbox WHERE type = 'VoteCast'")) == 1
+
+
+def test_parallel_follows_of_one_account_count_exactly(app, engine, make_account):
+    star = make_account()
+    fans = [make_account() for _ in range(30)]
+
+    responses = run_together(
+        app,
+        [
+            (lambda c, f=f: c.post(f"/api/v1/accounts/{star.id}/follow", headers=f.auth))
+            for f in fans
+        ],
+    )
+
+    assert [r.status_code for r in responses] == [200] * 30
+    (row,) = fetch_all(
+        engine, "SELECT followers_count FROM accounts WHERE id = :id", id=int(star.id)
+    )
+    assert row["followers_count"] == 30
+
+
+def test_mutual_follows_at_once_do_not_deadlock(app, engine, make_account):
+    accounts = [make_account() for _ in range(6)]
+    requests = [
+        (lambda c, a=a, b=b: c.post(f"/api/v1/accounts/{b.id}/follow", headers=a.auth))
+        for a in accounts
+        for b in accounts
+        if a is not b
+    ]
+
+    responses = run_together(app, requests)
+
+    assert Counter(r.status_code for r in responses) == {200: 30}
+    rows = fetch_all(engine, "SELECT followers_count, following_count FROM accounts")
+    assert all(r["followers_count"] == 5 and r["following_count"] == 5 for r in rows)
+
+
+def test_the_same_follow_sent_many_times_at_once_writes_one_event(app, engine, make_account):
+    ada, bob = make_account(), make_account()
+
+    run_together(
+        app,
+        [
+            (lambda c: c.post(f"/api/v1/accounts/{bob.id}/follow", headers=ada.auth))
+            for _ in range(15)
+        ],
+    )
+
+    assert len(fetch_all(engine, "SELECT * FROM follows")) == 1
+    assert len(fetch_all(engine, "SELECT * FROM outbox WHERE type = 'AccountFollowed'")) == 1
+    (row,) = fetch_all(
+        engine, "SELECT followers_count FROM accounts WHERE id = :id", id=int(bob.id)
+    )
+    assert row["followers_count"] == 1
+
+
+def test_a_duplicate_handle_race_gives_one_201_and_the_rest_409(app, engine):
+    responses = run_together(
+        app,
+        [
+            (
+                lambda c: c.post(
+                    "/api/v1/accounts", json={"handle": "popular", "password": "12345678"}
+                )
+            )
+            for _ in range(10)
+        ],
+    )
+
+    assert Counter(r.status_code for r in responses) == {201: 1, 409: 9}
+    assert len(fetch_all(engine, "SELECT * FROM accounts")) == 1
+    assert len(fetch_all(engine, "SELECT * FROM outbox")) == 1
+
+
+def test_parallel_requests_with_one_idempotency_key_run_once(app, engine, make_account):
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "post-once"}
+
+    responses = run_together(
+        app,
+        [
+            (lambda c: c.post("/api/v1/posts", json={"body": "once"}, headers=headers))
+            for _ in range(10)
+        ],
+    )
+
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {201, 409} and statuses[201] >= 1
+    assert len({r.get_json()["id"] for r in responses if r.status_code == 201}) == 1
+    for r in responses:
+        if r.status_code == 409:
+            assert r.mimetype == "application/problem+json"
+    assert len(fetch_all(engine, "SELECT * FROM posts")) == 1
+    assert len(fetch_all(engine, "SELECT * FROM outbox WHERE type = 'PostPublished'")) == 1

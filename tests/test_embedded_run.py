@@ -1,0 +1,90 @@
+"""`make run` with no configuration: embedded PostgreSQL and Redis, served over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_VARS = ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "SECRET_KEY", "PORT")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"make run exited with {process.returncode}")
+        try:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the service did not become ready")
+
+
+@pytest.mark.slow
+def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    env.update(PORT=str(port), FEED_DATA_DIR=str(tmp_path / "data"), WEB_CONCURRENCY="1")
+    log = (tmp_path / "run.log").open("w")
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base, process)
+        api = f"{base}/api/v1"
+        created = requests.post(
+            f"{api}/accounts", json={"handle": "ada_l", "password": "analytical"}, timeout=10
+        )
+        assert created.status_code == 201, created.text
+        session = requests.post(
+            f"{api}/sessions", json={"handle": "ada_l", "password": "analytical"}, timeout=10
+        )
+        assert session.status_code == 200, session.text
+        auth = {"Authorization": f"Bearer {session.json()['token']}"}
+        post = requests.post(f"{api}/posts", json={"body": "hello"}, headers=auth, timeout=10)
+        assert post.status_code == 201, post.text
+        assert post.json()["author"]["handle"] == "ada_l"
+        bad = requests.post(
+            f"{api}/posts",
+            data="{",
+            headers={**auth, "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert bad.status_code == 400
+        assert bad.headers["Content-Type"] == "application/problem+json"
+        assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+        assert (tmp_path / "data" / "secret_key").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+        log.close()
+    output = (tmp_path / "run.log").read_text()
+    assert "embedded PostgreSQL" in output and "embedded Redis" in output
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{base}/healthz", timeout=2)

@@ -1,0 +1,140 @@
+"""Idempotency-Key: the same request again replays the first answer and does nothing twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import text
+
+from tests.conftest import fetch_all
+
+
+def test_a_retried_post_returns_the_first_answer_and_posts_once(client, engine, make_account):
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "abc-123"}
+
+    first = client.post("/api/v1/posts", json={"body": "once"}, headers=headers)
+    second = client.post("/api/v1/posts", json={"body": "once"}, headers=headers)
+
+    assert first.status_code == second.status_code == 201
+    assert first.get_json() == second.get_json()
+    assert first.headers["X-Consistency-Token"] == second.headers["X-Consistency-Token"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert len(fetch_all(engine, "SELECT * FROM posts")) == 1
+    assert len(fetch_all(engine, "SELECT * FROM outbox WHERE type = 'PostPublished'")) == 1
+
+
+def test_every_command_replays(client, engine, make_account):
+    ada, bob = make_account(), make_account()
+    post_id = client.post("/api/v1/posts", json={"body": "x"}, headers=bob.auth).get_json()["id"]
+    calls = [
+        ("post", "/api/v1/accounts", {"handle": "carol", "password": "12345678"}, {}),
+        ("post", "/api/v1/sessions", {"handle": "carol", "password": "12345678"}, {}),
+        ("post", f"/api/v1/accounts/{bob.id}/follow", None, ada.auth),
+        ("delete", f"/api/v1/accounts/{bob.id}/follow", None, ada.auth),
+        ("put", f"/api/v1/posts/{post_id}/vote", {"value": 1}, ada.auth),
+        ("delete", f"/api/v1/posts/{post_id}", None, bob.auth),
+    ]
+    for index, (method, path, body, auth) in enumerate(calls):
+        headers = {**auth, "Idempotency-Key": f"key-{index}"}
+        first = getattr(client, method)(path, json=body, headers=headers)
+        events = fetch_all(engine, "SELECT position FROM outbox")
+        again = getattr(client, method)(path, json=body, headers=headers)
+        assert (again.status_code, again.get_data()) == (first.status_code, first.get_data()), path
+        assert fetch_all(engine, "SELECT position FROM outbox") == events, path
+
+
+def test_a_reused_key_with_another_request_is_422(client, engine, make_account):
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "abc-123"}
+    client.post("/api/v1/posts", json={"body": "one"}, headers=headers)
+
+    r = client.post("/api/v1/posts", json={"body": "two"}, headers=headers)
+
+    assert r.status_code == 422
+    assert r.mimetype == "application/problem+json"
+    assert "Idempotency-Key" in r.get_json()["errors"]
+    assert len(fetch_all(engine, "SELECT * FROM posts")) == 1
+
+
+def test_a_failed_command_is_not_remembered(client, engine, make_account):
+    """Nothing happened, so the same key may be used again once the input is right."""
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "fix-me"}
+    assert client.post("/api/v1/posts", json={"body": ""}, headers=headers).status_code == 422
+    assert client.post("/api/v1/posts", json={"body": ""}, headers=headers).status_code == 422
+    assert fetch_all(engine, "SELECT * FROM idempotency_keys") == []
+
+
+def test_a_key_older_than_24_hours_runs_again(client, engine, make_account):
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "old"}
+    client.post("/api/v1/posts", json={"body": "x"}, headers=headers)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"))
+
+    r = client.post("/api/v1/posts", json={"body": "x"}, headers=headers)
+
+    assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers
+    assert len(fetch_all(engine, "SELECT * FROM posts")) == 2
+
+
+def test_the_purge_command_deletes_expired_records(app, client, engine, make_account):
+    ada = make_account()
+    for key in ("a", "b"):
+        client.post(
+            "/api/v1/posts", json={"body": key}, headers={**ada.auth, "Idempotency-Key": key}
+        )
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE idempotency_keys SET created_at = now() - interval '2 days' WHERE key = 'a'"
+            )
+        )
+
+    result = app.test_cli_runner().invoke(args=["idempotency", "purge"])
+
+    assert "purged 1" in result.output
+    assert [r["key"] for r in fetch_all(engine, "SELECT key FROM idempotency_keys")] == ["b"]
+
+
+def test_a_key_still_in_flight_is_409(app, client, engine, make_account):
+    """The first request is held inside its transaction; a second with the same key gets 409."""
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "slow"}
+    blocker = engine.connect()
+    tx = blocker.begin()
+    # Hold ada's account row, so the first request waits inside its transaction, key claimed.
+    blocker.execute(text("SELECT 1 FROM accounts WHERE id = :id FOR UPDATE"), {"id": int(ada.id)})
+    first: dict = {}
+    thread = threading.Thread(
+        target=lambda: first.setdefault(
+            "r", app.test_client().post("/api/v1/posts", json={"body": "x"}, headers=headers)
+        )
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = fetch_all(
+                engine,
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()",
+            )[0]["n"]
+            if waiting:
+                break
+            time.sleep(0.02)
+
+        second = client.post("/api/v1/posts", json={"body": "x"}, headers=headers)
+
+        assert second.status_code == 409
+        assert second.mimetype == "application/problem+json"
+    finally:
+        tx.rollback()
+        blocker.close()
+        thread.join(10)
+    assert first["r"].status_code == 201
+    third = client.post("/api/v1/posts", json={"body": "x"}, headers=headers)
+    assert third.status_code == 201 and third.get_json() == first["r"].get_json()
+    assert len(fetch_all(engine, "SELECT * FROM posts")) == 1

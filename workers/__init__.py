@@ -1,0 +1,1 @@
+"""Dramatiq broker setup and the thin actors that project events into Redis."""
