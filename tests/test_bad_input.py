@@ -236,3 +236,16 @@ def test_an_overlong_idempotency_key_is_422(client, authed):
     )
     assert r.status_code == 422
     assert "Idempotency-Key" in r.get_json()["errors"]
+
+
+@pytest.mark.parametrize("text", ["nul\x00byte", "lone \ud800 surrogate"])
+def test_text_postgresql_cannot_store_is_422_not_500(client, engine, authed, text):
+    ada, _ = authed
+    before = snapshot(engine)
+    register = client.post("/api/v1/accounts", json={"handle": "ok_name", "password": text * 2})
+    login = client.post("/api/v1/sessions", json={"handle": text, "password": "12345678"})
+    post = client.post("/api/v1/posts", json={"body": text}, headers=ada.auth)
+    assert_validation_problem(register, "password")
+    assert_validation_problem(login, "handle")
+    assert_validation_problem(post, "body")
+    assert snapshot(engine) == before

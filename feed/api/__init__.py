@@ -52,6 +52,7 @@ def init_api(app: Flask) -> None:
             },
         },
     )
+    api.register_converter(IdConverter, lambda converter: {"type": "string", "pattern": "^[0-9]+$"})
     register_problem_handlers(app)
     limiter.init_app(app)
     app.before_request(_start_request)

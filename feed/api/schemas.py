@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 HANDLE = validate.Regexp(r"^[a-z0-9_]{3,30}$", error="3 to 30 of a-z, 0-9 and _.")
 
 
+def _unstorable(value: Any) -> bool:
+    """True for text PostgreSQL cannot store: NUL characters, lone UTF-16 surrogates."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
 class StrictSchema(Schema):
-    """Input schemas refuse fields they do not know (``{"is_admin": true}`` is a 422)."""
+    """Input schemas refuse fields they do not know (``{"is_admin": true}`` is a 422) and text
+    that cannot be stored."""
 
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _refuse_unstorable_text(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict):
+            bad = {
+                str(name): ["Must not contain NUL characters or unpaired surrogates."]
+                for name, value in data.items()
+                if _unstorable(value)
+            }
+            if bad:
+                raise ValidationError(bad)
+        return data
 
 
 class NonBlank(fields.String):
