@@ -23,6 +23,7 @@ from feed.events import (
     PostDeleted,
     PostPublished,
     VoteCast,
+    account_counts,
 )
 from feed.schema import accounts, follows, posts, votes
 from feed.unit_of_work import UnitOfWork
@@ -158,9 +159,10 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
             author_id=str(author["id"]),
             body=post["body"],
             created_at=rfc3339(post["created_at"]),
+            author_handle=author["handle"],
+            author_display_name=author["display_name"],
             media=(),
-            posts_count=counts["posts_count"],
-            counts_version=counts["counts_version"],
+            author_counts=account_counts(counts),
         )
     )
     return {**post, "author": author, "media": [], "my_vote": 0}
@@ -188,8 +190,7 @@ def delete_post(uow: UnitOfWork, cmd: DeletePost) -> None:
             author_id=str(post["author_id"]),
             deleted_by=str(actor["id"]),
             deleted_at=rfc3339(deleted_at),
-            posts_count=counts["posts_count"],
-            counts_version=counts["counts_version"],
+            author_counts=account_counts(counts),
         )
     )
 
@@ -215,10 +216,8 @@ def follow_account(uow: UnitOfWork, cmd: FollowAccount) -> bool:
                 follower_id=str(follower_id),
                 followee_id=str(followee_id),
                 followed_at=rfc3339(created),
-                follower_following_count=follower["following_count"],
-                follower_counts_version=follower["counts_version"],
-                followee_followers_count=followee["followers_count"],
-                followee_counts_version=followee["counts_version"],
+                follower_counts=account_counts(follower),
+                followee_counts=account_counts(followee),
             )
         )
     return True
@@ -244,10 +243,8 @@ def unfollow_account(uow: UnitOfWork, cmd: UnfollowAccount) -> bool:
                 follower_id=str(follower_id),
                 followee_id=str(followee_id),
                 unfollowed_at=rfc3339(removed),
-                follower_following_count=follower["following_count"],
-                follower_counts_version=follower["counts_version"],
-                followee_followers_count=followee["followers_count"],
-                followee_counts_version=followee["counts_version"],
+                follower_counts=account_counts(follower),
+                followee_counts=account_counts(followee),
             )
         )
     return False

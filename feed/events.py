@@ -5,6 +5,10 @@ their fields. Ids are decimal strings (64-bit ids do not survive JSON numbers in
 times are RFC 3339 strings in UTC. Counters travel with the write model's value *and* its
 version, so a projection can apply them in any order and keep the newest.
 
+An account's counters always travel together (``AccountCounts``): a projection keeps the set
+with the highest ``counts_version``, so no counter can be lost to a newer event that did not
+carry it.
+
 A payload written by an older version is brought up to date by the chain of ``upcast_*``
 functions registered in ``UPCASTERS`` before it is decoded.
 """
@@ -34,6 +38,16 @@ class Event:
         return dataclasses.asdict(self)
 
 
+def account_counts(row: Any) -> dict[str, int]:
+    """An account's counters and their version, as events carry them."""
+    return {
+        "followers_count": row["followers_count"],
+        "following_count": row["following_count"],
+        "posts_count": row["posts_count"],
+        "counts_version": row["counts_version"],
+    }
+
+
 @dataclass(frozen=True)
 class AccountRegistered(Event):
     """A new account exists."""
@@ -55,7 +69,7 @@ class AccountRegistered(Event):
 class PostPublished(Event):
     """A post became visible: it goes to its author's and followers' feeds.
 
-    ``posts_count``/``counts_version`` are the author's post counter after the publish.
+    ``author_counts`` are the author's counters after the publish (see ``account_counts``).
     """
 
     name: ClassVar[str] = "PostPublished"
@@ -65,9 +79,10 @@ class PostPublished(Event):
     author_id: str
     body: str
     created_at: str
+    author_handle: str
+    author_display_name: str
     media: tuple[dict[str, Any], ...]
-    posts_count: int
-    counts_version: int
+    author_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:
@@ -85,8 +100,7 @@ class PostDeleted(Event):
     author_id: str
     deleted_by: str
     deleted_at: str
-    posts_count: int
-    counts_version: int
+    author_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:
@@ -103,10 +117,8 @@ class AccountFollowed(Event):
     follower_id: str
     followee_id: str
     followed_at: str
-    follower_following_count: int
-    follower_counts_version: int
-    followee_followers_count: int
-    followee_counts_version: int
+    follower_counts: dict[str, int]
+    followee_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:
@@ -123,10 +135,8 @@ class AccountUnfollowed(Event):
     follower_id: str
     followee_id: str
     unfollowed_at: str
-    follower_following_count: int
-    follower_counts_version: int
-    followee_followers_count: int
-    followee_counts_version: int
+    follower_counts: dict[str, int]
+    followee_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:

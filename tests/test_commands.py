@@ -107,7 +107,8 @@ def test_publishing_a_post_writes_the_post_the_counter_and_post_published(
     assert event["type"] == "PostPublished"
     assert event["payload"]["post_id"] == post["id"]
     assert event["payload"]["author_id"] == ada.id
-    assert event["payload"]["posts_count"] == 1
+    assert event["payload"]["author_counts"]["posts_count"] == 1
+    assert event["payload"]["author_handle"] == "ada_l"
 
 
 def test_post_ids_are_time_ordered_decimal_strings(client, make_account):
@@ -176,7 +177,8 @@ def test_following_writes_the_follow_both_counters_and_account_followed(
     event = outbox_events(engine)[-1]
     assert event["type"] == "AccountFollowed"
     assert event["payload"]["follower_id"] == ada.id and event["payload"]["followee_id"] == bob.id
-    assert event["payload"]["followee_followers_count"] == 1
+    assert event["payload"]["followee_counts"]["followers_count"] == 1
+    assert event["payload"]["follower_counts"]["following_count"] == 1
 
 
 def test_a_second_follow_changes_nothing(client, engine, make_account):
@@ -213,8 +215,8 @@ def test_unfollowing_removes_the_follow_and_writes_account_unfollowed(client, en
     assert fetch_all(engine, "SELECT * FROM follows") == []
     event = outbox_events(engine)[-1]
     assert event["type"] == "AccountUnfollowed"
-    assert event["payload"]["followee_followers_count"] == 0
-    assert event["payload"]["follower_following_count"] == 0
+    assert event["payload"]["followee_counts"]["followers_count"] == 0
+    assert event["payload"]["follower_counts"]["following_count"] == 0
 
 
 def test_unfollowing_someone_not_followed_changes_nothing(client, engine, make_account):
