@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, text
 from feed.auth import Passwords, Tokens
 from feed.config import Settings, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
+from feed.readmodel import Store
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Services:
     passwords: Passwords
     tokens: Tokens
     consistency: ConsistencyTokens
+    store: Store
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -59,10 +61,13 @@ def build_services(settings: Settings) -> Services:
             "DATABASE_URL and REDIS_URL are not set: start the service with `make run` "
             "(python -m feed.launcher), which embeds PostgreSQL and Redis when they are missing."
         )
+    engine = build_engine(settings.database_url)
+    client = build_redis(settings.redis_url)
     return Services(
         settings=settings,
-        engine=build_engine(settings.database_url),
-        redis=build_redis(settings.redis_url),
+        engine=engine,
+        redis=client,
+        store=Store(client, engine, settings),
         passwords=Passwords(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_cost,

@@ -56,6 +56,12 @@ class Settings:
     argon2_memory_cost: int = 65536
     argon2_parallelism: int = 4
     max_json_bytes: int = 64 * 1024
+    feed_size: int = 800
+    feed_active_days: int = 14
+    feed_pull_threshold: int = 10_000
+    fanout_page_size: int = 1000
+    read_wait_ms: int = 500
+    queue_prefix: str = ""
     log_json: bool = True
 
     @classmethod
@@ -81,11 +87,22 @@ class Settings:
             argon2_memory_cost=_int(env, "ARGON2_MEMORY_COST", defaults.argon2_memory_cost),
             argon2_parallelism=_int(env, "ARGON2_PARALLELISM", defaults.argon2_parallelism),
             log_json=_bool(env, "LOG_JSON", True),
+            feed_size=_int(env, "FEED_SIZE", defaults.feed_size),
+            feed_active_days=_int(env, "FEED_ACTIVE_DAYS", defaults.feed_active_days),
+            feed_pull_threshold=_int(env, "FEED_PULL_THRESHOLD", defaults.feed_pull_threshold),
+            fanout_page_size=_int(env, "FANOUT_PAGE_SIZE", defaults.fanout_page_size),
+            read_wait_ms=_int(env, "READ_WAIT_MS", defaults.read_wait_ms),
+            queue_prefix=env.get("FEED_QUEUE_PREFIX", ""),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some settings replaced (tests use this)."""
         return replace(self, **changes)
+
+    @property
+    def feed_ttl_seconds(self) -> int:
+        """How long a feed lives without an authenticated request from its owner."""
+        return self.feed_active_days * 24 * 3600
 
     @property
     def limiter_storage_uri(self) -> str:

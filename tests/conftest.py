@@ -140,3 +140,44 @@ def outbox_events(engine) -> list[dict[str, Any]]:
     return fetch_all(
         engine, "SELECT type, version, aggregate_id, payload FROM outbox ORDER BY position"
     )
+
+
+def drain(services) -> int:
+    """Relay every outbox event and project it in this process, fan-out pages inline.
+
+    The real relay and projection code run; only the broker between them is left out (the
+    end-to-end tests run them as real processes over RabbitMQ).
+    """
+    from feed.outbox import relay_once
+    from feed.projections import apply_fan_out_page, project
+
+    store = services.store
+
+    def publish(batch):
+        for envelope in batch:
+            project(store, envelope, lambda page: apply_fan_out_page(store, page))
+
+    total = 0
+    while moved := relay_once(services.engine, publish):
+        total += moved
+    return total
+
+
+@pytest.fixture
+def project_all(app):
+    """Call to bring the read models up to date with every command so far."""
+    return lambda: drain(app.extensions["feed"])
+
+
+@pytest.fixture
+def pipeline(settings, clean_state, tmp_path):
+    """A real relay and a real Dramatiq worker over RabbitMQ, for this test."""
+    from tests.processes import Processes, delete_queues, process_env
+
+    env = process_env(settings.database_url, settings.redis_url, settings.broker_url)
+    processes = Processes(env, tmp_path)
+    processes.start("relay")
+    processes.start("workers")
+    yield processes
+    processes.stop_all()
+    delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])

@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from feed.api import accounts, ops, posts
+from feed.api import accounts, ops, posts, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.problems import register_problem_handlers
@@ -60,6 +60,7 @@ def init_api(app: Flask) -> None:
     app.after_request(_finish_request)
     api.register_blueprint(accounts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(posts.blp, url_prefix=API_PREFIX)
+    api.register_blueprint(timelines.blp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.blp)
 
 

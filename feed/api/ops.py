@@ -7,7 +7,8 @@ from flask import Blueprint, Response
 from feed.api.problems import problem
 from feed.api.web import json_response, services
 from feed.bootstrap import check_broker, check_database, check_redis
-from feed.observability import metrics_payload
+from feed.observability import OutboxCollector, metrics_payload
+from feed.outbox import backlog
 
 blp = Blueprint("ops", __name__)
 
@@ -46,5 +47,6 @@ def readyz() -> Response:
 @blp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format."""
-    payload, content_type = metrics_payload()
+    engine = services().engine
+    payload, content_type = metrics_payload(OutboxCollector(lambda: backlog(engine)))
     return Response(payload, mimetype=None, content_type=content_type)

@@ -168,3 +168,8 @@ class ProblemOut(Schema):
     status = fields.Integer()
     detail = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class PostPageOut(Schema):
+    items = fields.List(fields.Nested(PostOut), required=True)
+    next_max_id = fields.String(allow_none=True, required=True)

@@ -1,0 +1,142 @@
+"""Queries: home timeline, an account's posts, a post, an account. Served from Redis."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from feed import queries
+from feed.api.schemas import AccountOut, PostOut, PostPageOut, ProblemOut
+from feed.api.web import (
+    CONSISTENCY_HEADER,
+    authenticated,
+    json_response,
+    optional_principal,
+    require_principal,
+    services,
+)
+from feed.errors import FeedError, InvalidInput
+
+blp = Blueprint("timelines", __name__, description="Feeds, posts and accounts (read models)")
+
+READ_MODEL_HEADER = "X-Read-Model"
+MAX_LIMIT = 40
+CURSOR_PARAMETERS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 40}},
+    {"name": "max_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    {"name": "since_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    {"name": CONSISTENCY_HEADER, "in": "header", "schema": {"type": "string"}},
+]
+
+
+class MalformedQuery(FeedError):
+    """A query parameter is not of its type."""
+
+    status = 400
+    title = "Malformed query parameter"
+    slug = "malformed-query"
+
+
+def parse_cursor() -> queries.Cursor:
+    """``limit``, ``max_id``, ``since_id`` from the query: 400 if malformed, 422 if out of range."""
+    args = request.args
+    limit = 20
+    if "limit" in args:
+        raw = args["limit"]
+        if not raw.isdigit() or len(raw) > 6:
+            raise MalformedQuery(
+                "limit must be a whole number.", errors={"limit": ["Not a number."]}
+            )
+        limit = int(raw)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInput(
+                f"limit must be 1 to {MAX_LIMIT}.", errors={"limit": [f"Must be 1 to {MAX_LIMIT}."]}
+            )
+    ids = {}
+    for name in ("max_id", "since_id"):
+        if name in args:
+            raw = args[name]
+            if not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+                raise MalformedQuery(
+                    f"{name} must be a post id.", errors={name: ["Not a post id."]}
+                )
+            ids[name] = int(raw)
+    return queries.Cursor(limit=limit, **ids)
+
+
+def consistency_position() -> int | None:
+    token = request.headers.get(CONSISTENCY_HEADER)
+    return services().consistency.position(token) if token else None
+
+
+def page_response(page: queries.Page, cursor: queries.Cursor) -> Response:
+    headers = {READ_MODEL_HEADER: page.source}
+    if page.next_max_id:
+        query = {"limit": cursor.limit, "max_id": page.next_max_id}
+        headers["Link"] = f'<{request.base_url}?{urlencode(query)}>; rel="next"'
+    return json_response({"items": page.items, "next_max_id": page.next_max_id}, 200, headers)
+
+
+@blp.route("/timelines/home")
+class HomeTimeline(MethodView):
+    @authenticated
+    @blp.doc(parameters=CURSOR_PARAMETERS)
+    @blp.response(200, PostPageOut)
+    @blp.alt_response(400, schema=ProblemOut, description="A malformed query parameter")
+    @blp.alt_response(401, schema=ProblemOut, description="Not logged in")
+    def get(self):
+        """The caller's home feed, newest first."""
+        me = require_principal().account_id
+        cursor = parse_cursor()
+        page = queries.home_timeline(services().store, me, cursor, position=consistency_position())
+        return page_response(page, cursor)
+
+
+@blp.route("/accounts/<id:account_id>/posts")
+class AccountPosts(MethodView):
+    @blp.doc(parameters=CURSOR_PARAMETERS)
+    @blp.response(200, PostPageOut)
+    @blp.alt_response(404, schema=ProblemOut, description="No such account")
+    def get(self, account_id):
+        """An account's posts, newest first."""
+        viewer = optional_principal()
+        cursor = parse_cursor()
+        page = queries.account_posts(
+            services().store,
+            account_id,
+            viewer.account_id if viewer else None,
+            cursor,
+            position=consistency_position(),
+        )
+        return page_response(page, cursor)
+
+
+@blp.route("/posts/<id:post_id>")
+class PostItem(MethodView):
+    @blp.doc(parameters=CURSOR_PARAMETERS[-1:])
+    @blp.response(200, PostOut)
+    @blp.alt_response(404, schema=ProblemOut, description="No such post")
+    def get(self, post_id):
+        """One post with its current counts."""
+        viewer = optional_principal()
+        item = queries.get_post(
+            services().store,
+            post_id,
+            viewer.account_id if viewer else None,
+            position=consistency_position(),
+        )
+        return json_response(item.value, 200, {READ_MODEL_HEADER: item.source})
+
+
+@blp.route("/accounts/<id:account_id>")
+class AccountItem(MethodView):
+    @blp.doc(parameters=CURSOR_PARAMETERS[-1:])
+    @blp.response(200, AccountOut)
+    @blp.alt_response(404, schema=ProblemOut, description="No such account")
+    def get(self, account_id):
+        """An account with its counters."""
+        item = queries.get_account(services().store, account_id, position=consistency_position())
+        return json_response(item.value, 200, {READ_MODEL_HEADER: item.source})

@@ -1,0 +1,321 @@
+"""Projections: outbox events into the Redis read model. Plain functions; the Dramatiq actors in
+``workers/`` only decode a message and call them.
+
+Every handler is safe to run twice and in any order (the line under each says how), so a
+redelivered, duplicated or reordered message leaves the same read model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+
+from feed.events import (
+    AccountFollowed,
+    AccountRegistered,
+    AccountUnfollowed,
+    Event,
+    PostDeleted,
+    PostPublished,
+    VoteCast,
+)
+from feed.outbox import Envelope
+from feed.readmodel import (
+    APPLIED_SECONDS,
+    CELEBS_KEY,
+    TOMBSTONE_SECONDS,
+    Store,
+    account_document,
+    account_key,
+    applied_key,
+    feed_key,
+    follow_versions_key,
+    following_key,
+    my_votes_key,
+    post_document,
+    post_key,
+    posts_key,
+    score_of,
+    tombstone_key,
+)
+from feed.rebuild import rebuild_posts
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class FanOutPage:
+    """One page of followers to add a post to, or remove posts from. One message each."""
+
+    op: str  # "add" | "remove" | "merge_author"
+    author_id: int
+    follower_ids: tuple[int, ...]
+    post_ids: tuple[int, ...] = ()
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "author_id": self.author_id,
+            "follower_ids": list(self.follower_ids),
+            "post_ids": [str(p) for p in self.post_ids],
+        }
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> FanOutPage:
+        return cls(
+            op=data["op"],
+            author_id=int(data["author_id"]),
+            follower_ids=tuple(int(f) for f in data["follower_ids"]),
+            post_ids=tuple(int(p) for p in data["post_ids"]),
+        )
+
+
+SendPage = Callable[[FanOutPage], None]
+
+
+def project(store: Store, envelope: Envelope, send_page: SendPage) -> None:
+    """Apply one event to every read model it touches, then mark its position applied."""
+    event = envelope.event()
+    HANDLERS[type(event)](store, event, send_page)
+    store.redis.set(applied_key(envelope.position), 1, ex=APPLIED_SECONDS)
+
+
+def project_account_registered(store: Store, event: AccountRegistered, send: SendPage) -> None:
+    # Safe twice: the profile is the same every time; counters apply only when newer.
+    store.redis.hset(
+        account_key(event.account_id),
+        "json",
+        account_document(
+            account_id=event.account_id,
+            handle=event.handle,
+            display_name=event.display_name,
+            created_at=event.created_at,
+        ),
+    )
+    _apply_counts(
+        store,
+        event.account_id,
+        {"followers_count": 0, "following_count": 0, "posts_count": 0, "counts_version": 0},
+        send,
+    )
+
+
+def project_post_published(store: Store, event: PostPublished, send: SendPage) -> None:
+    # Safe twice: ZADD of the same member and score changes nothing; a deleted post (tombstone
+    # or PostgreSQL status) is never cached or added again.
+    post_id = int(event.post_id)
+    if not _is_published(store, post_id):
+        store.redis.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
+        return
+    store.scripts.cache_published_post(
+        keys=[
+            post_key(post_id),
+            tombstone_key(post_id),
+            posts_key(event.author_id),
+            feed_key(event.author_id),
+        ],
+        args=[
+            post_document(
+                post_id=post_id,
+                author_id=event.author_id,
+                author_handle=event.author_handle,
+                author_display_name=event.author_display_name,
+                body=event.body,
+                media=event.media,
+                created_at=event.created_at,
+            ),
+            post_id,
+            score_of(post_id),
+            store.settings.feed_size,
+        ],
+    )
+    _apply_counts(store, event.author_id, event.author_counts, send)
+    if event.author_counts["followers_count"] >= store.settings.feed_pull_threshold:
+        return  # a high-follower author: followers pull its posts at read time
+    for followers in follower_pages(store, int(event.author_id)):
+        send(FanOutPage("add", int(event.author_id), followers, (post_id,)))
+
+
+def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> None:
+    # Safe twice: tombstone, DEL and ZREM are idempotent; counters apply only when newer.
+    post_id = int(event.post_id)
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
+    pipe.delete(post_key(post_id))
+    pipe.zrem(posts_key(event.author_id), post_id)
+    pipe.zrem(feed_key(event.author_id), post_id)
+    pipe.execute()
+    _apply_counts(store, event.author_id, event.author_counts, send)
+    for followers in follower_pages(store, int(event.author_id)):
+        send(FanOutPage("remove", int(event.author_id), followers, (post_id,)))
+
+
+def project_account_followed(store: Store, event: AccountFollowed, send: SendPage) -> None:
+    # Safe twice and reordered: the edge applies only when its version is newer than the last
+    # one seen for the pair; merging the same posts again adds nothing.
+    _apply_counts(store, event.follower_id, event.follower_counts, send)
+    _apply_counts(store, event.followee_id, event.followee_counts, send)
+    applied = store.scripts.apply_follow_edge(
+        keys=[following_key(event.follower_id), follow_versions_key(event.follower_id)],
+        args=[event.followee_id, event.follower_counts["counts_version"], 1],
+    )
+    if applied:
+        _ensure_posts(store, event.followee_id)
+        store.scripts.merge_posts_into_feed(
+            keys=[feed_key(event.follower_id), posts_key(event.followee_id)],
+            args=[store.settings.feed_size],
+        )
+
+
+def project_account_unfollowed(store: Store, event: AccountUnfollowed, send: SendPage) -> None:
+    # Safe twice and reordered: as for follows, by the edge version; removing is idempotent.
+    _apply_counts(store, event.follower_id, event.follower_counts, send)
+    _apply_counts(store, event.followee_id, event.followee_counts, send)
+    applied = store.scripts.apply_follow_edge(
+        keys=[following_key(event.follower_id), follow_versions_key(event.follower_id)],
+        args=[event.followee_id, event.follower_counts["counts_version"], 0],
+    )
+    if applied:
+        _ensure_posts(store, event.followee_id)
+        store.scripts.unmerge_posts_from_feed(
+            keys=[feed_key(event.follower_id), posts_key(event.followee_id)]
+        )
+
+
+def project_vote_cast(store: Store, event: VoteCast, send: SendPage) -> None:
+    # Safe twice and reordered: the post's counts and the voter's vote carry votes_version and
+    # only a newer version replaces them; nothing is incremented.
+    store.scripts.apply_vote(
+        keys=[post_key(event.post_id), my_votes_key(event.account_id)],
+        args=[event.up, event.down, event.votes_version, event.post_id, event.value],
+    )
+
+
+HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
+    AccountRegistered: project_account_registered,
+    PostPublished: project_post_published,
+    PostDeleted: project_post_deleted,
+    AccountFollowed: project_account_followed,
+    AccountUnfollowed: project_account_unfollowed,
+    VoteCast: project_vote_cast,
+}
+
+
+def apply_fan_out_page(store: Store, page: FanOutPage) -> int:
+    """Apply one page of fan-out in one Redis script call; returns the entries changed.
+
+    Safe twice: adding or removing the same members again changes nothing. Before adding, the
+    followers are checked against PostgreSQL once, so a page that arrives after an unfollow
+    does not put the post back.
+    """
+    if page.op == "remove":
+        return int(
+            store.scripts.remove_from_feeds(
+                keys=[feed_key(f) for f in page.follower_ids], args=list(page.post_ids)
+            )
+        )
+    followers = still_following(store, page.author_id, page.follower_ids)
+    if not followers:
+        return 0
+    if page.op == "merge_author":
+        _ensure_posts(store, page.author_id)
+        pipe = store.redis.pipeline(transaction=False)
+        for follower in followers:
+            store.scripts.merge_posts_into_feed(
+                keys=[feed_key(follower), posts_key(page.author_id)],
+                args=[store.settings.feed_size],
+                client=pipe,
+            )
+        return sum(int(n) for n in pipe.execute())
+    changed = 0
+    for post_id in page.post_ids:
+        changed += int(
+            store.scripts.add_to_feeds(
+                keys=[feed_key(f) for f in followers],
+                args=[post_id, score_of(post_id), store.settings.feed_size, tombstone_key(post_id)],
+            )
+        )
+    return changed
+
+
+def follower_pages(store: Store, author_id: int) -> Iterator[tuple[int, ...]]:
+    """The author's followers from PostgreSQL, a page (``fanout_page_size``) at a time."""
+    size = store.settings.fanout_page_size
+    after = 0
+    with store.engine.connect() as conn:
+        while True:
+            page = tuple(
+                conn.execute(
+                    text(
+                        "SELECT follower_id FROM follows WHERE followee_id = :author "
+                        "AND follower_id > :after ORDER BY follower_id LIMIT :n"
+                    ),
+                    {"author": author_id, "after": after, "n": size},
+                ).scalars()
+            )
+            if not page:
+                return
+            yield page
+            if len(page) < size:
+                return
+            after = page[-1]
+
+
+def still_following(store: Store, author_id: int, follower_ids: tuple[int, ...]) -> list[int]:
+    """The subset of ``follower_ids`` that follow ``author_id`` now."""
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT follower_id FROM follows WHERE followee_id = :author "
+                    "AND follower_id = ANY(:ids)"
+                ),
+                {"author": author_id, "ids": list(follower_ids)},
+            ).scalars()
+        )
+
+
+def projection_lag_seconds(created_at: str) -> float:
+    """Seconds from an event's time (RFC 3339) to now."""
+    created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    return max(0.0, time.time() - created.timestamp())
+
+
+def _apply_counts(
+    store: Store, account_id: str | int, counts: dict[str, int], send: SendPage
+) -> None:
+    result = store.scripts.apply_account_counts(
+        keys=[account_key(account_id), CELEBS_KEY],
+        args=[
+            counts["followers_count"],
+            counts["following_count"],
+            counts["posts_count"],
+            counts["counts_version"],
+            account_id,
+            store.settings.feed_pull_threshold,
+        ],
+    )
+    if int(result) == -1:
+        # The account left the high-follower set: push its posts to its followers' feeds now.
+        log.info("account_demoted_from_pull", account_id=str(account_id))
+        for followers in follower_pages(store, int(account_id)):
+            send(FanOutPage("merge_author", int(account_id), followers))
+
+
+def _ensure_posts(store: Store, account_id: str | int) -> None:
+    if not store.redis.exists(posts_key(account_id)):
+        rebuild_posts(store, int(account_id))
+
+
+def _is_published(store: Store, post_id: int) -> bool:
+    with store.engine.connect() as conn:
+        status = conn.execute(
+            text("SELECT status FROM posts WHERE id = :id"), {"id": post_id}
+        ).scalar_one_or_none()
+    return status == "published"

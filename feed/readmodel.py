@@ -1,0 +1,450 @@
+"""The Redis read model: keys, the Lua scripts that change them, and how a post id becomes a score.
+
+Keys (``{id}`` is a decimal account or post id):
+
+    feed:{account}       home feed, sorted set of post ids, capped at ``FEED_SIZE``; expires after
+                         ``FEED_ACTIVE_DAYS`` without an authenticated request (an inactive account
+                         gets no fan-out and is rebuilt from PostgreSQL when it comes back)
+    posts:{account}      the account's own published posts, sorted set (not capped)
+    following:{account}  set of the accounts it follows
+    fver:{account}       follow-edge versions: followee -> version (negative after an unfollow),
+                         and ``_floor``: events at or below it predate the last rebuild
+    celebs               accounts with at least ``FEED_PULL_THRESHOLD`` followers (pulled at read)
+    post:{post}          hash: ``json`` (the post, without counters), ``up``, ``down``, ``v``
+    gone:{post}          tombstone of a deleted post, so a late event cannot bring it back
+    acct:{account}       hash: ``json`` (id, handle, display name, created_at) and counters, ``v``
+    myvotes:{account}    hash: post -> "value:version" (and the sentinel field "0")
+    applied:{position}   set once the outbox event at that position is projected (read-your-writes)
+
+Every sorted set and set that is rebuilt lazily carries the sentinel member ``"0"`` (score -1):
+its presence says "this key is complete", so an empty feed is told apart from a missing one.
+
+Scores: a sorted-set score is a double, and post ids pass 2^53, so the score is the id's
+millisecond part (``id >> 22``, exact in a double) and ties within one millisecond are ordered by
+the member, the id as a decimal string (ids of one millisecond have the same number of digits,
+so string order is number order). Members that are integers are stored as integers in a
+listpack, which keeps a feed entry near 20 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import Engine
+
+from feed.config import Settings
+
+SENTINEL = "0"
+SENTINEL_SCORE = -1
+ID_SHIFT = 22
+TOMBSTONE_SECONDS = 7 * 24 * 3600
+APPLIED_SECONDS = 24 * 3600
+# A feed page and a capped feed both stay in one listpack below this many entries.
+LISTPACK_ENTRIES = 1024
+
+
+def score_of(post_id: int | str) -> int:
+    """The sorted-set score of a post id: its millisecond timestamp (exact in a double)."""
+    return int(post_id) >> ID_SHIFT
+
+
+def feed_key(account_id: int | str) -> str:
+    return f"feed:{account_id}"
+
+
+def posts_key(account_id: int | str) -> str:
+    return f"posts:{account_id}"
+
+
+def following_key(account_id: int | str) -> str:
+    return f"following:{account_id}"
+
+
+def follow_versions_key(account_id: int | str) -> str:
+    return f"fver:{account_id}"
+
+
+def post_key(post_id: int | str) -> str:
+    return f"post:{post_id}"
+
+
+def tombstone_key(post_id: int | str) -> str:
+    return f"gone:{post_id}"
+
+
+def account_key(account_id: int | str) -> str:
+    return f"acct:{account_id}"
+
+
+def my_votes_key(account_id: int | str) -> str:
+    return f"myvotes:{account_id}"
+
+
+def applied_key(position: int) -> str:
+    return f"applied:{position}"
+
+
+CELEBS_KEY = "celebs"
+
+# Lua helpers shared by the scripts below. Ids are compared as decimal strings: a longer string
+# is a larger number, equal lengths compare as text.
+_LUA_HELPERS = """
+local function id_less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function trim(key, size)
+  -- rank 0 is the sentinel (score -1); keep it and the newest `size` posts
+  local extra = redis.call('ZCARD', key) - 1 - size
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 1, extra) end
+end
+"""
+
+# KEYS: feed keys. ARGV: post id, score, feed size, tombstone key, check_followers (unused here).
+# Adds the post to every feed that exists (a missing feed is rebuilt when its owner reads it).
+ADD_TO_FEEDS = (
+    _LUA_HELPERS
+    + """
+if redis.call('EXISTS', ARGV[4]) == 1 then return 0 end
+local added = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    added = added + redis.call('ZADD', key, ARGV[2], ARGV[1])
+    trim(key, tonumber(ARGV[3]))
+  end
+end
+return added
+"""
+)
+
+# KEYS: feed keys. ARGV: post ids. Removes the posts from every feed.
+REMOVE_FROM_FEEDS = """
+local removed = 0
+for _, key in ipairs(KEYS) do
+  removed = removed + redis.call('ZREM', key, unpack(ARGV))
+end
+return removed
+"""
+
+# KEYS: [1] feed, [2] source posts key. ARGV: feed size.
+# Merges the newest `size` posts of the source (an author's posts) into the feed, if it exists.
+MERGE_POSTS_INTO_FEED = (
+    _LUA_HELPERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local size = tonumber(ARGV[1])
+local newest = redis.call('ZREVRANGE', KEYS[2], 0, size - 1, 'WITHSCORES')
+local added = 0
+for i = 1, #newest, 2 do
+  if newest[i] ~= '0' then
+    added = added + redis.call('ZADD', KEYS[1], newest[i + 1], newest[i])
+  end
+end
+trim(KEYS[1], size)
+return added
+"""
+)
+
+# KEYS: [1] feed, [2] source posts key. Removes every post of the source from the feed.
+UNMERGE_POSTS_FROM_FEED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local oldest = redis.call('ZRANGE', KEYS[1], 1, 1, 'WITHSCORES')
+if #oldest == 0 then return 0 end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], oldest[2], '+inf')
+local removed = 0
+for _, id in ipairs(ids) do
+  if id ~= '0' then removed = removed + redis.call('ZREM', KEYS[1], id) end
+end
+return removed
+"""
+
+# KEYS: [1] following set, [2] edge versions. ARGV: followee, version, 1 follow / 0 unfollow.
+# Applies a follow edge change only when it is newer than the one recorded. Returns 1 if applied.
+APPLY_FOLLOW_EDGE = """
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local floor = tonumber(redis.call('HGET', KEYS[2], '_floor') or '0')
+local version = tonumber(ARGV[2])
+if math.abs(current) >= version or floor >= version then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[2], ARGV[1], version)
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SADD', KEYS[1], ARGV[1]) end
+else
+  redis.call('HSET', KEYS[2], ARGV[1], -version)
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: [1] account hash, [2] celebs. ARGV: followers, following, posts, version, account id,
+# pull threshold. Keeps the counters with the highest version; returns -1 when the account just
+# left the celebrities (its followers need its posts pushed), else 1 if applied, 0 if stale.
+APPLY_ACCOUNT_COUNTS = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
+if current >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'followers', ARGV[1], 'following', ARGV[2], 'posts', ARGV[3],
+           'v', ARGV[4])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if tonumber(ARGV[1]) >= tonumber(ARGV[6]) then
+    redis.call('SADD', KEYS[2], ARGV[5])
+  elseif redis.call('SREM', KEYS[2], ARGV[5]) == 1 then
+    return -1
+  end
+end
+return 1
+"""
+
+# KEYS: [1] post hash, [2] voter's votes hash. ARGV: up, down, version, post id, vote value.
+# Keeps the post's counts with the highest version, and the voter's vote likewise.
+APPLY_VOTE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
+if current < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'up', ARGV[1], 'down', ARGV[2], 'v', ARGV[3])
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
+local mine = redis.call('HGET', KEYS[2], ARGV[4])
+local mine_version = -1
+if mine then mine_version = tonumber(string.match(mine, ':(%-?%d+)$')) end
+if mine_version < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5] .. ':' .. ARGV[3])
+end
+return 1
+"""
+
+# KEYS: [1] post hash, [2] tombstone, [3] author's posts, [4] author's feed.
+# ARGV: post json, id, score, feed size. Caches a published post unless it was deleted.
+CACHE_PUBLISHED_POST = (
+    _LUA_HELPERS
+    + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'json', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'up', 0)
+redis.call('HSETNX', KEYS[1], 'down', 0)
+redis.call('HSETNX', KEYS[1], 'v', 0)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2]) end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+  trim(KEYS[4], tonumber(ARGV[4]))
+end
+return 1
+"""
+)
+
+# KEYS: [1] feed, [2] following, [3] celebs, [4] my votes.
+# ARGV: [1] max id ('' for none), [2] min id ('' for none), [3] limit, [4] feed ttl seconds,
+#       [5] the posts key prefix ('posts:'), [6] max id's score, [7] min id's score.
+# One round trip for a home-feed page: the feed's entries between the cursors, merged with the
+# posts of followed celebrities, newest first, and for each post its cached hash and my vote.
+# Answers {'miss', what} when a key that must be complete is missing.
+READ_HOME_PAGE = (
+    _LUA_HELPERS
+    + """
+local limit = tonumber(ARGV[3])
+local max_id, min_id = ARGV[1], ARGV[2]
+local function exists(key) return redis.call('EXISTS', key) == 1 end
+if not exists(KEYS[1]) then return {'miss', 'feed'} end
+if not exists(KEYS[3]) then return {'miss', 'celebs'} end
+if not exists(KEYS[4]) then return {'miss', 'myvotes'} end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+
+local function in_range(id)
+  if id == '0' then return false end
+  if max_id ~= '' and not id_less(id, max_id) then return false end
+  if min_id ~= '' and not id_less(min_id, id) then return false end
+  return true
+end
+
+-- the newest `limit + 1` members of `key` within the cursors
+local function window(key)
+  local out = {}
+  local max_score = '+inf'
+  if max_id ~= '' then max_score = ARGV[6] end
+  local min_score = '-inf'
+  if min_id ~= '' then min_score = ARGV[7] end
+  local offset = 0
+  while #out <= limit do
+    local batch = redis.call('ZREVRANGEBYSCORE', key, max_score, min_score, 'WITHSCORES',
+                             'LIMIT', offset, limit + 1)
+    if #batch == 0 then break end
+    for i = 1, #batch, 2 do
+      if in_range(batch[i]) then out[#out + 1] = {batch[i], tonumber(batch[i + 1])} end
+    end
+    offset = offset + #batch / 2
+  end
+  return out
+end
+
+local candidates = window(KEYS[1])
+local celebs = {}
+if exists(KEYS[2]) then
+  celebs = redis.call('SINTER', KEYS[2], KEYS[3])
+else
+  return {'miss', 'following'}
+end
+for _, account in ipairs(celebs) do
+  if account ~= '0' then
+    local key = ARGV[5] .. account
+    if not exists(key) then return {'miss', 'posts', account} end
+    for _, entry in ipairs(window(key)) do candidates[#candidates + 1] = entry end
+  end
+end
+table.sort(candidates, function(a, b)
+  if a[2] ~= b[2] then return a[2] > b[2] end
+  return id_less(b[1], a[1])
+end)
+local out = {'ok'}
+local seen, count = {}, 0
+local more = 0
+for _, entry in ipairs(candidates) do
+  local id = entry[1]
+  if not seen[id] then
+    seen[id] = true
+    if count == limit then more = 1 break end
+    count = count + 1
+    local post = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
+    out[#out + 1] = id
+    out[#out + 1] = post[1] or false
+    out[#out + 1] = post[2] or false
+    out[#out + 1] = post[3] or false
+    out[#out + 1] = redis.call('HGET', KEYS[4], id) or false
+  end
+end
+out[#out + 1] = tostring(more)
+return out
+"""
+)
+
+# KEYS: [1] posts key, [2] my votes, [3] the account's hash.
+# ARGV: max id, min id, limit, max score, min score, '1' when the caller's votes are wanted.
+# One account's posts page, with the cached hashes and my votes.
+READ_POSTS_PAGE = (
+    _LUA_HELPERS
+    + """
+if redis.call('HEXISTS', KEYS[3], 'json') == 0 then return {'miss', 'account'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss', 'posts'} end
+local want_votes = ARGV[6] == '1'
+if want_votes and redis.call('EXISTS', KEYS[2]) == 0 then return {'miss', 'myvotes'} end
+local limit = tonumber(ARGV[3])
+local max_id, min_id = ARGV[1], ARGV[2]
+local max_score, min_score = '+inf', '-inf'
+if max_id ~= '' then max_score = ARGV[4] end
+if min_id ~= '' then min_score = ARGV[5] end
+local out, count, offset, more = {'ok'}, 0, 0, 0
+while more == 0 do
+  local batch = redis.call('ZREVRANGEBYSCORE', KEYS[1], max_score, min_score,
+                           'LIMIT', offset, limit + 1)
+  if #batch == 0 then break end
+  offset = offset + #batch
+  for _, id in ipairs(batch) do
+    local keep = id ~= '0'
+    if keep and max_id ~= '' and not id_less(id, max_id) then keep = false end
+    if keep and min_id ~= '' and not id_less(min_id, id) then keep = false end
+    if keep then
+      if count == limit then more = 1 break end
+      count = count + 1
+      local post = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
+      out[#out + 1] = id
+      out[#out + 1] = post[1] or false
+      out[#out + 1] = post[2] or false
+      out[#out + 1] = post[3] or false
+      if want_votes then
+        out[#out + 1] = redis.call('HGET', KEYS[2], id) or false
+      else
+        out[#out + 1] = false
+      end
+    end
+  end
+end
+out[#out + 1] = tostring(more)
+return out
+"""
+)
+
+
+class Scripts:
+    """The Lua scripts, registered once per Redis client (sent by SHA, loaded on demand)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.add_to_feeds = client.register_script(ADD_TO_FEEDS)
+        self.remove_from_feeds = client.register_script(REMOVE_FROM_FEEDS)
+        self.merge_posts_into_feed = client.register_script(MERGE_POSTS_INTO_FEED)
+        self.unmerge_posts_from_feed = client.register_script(UNMERGE_POSTS_FROM_FEED)
+        self.apply_follow_edge = client.register_script(APPLY_FOLLOW_EDGE)
+        self.apply_account_counts = client.register_script(APPLY_ACCOUNT_COUNTS)
+        self.apply_vote = client.register_script(APPLY_VOTE)
+        self.cache_published_post = client.register_script(CACHE_PUBLISHED_POST)
+        self.read_home_page = client.register_script(READ_HOME_PAGE)
+        self.read_posts_page = client.register_script(READ_POSTS_PAGE)
+
+
+def configure_compact_encoding(client: redis.Redis) -> bool:
+    """Let a capped feed stay a listpack (Redis 7) or ziplist (Redis 6); False if not allowed.
+
+    Production servers should set this in their config file; this is for embedded and test ones.
+    """
+    for name in ("zset-max-listpack-entries", "zset-max-ziplist-entries"):
+        try:
+            client.config_set(name, LISTPACK_ENTRIES)
+            return True
+        except redis.ResponseError:
+            continue
+    return False
+
+
+def post_document(
+    *,
+    post_id: int | str,
+    author_id: int | str,
+    author_handle: str,
+    author_display_name: str,
+    body: str,
+    media: list | tuple,
+    created_at: str,
+) -> str:
+    """The cached JSON of a published post, without counters (those live beside it)."""
+    return json.dumps(
+        {
+            "id": str(post_id),
+            "author": {
+                "id": str(author_id),
+                "handle": author_handle,
+                "display_name": author_display_name,
+            },
+            "body": body,
+            "media": list(media),
+            "created_at": created_at,
+            "status": "published",
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def account_document(
+    *, account_id: int | str, handle: str, display_name: str, created_at: str
+) -> str:
+    """The cached JSON of an account's profile, without counters."""
+    return json.dumps(
+        {
+            "id": str(account_id),
+            "handle": handle,
+            "display_name": display_name,
+            "created_at": created_at,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+@dataclass
+class Store:
+    """What the read side works with: Redis, its scripts, and PostgreSQL to rebuild from."""
+
+    redis: redis.Redis
+    engine: Engine
+    settings: Settings
+    scripts: Scripts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scripts = Scripts(self.redis)

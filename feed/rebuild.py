@@ -1,0 +1,298 @@
+"""Rebuilding read models from PostgreSQL, the source of truth: one key at a time when a read
+finds it missing, or everything with ``flask feeds rebuild``.
+
+A rebuilt key records the write model's versions (counters, votes, follow edges), so an older
+event that arrives after the rebuild cannot undo it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, select, text
+
+from feed.clock import rfc3339
+from feed.readmodel import (
+    CELEBS_KEY,
+    SENTINEL,
+    SENTINEL_SCORE,
+    TOMBSTONE_SECONDS,
+    Store,
+    account_document,
+    account_key,
+    feed_key,
+    follow_versions_key,
+    following_key,
+    my_votes_key,
+    post_document,
+    post_key,
+    posts_key,
+    score_of,
+    tombstone_key,
+)
+from feed.schema import accounts, posts
+
+POST_COLUMNS = (
+    "SELECT p.id, p.author_id, p.body, p.status, p.created_at, p.up, p.down, p.votes_version, "
+    "a.handle, a.display_name FROM posts p JOIN accounts a ON a.id = p.author_id "
+)
+
+
+def _open_sorted_set(store: Store, key: str, *, ttl: int | None = None) -> None:
+    """Empty ``key`` down to its sentinel *before* reading PostgreSQL, so that events projected
+    while the rebuild runs land in the key instead of being lost under it."""
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.zadd(key, {SENTINEL: SENTINEL_SCORE})
+    if ttl:
+        pipe.expire(key, ttl)
+    pipe.execute()
+
+
+def _fill_sorted_set(store: Store, key: str, post_ids: Iterable[int], cap: int | None) -> None:
+    """Merge ``post_ids`` into ``key`` (opened by ``_open_sorted_set``) and cap it."""
+    mapping = {str(post_id): score_of(post_id) for post_id in post_ids}
+    if not mapping:
+        return
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.zadd(key, mapping)
+    if cap is not None:
+        pipe.zremrangebyrank(key, 1, -(cap + 1))
+    pipe.execute()
+
+
+def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) -> None:
+    """The newest ``feed_size`` posts of the account and of those it follows."""
+    key = feed_key(account_id)
+    _open_sorted_set(store, key, ttl=store.settings.feed_ttl_seconds)
+    with _connection(store, conn) as db:
+        ids = db.execute(
+            text(
+                "SELECT p.id FROM posts p WHERE p.status = 'published' AND (p.author_id = :me "
+                "OR p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = :me)) "
+                "ORDER BY p.id DESC LIMIT :n"
+            ),
+            {"me": account_id, "n": store.settings.feed_size},
+        ).scalars()
+        _fill_sorted_set(store, key, ids, store.settings.feed_size)
+
+
+def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None) -> None:
+    """All published posts of one account."""
+    key = posts_key(account_id)
+    _open_sorted_set(store, key)
+    with _connection(store, conn) as db:
+        ids = db.execute(
+            select(posts.c.id).where(posts.c.author_id == account_id, posts.c.status == "published")
+        ).scalars()
+        _fill_sorted_set(store, key, ids, None)
+
+
+def rebuild_following(store: Store, account_id: int, conn: Connection | None = None) -> None:
+    """Whom the account follows, with the edge-version floor taken in the same snapshot."""
+    key, versions = following_key(account_id), follow_versions_key(account_id)
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.sadd(key, SENTINEL)
+    pipe.execute()
+    with _connection(store, conn, repeatable=True) as db:
+        floor = (
+            db.execute(
+                select(accounts.c.counts_version).where(accounts.c.id == account_id)
+            ).scalar_one_or_none()
+            or 0
+        )
+        followees = (
+            db.execute(
+                text("SELECT followee_id FROM follows WHERE follower_id = :me"), {"me": account_id}
+            )
+            .scalars()
+            .all()
+        )
+    store.redis.hset(versions, "_floor", floor)
+    # An unfollow projected since the snapshot (a negative version above the floor) wins.
+    edges = {k.decode(): int(v) for k, v in store.redis.hgetall(versions).items()}
+    keep = [str(f) for f in followees if not edges.get(str(f), 0) < -floor]
+    if keep:
+        store.redis.sadd(key, *keep)
+
+
+def rebuild_my_votes(store: Store, account_id: int, conn: Connection | None = None) -> None:
+    """The account's votes, each with the post's votes version at this snapshot."""
+    with _connection(store, conn) as db:
+        rows = db.execute(
+            text(
+                "SELECT v.post_id, v.value, p.votes_version FROM votes v "
+                "JOIN posts p ON p.id = v.post_id WHERE v.account_id = :me"
+            ),
+            {"me": account_id},
+        ).all()
+        mapping = {SENTINEL: "0:0"}
+        mapping.update({str(post_id): f"{value}:{version}" for post_id, value, version in rows})
+        pipe = store.redis.pipeline(transaction=True)
+        pipe.delete(my_votes_key(account_id))
+        pipe.hset(my_votes_key(account_id), mapping=mapping)
+        pipe.execute()
+
+
+def rebuild_celebrities(store: Store, conn: Connection | None = None) -> None:
+    """The accounts whose posts are pulled at read time instead of fanned out."""
+    with _connection(store, conn) as db:
+        ids = db.execute(
+            select(accounts.c.id).where(
+                accounts.c.followers_count >= store.settings.feed_pull_threshold,
+                accounts.c.status == "active",
+            )
+        ).scalars()
+        pipe = store.redis.pipeline(transaction=True)
+        pipe.delete(CELEBS_KEY)
+        pipe.sadd(CELEBS_KEY, SENTINEL, *[str(i) for i in ids])
+        pipe.execute()
+
+
+def cache_posts(store: Store, post_ids: Iterable[int], conn: Connection | None = None) -> set[int]:
+    """Cache the given posts from PostgreSQL; returns the ids that are published.
+
+    Posts that are not published get a tombstone and leave the cache.
+    """
+    wanted = sorted({int(i) for i in post_ids})
+    if not wanted:
+        return set()
+    with _connection(store, conn) as db:
+        rows = db.execute(text(POST_COLUMNS + "WHERE p.id = ANY(:ids)"), {"ids": wanted}).mappings()
+        published: set[int] = set()
+        pipe = store.redis.pipeline(transaction=False)
+        for row in rows:
+            if row["status"] == "published":
+                published.add(row["id"])
+                _cache_post_row(store, pipe, row)
+            else:
+                pipe.set(tombstone_key(row["id"]), 1, ex=TOMBSTONE_SECONDS)
+                pipe.delete(post_key(row["id"]))
+        pipe.execute()
+    return published
+
+
+def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
+    document = post_document(
+        post_id=row["id"],
+        author_id=row["author_id"],
+        author_handle=row["handle"],
+        author_display_name=row["display_name"],
+        body=row["body"],
+        media=[],
+        created_at=rfc3339(row["created_at"]),
+    )
+    pipe.hset(post_key(row["id"]), "json", document)
+    store.scripts.apply_vote(
+        keys=[post_key(row["id"]), "myvotes:-"],
+        args=[row["up"], row["down"], row["votes_version"], row["id"], 0],
+        client=pipe,
+    )
+
+
+def cache_account(store: Store, account_id: int, conn: Connection | None = None) -> bool:
+    """Cache one account's profile and counters; False when it does not exist or is gone."""
+    with _connection(store, conn) as db:
+        row = db.execute(select(accounts).where(accounts.c.id == account_id)).mappings().first()
+        if row is None or row["status"] == "deleted":
+            store.redis.delete(account_key(account_id))
+            return False
+        _cache_account_row(store, store.redis, row)
+        return True
+
+
+def _cache_account_row(store: Store, client: Any, row: Any) -> None:
+    client.hset(
+        account_key(row["id"]),
+        "json",
+        account_document(
+            account_id=row["id"],
+            handle=row["handle"],
+            display_name=row["display_name"],
+            created_at=rfc3339(row["created_at"]),
+        ),
+    )
+    store.scripts.apply_account_counts(
+        keys=[account_key(row["id"]), "celebs:-"],
+        args=[
+            row["followers_count"],
+            row["following_count"],
+            row["posts_count"],
+            row["counts_version"],
+            row["id"],
+            store.settings.feed_pull_threshold,
+        ],
+        client=client,
+    )
+
+
+def rebuild_account(store: Store, account_id: int) -> None:
+    """Every key of one account: profile, posts, following, votes and its home feed."""
+    with store.engine.connect() as conn:
+        cache_account(store, account_id, conn)
+        rebuild_posts(store, account_id, conn)
+        rebuild_following(store, account_id, conn)
+        rebuild_my_votes(store, account_id, conn)
+        rebuild_feed(store, account_id, conn)
+        post_ids = store.redis.zrange(feed_key(account_id), 1, -1)
+        cache_posts(store, [int(i) for i in post_ids], conn)
+
+
+def rebuild_all(store: Store, *, batch: int = 1000) -> dict[str, int]:
+    """Rebuild every read model from PostgreSQL. Feeds are built for active accounts only;
+    the others are built when they read again."""
+    counts = {"accounts": 0, "posts": 0, "feeds": 0}
+    with store.engine.connect() as conn:
+        rebuild_celebrities(store, conn)
+        for chunk in _chunks(conn, text(POST_COLUMNS + "WHERE p.status = 'published'"), batch):
+            pipe = store.redis.pipeline(transaction=False)
+            for row in chunk:
+                _cache_post_row(store, pipe, row)
+            pipe.execute()
+            counts["posts"] += len(chunk)
+        active = text(
+            "SELECT id, last_active_at > now() - make_interval(days => :days) AS active "
+            "FROM accounts WHERE status = 'active' ORDER BY id"
+        )
+        rows = conn.execute(active, {"days": store.settings.feed_active_days}).all()
+        for account_id, is_active in rows:
+            cache_account(store, account_id, conn)
+            rebuild_posts(store, account_id, conn)
+            rebuild_following(store, account_id, conn)
+            rebuild_my_votes(store, account_id, conn)
+            if is_active:
+                rebuild_feed(store, account_id, conn)
+                counts["feeds"] += 1
+            else:
+                store.redis.delete(feed_key(account_id))
+            counts["accounts"] += 1
+    return counts
+
+
+def _chunks(conn: Connection, query: Any, size: int) -> Iterator[list[Any]]:
+    result = conn.execution_options(stream_results=True, max_row_buffer=size).execute(query)
+    while chunk := result.mappings().fetchmany(size):
+        yield chunk
+
+
+class _connection:
+    """Use the caller's connection, or open one (optionally a repeatable-read snapshot)."""
+
+    def __init__(self, store: Store, conn: Connection | None, *, repeatable: bool = False) -> None:
+        self._store, self._given, self._repeatable = store, conn, repeatable
+        self._own: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        if self._given is not None:
+            return self._given
+        self._own = self._store.engine.connect()
+        if self._repeatable:
+            self._own = self._own.execution_options(isolation_level="REPEATABLE READ")
+        return self._own
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own is not None:
+            self._own.rollback()
+            self._own.close()

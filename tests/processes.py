@@ -1,0 +1,123 @@
+"""Real relay and worker processes for end-to-end and fault tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+
+ROOT = Path(__file__).resolve().parent.parent
+
+COMMANDS = {
+    "relay": [sys.executable, "-m", "workers.relay"],
+    "workers": [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.actors",
+        "--processes",
+        "1",
+        "--threads",
+        "4",
+    ],
+}
+
+
+def eventually(check: Callable[[], object], timeout: float = 20, interval: float = 0.05):
+    """Call ``check`` until it returns something truthy or stops raising; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError as error:
+            last = error
+        time.sleep(interval)
+    if last is not None:
+        raise last
+    raise AssertionError(f"not true within {timeout}s: {check}")
+
+
+class Processes:
+    """Starts, kills and restarts the service's background processes with one environment."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("a")
+        process = subprocess.Popen(
+            COMMANDS[name],
+            cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running[name] = process
+        return process
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process and everything it started (dramatiq forks its workers)."""
+        process = self.running.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            process = self.running[name]
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill(name)
+            self.running.pop(name, None)
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+
+def process_env(database_url: str, redis_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "BROKER_URL", "PROMETHEUS_MULTIPROC_DIR"}
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        BROKER_URL=broker_url,
+        SECRET_KEY="test-secret-key-that-is-long-enough-for-hs256",
+        FEED_QUEUE_PREFIX=f"test-{uuid.uuid4().hex[:8]}-",
+        LOG_JSON="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def delete_queues(broker_url: str, prefix: str) -> None:
+    """Remove the queues a test run declared on RabbitMQ."""
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    except pika.exceptions.AMQPError:
+        return
+    channel = connection.channel()
+    for base in ("projections", "fanout"):
+        for suffix in ("", ".DQ", ".XQ"):
+            channel.queue_delete(queue=f"{prefix}{base}{suffix}")
+    connection.close()

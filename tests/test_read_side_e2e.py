@@ -1,0 +1,33 @@
+"""End to end with real processes: commands -> outbox -> relay -> RabbitMQ -> worker -> Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.processes import eventually
+
+pytestmark = pytest.mark.slow
+
+
+def home_ids(client, account) -> list[str]:
+    r = client.get("/api/v1/timelines/home?limit=40", headers=account.auth)
+    assert r.status_code == 200, r.get_json()
+    return [post["id"] for post in r.get_json()["items"]]
+
+
+def test_a_post_reaches_every_followers_feed(client, make_account, pipeline):
+    author = make_account()
+    followers = [make_account() for _ in range(5)]
+    for f in followers:
+        client.post(f"/api/v1/accounts/{author.id}/follow", headers=f.auth)
+    # every follower has read its feed once, so its feed key exists and receives fan-out
+    for f in followers:
+        home_ids(client, f)
+
+    post_id = client.post("/api/v1/posts", json={"body": "hi all"}, headers=author.auth).get_json()[
+        "id"
+    ]
+
+    for f in followers:
+        eventually(lambda f=f: home_ids(client, f) == [post_id])
+    assert eventually(lambda: home_ids(client, author) == [post_id])

@@ -1,0 +1,71 @@
+"""The actors: each decodes its message and calls a plain function of feed.projections.
+
+Run them with ``dramatiq workers.actors`` (``make run`` does). Importing this module sets up the
+broker from BROKER_URL, because Dramatiq binds actors to the broker when they are declared;
+clients for PostgreSQL and Redis are built on the first message, not at import.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import dramatiq
+import structlog
+
+from feed.bootstrap import Services, build_services
+from feed.config import Settings
+from feed.observability import FANOUT_PAGE_SIZE, FANOUT_SECONDS, PROJECTION_LAG
+from feed.outbox import Envelope
+from feed.projections import FanOutPage, apply_fan_out_page, project, projection_lag_seconds
+from feed.readmodel import configure_compact_encoding
+from workers.broker import setup_broker
+
+SETTINGS = Settings.from_env()
+broker = setup_broker(SETTINGS)
+log = structlog.get_logger(__name__)
+
+_services: Services | None = None
+_lock = threading.Lock()
+
+
+def services() -> Services:
+    """This worker process's clients, built once on first use."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = build_services(SETTINGS)
+            configure_compact_encoding(_services.redis)
+        return _services
+
+
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", max_retries=50)
+def project_event(message: dict) -> None:
+    """Project one outbox event; fan-out pages go out as ``fan_out_page`` messages."""
+    envelope = Envelope(**message)
+
+    def send_page(page: FanOutPage) -> None:
+        fan_out_page.send(
+            {
+                **page.to_message(),
+                "correlation_id": envelope.correlation_id,
+                "created_at": envelope.created_at,
+            }
+        )
+
+    project(services().store, envelope, send_page)
+    PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
+    log.info("event_projected", type=envelope.type, position=envelope.position)
+
+
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", max_retries=50)
+def fan_out_page(message: dict) -> None:
+    """Apply one page of a fan-out (about a thousand followers) in one Redis script call."""
+    page = FanOutPage.from_message(message)
+    started = time.perf_counter()
+    changed = apply_fan_out_page(services().store, page)
+    FANOUT_PAGE_SIZE.observe(len(page.follower_ids))
+    FANOUT_SECONDS.labels(page.op).observe(time.perf_counter() - started)
+    if message.get("created_at"):
+        PROJECTION_LAG.labels("fanout").observe(projection_lag_seconds(message["created_at"]))
+    log.info("fan_out_page", op=page.op, followers=len(page.follower_ids), changed=changed)

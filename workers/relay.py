@@ -1,0 +1,85 @@
+"""The outbox relay process: ``python -m workers.relay``.
+
+Wakes on PostgreSQL ``NOTIFY outbox`` (sent when a command commits) and polls once a second as a
+fallback; publishes each batch in order through Dramatiq (RabbitMQ with publisher confirms) and
+marks it published only after that. Several relays may run: a batch is locked with
+``FOR UPDATE SKIP LOCKED``, so no two relays publish the same rows. With the broker down,
+commands still commit; events wait in the outbox and go out when it is back.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import structlog
+
+from feed.bootstrap import build_engine
+from feed.config import Settings
+from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
+from feed.outbox import OUTBOX_CHANNEL, Envelope, relay_once
+from workers.actors import SETTINGS, broker, project_event
+
+log = structlog.get_logger(__name__)
+POLL_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def publish(batch: list[Envelope]) -> None:
+    """Enqueue each event for the projection actor; returns once the broker confirmed all."""
+    for envelope in batch:
+        message = project_event.message(envelope.to_message()).copy(message_id=envelope.event_id)
+        broker.enqueue(message)
+    RELAY_PUBLISHED.inc(len(batch))
+
+
+def listen_connection(database_url: str) -> psycopg.Connection:
+    conn = psycopg.connect(
+        database_url.replace("postgresql+psycopg://", "postgresql://"),
+        autocommit=True,
+        connect_timeout=5,
+    )
+    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+    return conn
+
+
+def run(settings: Settings) -> None:
+    """Relay until SIGTERM or SIGINT."""
+    engine = build_engine(settings.database_url, pool_size=2)
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    listener: psycopg.Connection | None = None
+    backoff = 0.5
+    log.info("relay_started")
+    while not stopping:
+        try:
+            if listener is None or listener.closed:
+                listener = listen_connection(settings.database_url)
+            while not stopping and relay_once(engine, publish):
+                pass
+            backoff = 0.5
+            # Sleep until a commit notifies us, or the poll interval passes.
+            for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1):
+                pass
+        except Exception as error:  # broker or database down: keep the events, retry later
+            RELAY_ERRORS.inc()
+            log.warning("relay_retrying", error=f"{type(error).__name__}: {error}", in_s=backoff)
+            if listener is not None:
+                listener.close()
+                listener = None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+    engine.dispose()
+    log.info("relay_stopped")
+
+
+if __name__ == "__main__":
+    configure_logging(json_output=SETTINGS.log_json)
+    run(SETTINGS)
