@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher, Type
@@ -72,6 +73,16 @@ class Tokens:
         }
         token = jwt.encode(claims, self._key, algorithm=TOKEN_ALGORITHM)
         return token, datetime.fromtimestamp(expires, tz=UTC)
+
+    def replayable(self, token: str) -> dict[str, Any]:
+        """What ``reissue`` needs to make this same token again (nothing secret)."""
+        claims = jwt.decode(token, self._key, algorithms=[TOKEN_ALGORITHM], issuer=TOKEN_ISSUER)
+        return {"sub": claims["sub"], "adm": claims["adm"], "iat": claims["iat"]}
+
+    def reissue(self, replayable: dict[str, Any]) -> str:
+        """The token ``replayable`` came from: same claims, same key, so the same string."""
+        principal = Principal(int(replayable["sub"]), bool(replayable["adm"]))
+        return self.issue(principal, now=replayable["iat"])[0]
 
     def verify(self, token: str) -> Principal:
         """The principal a valid token names; ``Unauthenticated`` for anything else."""

@@ -43,7 +43,11 @@ def build_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=5,
-        connect_args={"connect_timeout": 5},
+        # A stuck lock or query fails (503) instead of holding request threads forever.
+        connect_args={
+            "connect_timeout": 5,
+            "options": "-c lock_timeout=5000 -c statement_timeout=30000",
+        },
     )
 
 

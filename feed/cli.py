@@ -9,10 +9,13 @@ from sqlalchemy import update
 
 from feed.bootstrap import Services
 from feed.idempotency import purge_expired
+from feed.readmodel import configure_compact_encoding
+from feed.rebuild import rebuild_account, rebuild_all
 from feed.schema import accounts
 
 accounts_cli = AppGroup("accounts", help="Manage accounts.")
 idempotency_cli = AppGroup("idempotency", help="Manage stored Idempotency-Key answers.")
+feeds_cli = AppGroup("feeds", help="Manage the Redis read models.")
 
 
 def _services() -> Services:
@@ -42,7 +45,25 @@ def purge() -> None:
     click.echo(f"purged {removed} expired idempotency records")
 
 
+@feeds_cli.command("rebuild")
+@click.option("--account", "account_id", type=int, help="Rebuild only this account's keys.")
+def rebuild(account_id: int | None) -> None:
+    """Rebuild every read model (or one account's) from PostgreSQL."""
+    store = _services().store
+    configure_compact_encoding(store.redis)
+    if account_id is not None:
+        rebuild_account(store, account_id)
+        click.echo(f"rebuilt the read models of account {account_id}")
+        return
+    counts = rebuild_all(store)
+    click.echo(
+        f"rebuilt {counts['accounts']} accounts, {counts['posts']} posts, "
+        f"{counts['feeds']} home feeds (inactive accounts are rebuilt when they read)"
+    )
+
+
 def register_cli(app: Flask) -> None:
     """Attach the command groups to ``app.cli``."""
     app.cli.add_command(accounts_cli)
     app.cli.add_command(idempotency_cli)
+    app.cli.add_command(feeds_cli)

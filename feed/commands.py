@@ -7,7 +7,7 @@ accounts involved, always in ascending id order (``_lock_accounts``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
@@ -37,14 +37,14 @@ Row = Mapping[str, Any]
 @dataclass(frozen=True)
 class RegisterAccount:
     handle: str
-    password: str
+    password_hash: str = field(repr=False)
     display_name: str | None = None
 
 
 @dataclass(frozen=True)
 class StartSession:
     handle: str
-    password: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Session:
 # --- handlers -----------------------------------------------------------------------------
 
 
-def register_account(uow: UnitOfWork, cmd: RegisterAccount, passwords: Passwords) -> Row:
+def register_account(uow: UnitOfWork, cmd: RegisterAccount) -> Row:
     """Create an account; a taken handle is a ``Conflict`` (also when two race for it)."""
     row = (
         uow.conn.execute(
@@ -97,7 +97,7 @@ def register_account(uow: UnitOfWork, cmd: RegisterAccount, passwords: Passwords
             .values(
                 handle=cmd.handle,
                 display_name=cmd.display_name or cmd.handle,
-                password_hash=passwords.hash(cmd.password),
+                password_hash=cmd.password_hash,
             )
             .on_conflict_do_nothing(index_elements=[accounts.c.handle])
             .returning(*accounts.c)
@@ -202,7 +202,7 @@ def follow_account(uow: UnitOfWork, cmd: FollowAccount) -> bool:
         raise InvalidInput(
             "You cannot follow yourself.", errors={"id": ["You cannot follow yourself."]}
         )
-    _lock_pair(uow.conn, cmd.follower, followee_id)
+    _lock_pair(uow.conn, cmd.follower, followee_id, followee_active=True)
     created = uow.conn.execute(
         pg_insert(follows)
         .values(follower_id=follower_id, followee_id=followee_id)
@@ -230,7 +230,7 @@ def unfollow_account(uow: UnitOfWork, cmd: UnfollowAccount) -> bool:
         raise InvalidInput(
             "You cannot unfollow yourself.", errors={"id": ["You cannot unfollow yourself."]}
         )
-    _lock_pair(uow.conn, cmd.follower, followee_id)
+    _lock_pair(uow.conn, cmd.follower, followee_id, followee_active=False)
     removed = uow.conn.execute(
         delete(follows)
         .where(and_(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id))
@@ -307,11 +307,19 @@ def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
 # --- locking and counters -----------------------------------------------------------------
 
 
-def _lock_accounts(conn: Connection, ids: Iterable[int], *, actor: Principal) -> list[Row]:
+def _lock_accounts(
+    conn: Connection,
+    ids: Iterable[int],
+    *,
+    actor: Principal,
+    must_be_active: Iterable[int] = (),
+) -> list[Row]:
     """Lock the given accounts in id order; the actor must be active (it is marked active now).
 
     Raises ``Unauthenticated`` when the actor's account is gone or disabled, ``NotFound`` when
-    another of the accounts is.
+    another account does not exist, is deleted, or is disabled and in ``must_be_active`` (you
+    cannot start following a disabled account, but you can unfollow it or, as an admin, delete
+    its posts).
     """
     wanted = sorted(set(ids))
     rows = (
@@ -328,9 +336,12 @@ def _lock_accounts(conn: Connection, ids: Iterable[int], *, actor: Principal) ->
     me = by_id.get(actor.account_id)
     if me is None or me["status"] != "active":
         raise Unauthenticated("This account is no longer active.")
+    active_required = set(must_be_active)
     for account_id in wanted:
         row = by_id.get(account_id)
-        if row is None or row["status"] != "active":
+        if row is None or row["status"] == "deleted":
+            raise NotFound("No such account.")
+        if account_id in active_required and row["status"] != "active":
             raise NotFound("No such account.")
     conn.execute(
         update(accounts).where(accounts.c.id == actor.account_id).values(last_active_at=func.now())
@@ -338,8 +349,15 @@ def _lock_accounts(conn: Connection, ids: Iterable[int], *, actor: Principal) ->
     return [by_id[account_id] for account_id in wanted]
 
 
-def _lock_pair(conn: Connection, follower: Principal, followee_id: int) -> None:
-    _lock_accounts(conn, [follower.account_id, followee_id], actor=follower)
+def _lock_pair(
+    conn: Connection, follower: Principal, followee_id: int, *, followee_active: bool
+) -> None:
+    _lock_accounts(
+        conn,
+        [follower.account_id, followee_id],
+        actor=follower,
+        must_be_active=[followee_id] if followee_active else [],
+    )
 
 
 def _lock_post(conn: Connection, post_id: int, *, statuses: tuple[str, ...]) -> Row:

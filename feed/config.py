@@ -51,6 +51,7 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     rate_limit_sessions: str = "10/minute;50/hour"
     rate_limit_commands: str = "120/minute"
+    rate_limit_handle: str = "30/hour"
     rate_limits_enabled: bool = True
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536
@@ -82,6 +83,7 @@ class Settings:
             ),
             rate_limit_sessions=env.get("RATE_LIMIT_SESSIONS") or defaults.rate_limit_sessions,
             rate_limit_commands=env.get("RATE_LIMIT_COMMANDS") or defaults.rate_limit_commands,
+            rate_limit_handle=env.get("RATE_LIMIT_HANDLE") or defaults.rate_limit_handle,
             rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", True),
             argon2_time_cost=_int(env, "ARGON2_TIME_COST", defaults.argon2_time_cost),
             argon2_memory_cost=_int(env, "ARGON2_MEMORY_COST", defaults.argon2_memory_cost),

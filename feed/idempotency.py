@@ -8,6 +8,7 @@ second request with a key that is still in flight a ``Conflict`` instead of a se
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,10 +29,14 @@ class StoredResponse:
     headers: dict[str, str]
 
 
-def fingerprint(method: str, path: str, body: Any) -> str:
-    """A digest of the request, so a reused key with another request is detected."""
+def fingerprint(secret_key: str, method: str, path: str, body: Any) -> str:
+    """A keyed digest of the request, so a reused key with another request is detected.
+
+    Keyed (HMAC), because bodies hold passwords: a plain hash in the table would let anyone
+    who reads it guess passwords offline without the cost of Argon2.
+    """
     canonical = json.dumps([method.upper(), path, body], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hmac.new(secret_key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def claim(

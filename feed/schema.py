@@ -112,8 +112,8 @@ outbox = Table(
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
-    # The account the key belongs to, or '' for anonymous commands (register, log in).
-    Column("scope", String(32), primary_key=True),
+    # The account the key belongs to, or "anon:<address>" for register and log in.
+    Column("scope", String(64), primary_key=True),
     Column("key", String(255), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
     Column("status_code", SmallInteger, nullable=False),

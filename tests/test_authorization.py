@@ -171,3 +171,32 @@ def test_idempotency_keys_are_scoped_to_the_account(client, engine, world):
     assert first.status_code == second.status_code == 201
     assert first.get_json()["id"] != second.get_json()["id"]
     assert second.get_json()["author"]["handle"] == "mallory"
+
+
+def disable(engine, account) -> None:
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE accounts SET status = 'disabled' WHERE id = :id"), {"id": int(account.id)}
+        )
+
+
+def test_an_admin_deletes_the_post_of_a_disabled_account(app, client, engine, world):
+    admin_account = world["mallory"]
+    app.test_cli_runner().invoke(args=["accounts", "make-admin", "mallory"])
+    disable(engine, world["ada"])
+    r = client.delete(f"/api/v1/posts/{world['post_id']}", headers=admin_account.auth)
+    assert r.status_code == 204
+
+
+def test_a_disabled_account_can_be_unfollowed_but_not_followed(client, engine, world, make_account):
+    fan, late = world["mallory"], make_account()
+    client.post(f"/api/v1/accounts/{world['ada'].id}/follow", headers=fan.auth)
+    disable(engine, world["ada"])
+
+    unfollow = client.delete(f"/api/v1/accounts/{world['ada'].id}/follow", headers=fan.auth)
+    follow = client.post(f"/api/v1/accounts/{world['ada'].id}/follow", headers=late.auth)
+
+    assert unfollow.status_code == 200 and unfollow.get_json() == {"following": False}
+    assert follow.status_code == 404

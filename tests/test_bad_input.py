@@ -16,6 +16,8 @@ REGISTER = [
     ({"handle": "ada-l", "password": "12345678"}, "handle"),
     ({"handle": "ada l", "password": "12345678"}, "handle"),
     ({"handle": "adä", "password": "12345678"}, "handle"),
+    ({"handle": "ada_l\n", "password": "12345678"}, "handle"),
+    ({"handle": "a" * 30 + "\n", "password": "12345678"}, "handle"),
     ({"handle": 123, "password": "12345678"}, "handle"),
     ({"handle": None, "password": "12345678"}, "handle"),
     ({"handle": "ada_l"}, "password"),
@@ -136,6 +138,8 @@ def authed(client, make_account):
         (b"\xff\xfe garbage", "application/json"),
         (b"handle=ada&password=12345678", "application/x-www-form-urlencoded"),
         (b"hello", "text/plain"),
+        (b"[" * 30000 + b"]" * 30000, "application/json"),  # deeper than Python parses
+        (b'{"body": ' + b"[" * 20000 + b"]" * 20000 + b"}", "application/json"),
     ],
 )
 def test_a_body_that_is_not_json_is_400(

@@ -42,7 +42,24 @@ def test_every_command_replays(client, engine, make_account):
         events = fetch_all(engine, "SELECT position FROM outbox")
         again = getattr(client, method)(path, json=body, headers=headers)
         assert (again.status_code, again.get_data()) == (first.status_code, first.get_data()), path
+        assert again.headers["Idempotent-Replayed"] == "true", path
+        assert "Idempotent-Replayed" not in first.headers, path
         assert fetch_all(engine, "SELECT position FROM outbox") == events, path
+    assert len(fetch_all(engine, "SELECT key FROM idempotency_keys")) == len(calls)
+
+
+def test_a_replayed_login_answers_the_same_token_without_storing_it(client, engine, make_account):
+    make_account("ada_l", password="12345678")
+    headers = {"Idempotency-Key": "login-1"}
+    body = {"handle": "ada_l", "password": "12345678"}
+
+    first = client.post("/api/v1/sessions", json=body, headers=headers)
+    again = client.post("/api/v1/sessions", json=body, headers=headers)
+
+    assert first.get_json()["token"] == again.get_json()["token"]
+    (stored,) = fetch_all(engine, "SELECT body::text AS body, fingerprint FROM idempotency_keys")
+    assert first.get_json()["token"] not in stored["body"]
+    assert "12345678" not in stored["body"]
 
 
 def test_a_reused_key_with_another_request_is_422(client, engine, make_account):
@@ -58,12 +75,21 @@ def test_a_reused_key_with_another_request_is_422(client, engine, make_account):
     assert len(fetch_all(engine, "SELECT * FROM posts")) == 1
 
 
-def test_a_failed_command_is_not_remembered(client, engine, make_account):
-    """Nothing happened, so the same key may be used again once the input is right."""
+def test_a_command_that_failed_inside_its_transaction_is_not_remembered(
+    client, engine, make_account
+):
+    """The follow failed (no such account yet), so nothing is stored and a retry runs."""
     ada = make_account()
-    headers = {**ada.auth, "Idempotency-Key": "fix-me"}
-    assert client.post("/api/v1/posts", json={"body": ""}, headers=headers).status_code == 422
-    assert client.post("/api/v1/posts", json={"body": ""}, headers=headers).status_code == 422
+    headers = {**ada.auth, "Idempotency-Key": "retry-me"}
+    path = "/api/v1/accounts/{}/follow"
+    assert client.post(path.format(999), headers=headers).status_code == 404
+    assert fetch_all(engine, "SELECT * FROM idempotency_keys") == []
+    taken = client.post(
+        "/api/v1/accounts",
+        json={"handle": ada.handle, "password": "12345678"},
+        headers={"Idempotency-Key": "taken"},
+    )
+    assert taken.status_code == 409
     assert fetch_all(engine, "SELECT * FROM idempotency_keys") == []
 
 

@@ -36,6 +36,27 @@ def test_a_brute_force_burst_on_sessions_is_429_with_retry_after(limited_app):
     assert right.status_code == 429
 
 
+def test_guesses_at_one_handle_from_many_addresses_are_limited(settings, clean_state):
+    limited = settings.with_overrides(
+        rate_limits_enabled=True, rate_limit_sessions="100/minute", rate_limit_handle="4/hour"
+    )
+    app = create_app(services=build_services(limited))
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
+    statuses = [
+        client.post(
+            "/api/v1/sessions",
+            json={"handle": "ada_l", "password": f"guess{i:04d}"},
+            environ_base={"REMOTE_ADDR": f"10.0.0.{i}"},
+        ).status_code
+        for i in range(6)
+    ]
+    other = client.post("/api/v1/sessions", json={"handle": "bob_b", "password": "whatever1"})
+    app.extensions["feed"].close()
+    assert statuses == [401] * 4 + [429] * 2
+    assert other.status_code == 401  # another handle is not blocked
+
+
 def test_commands_have_their_own_per_account_limit(limited_app):
     client = limited_app.test_client()
     client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})

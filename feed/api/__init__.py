@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -83,8 +84,10 @@ def _require_json_body() -> None:
         return
     if not request.is_json:
         raise BadRequest("The request body must be JSON (Content-Type: application/json).")
-    if request.get_json(silent=True) is None and data.strip() != b"null":
-        raise BadRequest("The request body is not valid JSON.")
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python parses
+        raise BadRequest("The request body is not valid JSON.") from None
 
 
 def _finish_request(response: Response) -> Response:

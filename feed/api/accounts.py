@@ -7,7 +7,7 @@ from flask_limiter.util import get_remote_address
 from flask_smorest import Blueprint
 
 from feed import commands
-from feed.api.limits import limiter, sessions_limit
+from feed.api.limits import handle_key, handle_limit, limiter, sessions_limit
 from feed.api.schemas import (
     AccountOut,
     FollowOut,
@@ -16,7 +16,7 @@ from feed.api.schemas import (
     SessionOut,
     StartSessionIn,
 )
-from feed.api.web import authenticated, require_principal, run_command, services
+from feed.api.web import StoredForm, authenticated, require_principal, run_command, services
 
 blp = Blueprint("accounts", __name__, description="Accounts, sessions and follows")
 
@@ -29,17 +29,21 @@ class Accounts(MethodView):
     @blp.alt_response(422, schema=ProblemOut, description="A field is not valid")
     def post(self, data):
         """Register an account."""
-        cmd = commands.RegisterAccount(**data)
-        return run_command(
-            201,
-            lambda uow: commands.register_account(uow, cmd, services().passwords),
-            AccountOut().dump,
+        # Hash before the transaction opens: Argon2 is slow on purpose, a connection is not.
+        cmd = commands.RegisterAccount(
+            handle=data["handle"],
+            password_hash=services().passwords.hash(data["password"]),
+            display_name=data.get("display_name"),
         )
+        return run_command(201, lambda uow: commands.register_account(uow, cmd), AccountOut().dump)
 
 
 @blp.route("/sessions")
 class Sessions(MethodView):
-    decorators = [limiter.limit(sessions_limit, key_func=get_remote_address)]
+    decorators = [
+        limiter.limit(sessions_limit, key_func=get_remote_address),
+        limiter.limit(handle_limit, key_func=handle_key),
+    ]
 
     @blp.arguments(StartSessionIn)
     @blp.response(200, SessionOut)
@@ -49,10 +53,16 @@ class Sessions(MethodView):
         """Log in: trade a handle and password for a bearer token."""
         cmd = commands.StartSession(**data)
         svc = services()
+        # A replayed login answers the same token, re-signed: the token itself is not stored.
+        token_free = StoredForm(
+            keep=lambda body: {**body, "token": svc.tokens.replayable(body["token"])},
+            restore=lambda kept: {**kept, "token": svc.tokens.reissue(kept["token"])},
+        )
         return run_command(
             200,
             lambda uow: commands.start_session(uow, cmd, svc.passwords, svc.tokens),
             SessionOut().dump,
+            stored_form=token_free,
         )
 
 

@@ -30,6 +30,17 @@ def sessions_limit() -> str:
     return services().settings.rate_limit_sessions
 
 
+def handle_limit() -> str:
+    return services().settings.rate_limit_handle
+
+
+def handle_key() -> str:
+    """Login attempts at one handle, from any address."""
+    body = request.get_json(silent=True)
+    handle = body.get("handle") if isinstance(body, dict) else None
+    return f"handle:{handle}" if isinstance(handle, str) else "handle:?"
+
+
 def commands_limit() -> str:
     return services().settings.rate_limit_commands
 

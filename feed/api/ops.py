@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from flask import Blueprint, Response
 
 from feed.api.problems import problem
@@ -11,6 +12,7 @@ from feed.observability import OutboxCollector, metrics_payload
 from feed.outbox import backlog
 
 blp = Blueprint("ops", __name__)
+log = structlog.get_logger(__name__)
 
 
 @blp.get("/healthz")
@@ -32,8 +34,9 @@ def readyz() -> Response:
     for name, check in checks.items():
         try:
             check()
-        except Exception as error:  # any failure means "not ready"; say which
-            down[name] = [type(error).__name__]
+        except Exception as error:  # any failure means "not ready"; say which, not why
+            log.warning("dependency_unreachable", dependency=name, error=type(error).__name__)
+            down[name] = ["unreachable"]
     if down:
         return problem(
             503,

@@ -7,7 +7,10 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, json
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from feed.errors import FeedError
@@ -119,11 +122,20 @@ def register_problem_handlers(app: Flask) -> None:
             detail = "Too many requests; retry after the time in Retry-After."
         return problem(status, detail, errors=errors, headers=headers)
 
+    @app.errorhandler(PoolTimeout)
     @app.errorhandler(OperationalError)
-    def database_down(error: OperationalError) -> Response:
-        log.warning("database_unavailable", error=str(error.orig).splitlines()[0])
+    def database_down(error: Exception) -> Response:
+        log.warning("database_unavailable", error=str(error).splitlines()[0])
         return problem(
             503, "The database is unavailable; retry shortly.", headers={"Retry-After": "5"}
+        )
+
+    @app.errorhandler(RedisConnectionError)
+    @app.errorhandler(RedisTimeoutError)
+    def redis_down(error: Exception) -> Response:
+        log.warning("redis_unavailable", error=str(error))
+        return problem(
+            503, "The read model is unavailable; retry shortly.", headers={"Retry-After": "5"}
         )
 
     @app.errorhandler(DBAPIError)

@@ -6,7 +6,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
-HANDLE = validate.Regexp(r"^[a-z0-9_]{3,30}$", error="3 to 30 of a-z, 0-9 and _.")
+# \Z, not $: "$" also matches before a final newline, which would let "ada_l\n" through.
+HANDLE = validate.Regexp(r"\A[a-z0-9_]{3,30}\Z", error="3 to 30 of a-z, 0-9 and _.")
 
 
 def _unstorable(value: Any) -> bool:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Response, current_app, g, json, request
+from redis.exceptions import RedisError
 
 from feed import idempotency
 from feed.auth import Principal
 from feed.bootstrap import Services
 from feed.errors import InvalidInput, Unauthenticated
+from feed.readmodel import feed_key
 from feed.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -66,10 +70,10 @@ def idempotency_key() -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255:
+    if not 1 <= len(key) <= 255 or not all(" " <= ch <= "~" for ch in key):
         raise InvalidInput(
-            "Idempotency-Key must be 1 to 255 characters.",
-            errors={IDEMPOTENCY_HEADER: ["Must be 1 to 255 characters."]},
+            "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+            errors={IDEMPOTENCY_HEADER: ["Must be 1 to 255 printable ASCII characters."]},
         )
     return key
 
@@ -85,12 +89,21 @@ def json_response(body: Any, status: int, headers: dict[str, str] | None = None)
     return response
 
 
+@dataclass(frozen=True)
+class StoredForm:
+    """How an answer is kept for Idempotency-Key replays when it holds a secret (a token)."""
+
+    keep: Callable[[Any], Any]
+    restore: Callable[[Any], Any]
+
+
 def run_command(
     status: int,
     execute: Callable[[UnitOfWork], T],
     render: Callable[[T], Any],
     *,
     principal: Principal | None = None,
+    stored_form: StoredForm | None = None,
 ) -> Response:
     """Run one command in one transaction and answer it.
 
@@ -100,9 +113,10 @@ def run_command(
     """
     svc = services()
     key = idempotency_key()
-    scope = str(principal.account_id) if principal else ""
+    # Anonymous commands (register, log in) are scoped to the client's address.
+    scope = str(principal.account_id) if principal else f"anon:{request.remote_addr or ''}"
     request_fingerprint = idempotency.fingerprint(
-        request.method, request.path, request.get_json(silent=True)
+        svc.settings.secret_key, request.method, request.path, request.get_json(silent=True)
     )
     with UnitOfWork(svc.engine, correlation_id=g.get("request_id")) as uow:
         if key is not None:
@@ -110,7 +124,8 @@ def run_command(
                 uow.conn, scope, key, request_fingerprint, svc.settings.idempotency_ttl_seconds
             )
             if stored is not None:
-                replay = json_response(stored.body, stored.status_code, stored.headers)
+                body = stored_form.restore(stored.body) if stored_form else stored.body
+                replay = json_response(body, stored.status_code, stored.headers)
                 replay.headers["Idempotent-Replayed"] = "true"
                 return replay
         result = execute(uow)
@@ -122,7 +137,18 @@ def run_command(
                 scope,
                 key,
                 request_fingerprint,
-                idempotency.StoredResponse(status, body, headers),
+                idempotency.StoredResponse(
+                    status, stored_form.keep(body) if stored_form else body, headers
+                ),
             )
         uow.commit()
+    if principal is not None:
+        touch_activity(svc, principal.account_id)
     return json_response(body, status, headers)
+
+
+def touch_activity(svc: Services, account_id: int) -> None:
+    """An authenticated request keeps the caller's feed alive (inactive feeds expire and get
+    no fan-out). Best effort: a Redis outage must not fail a command that committed."""
+    with contextlib.suppress(RedisError):
+        svc.redis.expire(feed_key(account_id), svc.settings.feed_ttl_seconds)

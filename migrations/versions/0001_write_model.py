@@ -105,7 +105,7 @@ def upgrade():
     )
     op.create_table(
         "idempotency_keys",
-        sa.Column("scope", sa.String(length=32), nullable=False),
+        sa.Column("scope", sa.String(length=64), nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("status_code", sa.SmallInteger(), nullable=False),

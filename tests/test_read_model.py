@@ -1,0 +1,318 @@
+"""The read side, with projections run in this process (``project_all``): feeds, pagination,
+counters, follow/unfollow/delete, lazy rebuilds, read-your-writes, pull for big accounts."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+from feed.bootstrap import build_services
+from feed.outbox import claim_batch
+from feed.projections import apply_fan_out_page, project
+from feed.readmodel import feed_key
+from tests.conftest import drain
+
+
+def home(client, account, query: str = "") -> dict:
+    r = client.get(f"/api/v1/timelines/home{query}", headers=account.auth)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def ids(page: dict) -> list[str]:
+    return [post["id"] for post in page["items"]]
+
+
+def post(client, account, body: str = "hello") -> str:
+    r = client.post("/api/v1/posts", json={"body": body}, headers=account.auth)
+    assert r.status_code == 201
+    return r.get_json()["id"]
+
+
+@pytest.fixture
+def ada_and_fans(client, make_account, project_all):
+    ada = make_account("ada_l")
+    fans = [make_account(f"fan_{i}") for i in range(3)]
+    for fan in fans:
+        client.post(f"/api/v1/accounts/{ada.id}/follow", headers=fan.auth)
+    project_all()
+    return ada, fans
+
+
+def test_a_feed_holds_own_and_followed_posts_newest_first(client, ada_and_fans, project_all):
+    ada, (fan, *_) = ada_and_fans
+    mine = post(client, fan, "mine")
+    hers = [post(client, ada, f"ada {i}") for i in range(3)]
+    project_all()
+
+    page = home(client, fan)
+
+    assert ids(page) == [*reversed(hers), mine]
+    assert page["next_max_id"] is None
+    first = page["items"][0]
+    assert first["author"]["handle"] == "ada_l" and first["body"] == "ada 2"
+    assert (first["up"], first["down"], first["score"], first["my_vote"]) == (0, 0, 0, 0)
+
+
+def test_pages_follow_the_cursor_and_link_header(client, ada_and_fans, project_all):
+    ada, (fan, *_) = ada_and_fans
+    posted = [post(client, ada, f"p{i}") for i in range(7)]
+    project_all()
+    newest_first = list(reversed(posted))
+
+    first = client.get("/api/v1/timelines/home?limit=3", headers=fan.auth)
+    body = first.get_json()
+    assert ids(body) == newest_first[:3]
+    assert body["next_max_id"] == newest_first[2]
+    assert first.headers["Link"].endswith('rel="next"')
+    assert f"max_id={newest_first[2]}" in first.headers["Link"]
+
+    second = home(client, fan, f"?limit=3&max_id={body['next_max_id']}")
+    third = home(client, fan, f"?limit=3&max_id={second['next_max_id']}")
+    assert ids(second) == newest_first[3:6]
+    assert ids(third) == newest_first[6:] and third["next_max_id"] is None
+    last = client.get(
+        f"/api/v1/timelines/home?limit=3&max_id={second['next_max_id']}", headers=fan.auth
+    )
+    assert "Link" not in last.headers
+
+    newer = home(client, fan, f"?since_id={newest_first[2]}")
+    assert ids(newer) == newest_first[:2]
+    between = home(client, fan, f"?max_id={newest_first[0]}&since_id={newest_first[3]}")
+    assert ids(between) == newest_first[1:3]
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("?limit=41", 422),
+        ("?limit=0", 422),
+        ("?limit=abc", 400),
+        ("?limit=-1", 400),
+        ("?max_id=abc", 400),
+        ("?since_id=1.5", 400),
+        ("?max_id=99999999999999999999", 400),
+    ],
+)
+def test_malformed_and_out_of_range_cursors(client, ada_and_fans, query, status):
+    _, (fan, *_) = ada_and_fans
+    r = client.get(f"/api/v1/timelines/home{query}", headers=fan.auth)
+    assert r.status_code == status
+    assert r.mimetype == "application/problem+json"
+
+
+def test_the_home_feed_needs_a_token(client):
+    assert client.get("/api/v1/timelines/home").status_code == 401
+
+
+def test_unfollow_removes_and_follow_merges_posts(client, ada_and_fans, project_all):
+    ada, (fan, *_) = ada_and_fans
+    hers = [post(client, ada, f"p{i}") for i in range(3)]
+    project_all()
+    assert ids(home(client, fan)) == list(reversed(hers))
+
+    client.delete(f"/api/v1/accounts/{ada.id}/follow", headers=fan.auth)
+    project_all()
+    assert ids(home(client, fan)) == []
+
+    client.post(f"/api/v1/accounts/{ada.id}/follow", headers=fan.auth)
+    project_all()
+    assert ids(home(client, fan)) == list(reversed(hers))
+
+
+def test_a_deleted_post_leaves_every_feed_and_the_cache(client, ada_and_fans, project_all):
+    ada, fans = ada_and_fans
+    keep, gone = post(client, ada, "keep"), post(client, ada, "gone")
+    project_all()
+    client.delete(f"/api/v1/posts/{gone}", headers=ada.auth)
+    project_all()
+
+    for account in (ada, *fans):
+        assert ids(home(client, account)) == [keep]
+    assert client.get(f"/api/v1/posts/{gone}").status_code == 404
+    assert ids(client.get(f"/api/v1/accounts/{ada.id}/posts").get_json()) == [keep]
+
+
+def test_counters_follow_the_writes(client, ada_and_fans, project_all):
+    ada, (fan, other, _) = ada_and_fans
+    post_id = post(client, ada)
+    client.put(f"/api/v1/posts/{post_id}/vote", json={"value": 1}, headers=fan.auth)
+    client.put(f"/api/v1/posts/{post_id}/vote", json={"value": -1}, headers=other.auth)
+    project_all()
+
+    seen_by_fan = client.get(f"/api/v1/posts/{post_id}", headers=fan.auth).get_json()
+    anonymous = client.get(f"/api/v1/posts/{post_id}").get_json()
+    account = client.get(f"/api/v1/accounts/{ada.id}").get_json()
+
+    assert (seen_by_fan["up"], seen_by_fan["down"], seen_by_fan["score"]) == (1, 1, 0)
+    assert seen_by_fan["my_vote"] == 1 and "my_vote" not in anonymous
+    assert (account["followers_count"], account["following_count"], account["posts_count"]) == (
+        3,
+        0,
+        1,
+    )
+    assert home(client, other)["items"][0]["my_vote"] == -1
+
+
+def test_unknown_ids_are_404(client, ada_and_fans):
+    assert client.get("/api/v1/posts/123").status_code == 404
+    assert client.get("/api/v1/accounts/123").status_code == 404
+    assert client.get("/api/v1/accounts/123/posts").status_code == 404
+
+
+def test_every_handler_is_harmless_twice_and_out_of_order(app, client, ada_and_fans, engine):
+    """Deliver every event twice, newest first: the read model ends as in-order delivery."""
+    ada, (fan, other, _) = ada_and_fans
+    first = post(client, ada, "one")
+    second = post(client, ada, "two")
+    client.put(f"/api/v1/posts/{first}/vote", json={"value": 1}, headers=fan.auth)
+    client.put(f"/api/v1/posts/{first}/vote", json={"value": -1}, headers=fan.auth)
+    client.delete(f"/api/v1/posts/{second}", headers=ada.auth)
+    client.delete(f"/api/v1/accounts/{ada.id}/follow", headers=other.auth)
+    store = app.extensions["feed"].store
+    with engine.begin() as conn:
+        batch = claim_batch(conn, 1000)
+    for envelope in [*reversed(batch), *batch]:
+        project(store, envelope, lambda page: apply_fan_out_page(store, page))
+
+    assert ids(home(client, fan)) == [first]
+    assert ids(home(client, other)) == []
+    seen = client.get(f"/api/v1/posts/{first}", headers=fan.auth).get_json()
+    assert (seen["up"], seen["down"], seen["my_vote"]) == (0, 1, -1)
+    assert client.get(f"/api/v1/posts/{second}").status_code == 404
+    assert client.get(f"/api/v1/accounts/{ada.id}").get_json()["followers_count"] == 2
+
+
+def test_a_read_with_a_consistency_token_sees_the_write_before_projection(client, ada_and_fans):
+    ada, _ = ada_and_fans
+    home(client, ada)  # her feed exists in Redis, so a read without the token is served from it
+    r = client.post("/api/v1/posts", json={"body": "fresh"}, headers=ada.auth)
+    token = {"X-Consistency-Token": r.headers["X-Consistency-Token"]}
+
+    without = client.get("/api/v1/timelines/home", headers=ada.auth)
+    with_token = client.get("/api/v1/timelines/home", headers={**ada.auth, **token})
+
+    assert r.get_json()["id"] not in ids(without.get_json())  # not projected yet: stale
+    assert ids(with_token.get_json()) == [r.get_json()["id"]]
+    assert with_token.headers["X-Read-Model"] == "postgres"
+    post_read = client.get(f"/api/v1/posts/{r.get_json()['id']}", headers=token)
+    assert post_read.status_code == 200 and post_read.headers["X-Read-Model"] == "postgres"
+    assert client.get(f"/api/v1/accounts/{ada.id}", headers=token).get_json()["posts_count"] == 1
+
+
+def test_a_token_already_projected_is_served_from_redis(client, ada_and_fans, project_all):
+    ada, _ = ada_and_fans
+    r = client.post("/api/v1/posts", json={"body": "fresh"}, headers=ada.auth)
+    project_all()
+    token = {"X-Consistency-Token": r.headers["X-Consistency-Token"]}
+    read = client.get("/api/v1/timelines/home", headers={**ada.auth, **token})
+    assert read.headers["X-Read-Model"] == "redis"
+    assert ids(read.get_json()) == [r.get_json()["id"]]
+
+
+def test_a_forged_consistency_token_is_400(client, ada_and_fans):
+    ada, _ = ada_and_fans
+    r = client.get(
+        "/api/v1/timelines/home", headers={**ada.auth, "X-Consistency-Token": "eyJwIjo5OTl9.forged"}
+    )
+    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+
+
+def test_after_flushall_reads_are_right_again(app, client, ada_and_fans, project_all):
+    ada, fans = ada_and_fans
+    posted = [post(client, ada, f"p{i}") for i in range(3)]
+    client.put(f"/api/v1/posts/{posted[0]}/vote", json={"value": 1}, headers=fans[0].auth)
+    project_all()
+    before = {f.id: home(client, f) for f in fans}
+    account = client.get(f"/api/v1/accounts/{ada.id}").get_json()
+
+    app.extensions["feed"].redis.flushdb()
+
+    assert {f.id: home(client, f) for f in fans} == before
+    assert client.get(f"/api/v1/accounts/{ada.id}").get_json() == account
+    result = app.test_cli_runner().invoke(args=["feeds", "rebuild"])
+    assert result.exit_code == 0 and "rebuilt" in result.output
+    assert {f.id: home(client, f) for f in fans} == before
+
+
+def test_rebuild_of_one_account(app, client, ada_and_fans, project_all):
+    ada, (fan, *_) = ada_and_fans
+    post(client, ada)
+    project_all()
+    before = home(client, fan)
+    app.extensions["feed"].redis.delete(feed_key(fan.id))
+    result = app.test_cli_runner().invoke(args=["feeds", "rebuild", "--account", fan.id])
+    assert result.exit_code == 0
+    assert app.extensions["feed"].redis.exists(feed_key(fan.id))
+    assert home(client, fan) == before
+
+
+def test_an_inactive_account_gets_no_fan_out_and_is_rebuilt_when_it_reads(
+    app, client, ada_and_fans, project_all
+):
+    ada, (fan, *_) = ada_and_fans
+    redis = app.extensions["feed"].redis
+    redis.delete(feed_key(fan.id))  # what FEED_ACTIVE_DAYS without a request does
+    post_id = post(client, ada)
+    project_all()
+    assert not redis.exists(feed_key(fan.id))  # no fan-out to it
+
+    page = home(client, fan)
+
+    assert ids(page) == [post_id]
+    assert redis.ttl(feed_key(fan.id)) > 13 * 24 * 3600
+
+
+def test_a_feed_is_capped(app, client, make_account, project_all):
+    capped = app.extensions["feed"].settings.with_overrides(feed_size=5)
+    small = create_app(services=build_services(capped))
+    small_client = small.test_client()
+    ada, fan = make_account(), make_account()
+    small_client.post(f"/api/v1/accounts/{ada.id}/follow", headers=fan.auth)
+    drain(small.extensions["feed"])
+    home(small_client, fan)
+    for i in range(8):
+        post(small_client, ada, f"p{i}")
+    drain(small.extensions["feed"])
+    redis = small.extensions["feed"].redis
+    assert redis.zcard(feed_key(fan.id)) == 5 + 1  # five posts and the sentinel
+    small.extensions["feed"].close()
+
+
+@pytest.mark.parametrize("threshold", [1, 10_000])
+def test_pull_and_push_give_the_same_feed(settings, clean_state, threshold):
+    """The same history read with the author fanned out (push) and pulled at read time."""
+    app = create_app(
+        services=build_services(settings.with_overrides(feed_pull_threshold=threshold))
+    )
+    client = app.test_client()
+    svc = app.extensions["feed"]
+    accounts = {}
+    for handle in ("star", "fan_a", "fan_b", "other"):
+        client.post("/api/v1/accounts", json={"handle": handle, "password": "12345678"})
+        token = client.post("/api/v1/sessions", json={"handle": handle, "password": "12345678"})
+        accounts[handle] = token.get_json()
+    auth = {h: {"Authorization": f"Bearer {a['token']}"} for h, a in accounts.items()}
+    star = accounts["star"]["account"]["id"]
+    for fan in ("fan_a", "fan_b"):
+        client.post(f"/api/v1/accounts/{star}/follow", headers=auth[fan])
+        client.get("/api/v1/timelines/home", headers=auth[fan])
+    drain(svc)
+    posted = []
+    for i in range(5):
+        posted.append(
+            client.post("/api/v1/posts", json={"body": f"s{i}"}, headers=auth["star"]).get_json()[
+                "id"
+            ]
+        )
+        client.post("/api/v1/posts", json={"body": f"a{i}"}, headers=auth["fan_a"])
+    drain(svc)
+    pulled = svc.redis.sismember("celebs", star)
+
+    page = client.get("/api/v1/timelines/home?limit=40", headers=auth["fan_a"]).get_json()
+    bodies = [p["body"] for p in page["items"]]
+    assert bodies == ["a4", "s4", "a3", "s3", "a2", "s2", "a1", "s1", "a0", "s0"]
+    second = client.get("/api/v1/timelines/home?limit=3", headers=auth["fan_b"]).get_json()
+    assert [p["body"] for p in second["items"]] == ["s4", "s3", "s2"]
+    assert bool(pulled) == (threshold == 1)
+    app.extensions["feed"].close()
