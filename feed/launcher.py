@@ -54,6 +54,9 @@ def prepare_environment(settings: Settings) -> tuple[dict[str, str], list[object
     if not settings.broker_url:
         env["BROKER_URL"] = env["REDIS_URL"]
         print("broker: Dramatiq's Redis broker on the same Redis", flush=True)
+    # Dramatiq's Redis broker polls an empty queue with backoff up to this many ms; its default
+    # (1000) would add up to a second per hop to a post's fan-out.
+    env.setdefault("dramatiq_worker_timeout", "100")
     env["SECRET_KEY"] = settings.secret_key
     env.setdefault("FEED_DATA_DIR", str(data))
     metrics_dir = Path(tempfile.mkdtemp(prefix="feed-metrics-"))

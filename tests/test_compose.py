@@ -28,12 +28,26 @@ def test_the_stack_has_its_servers_with_healthchecks_and_the_app_services():
         assert SERVICES[name]["healthcheck"]["test"], name
 
 
-def test_app_services_wait_for_healthy_servers_and_the_api_for_the_migration():
+def test_the_relay_and_workers_are_in_the_stack():
+    assert {"relay", "workers"} <= set(APP_SERVICES)
+
+
+def test_app_services_wait_for_healthy_servers_and_the_migration():
     for name in APP_SERVICES:
         needs = SERVICES[name]["depends_on"]
-        for server in ("postgres", "redis", "rabbitmq"):
-            assert needs[server]["condition"] == "service_healthy", (name, server)
-    assert SERVICES["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert "rabbitmq" in needs, name
+        for server, condition in needs.items():
+            expected = "service_completed_successfully" if server == "migrate" else "service_healthy"
+            assert condition["condition"] == expected, (name, server)
+        if name != "migrate":
+            assert needs["migrate"]["condition"] == "service_completed_successfully", name
+
+
+def test_processes_that_share_metrics_share_one_directory():
+    for name in ("api", "relay", "workers"):
+        env = SERVICES[name]["environment"]
+        assert env["PROMETHEUS_MULTIPROC_DIR"] == "/metrics", name
+        assert "metrics:/metrics" in SERVICES[name]["volumes"], name
 
 
 def compose_env(name: str) -> dict[str, str]:
@@ -75,15 +89,28 @@ def _gunicorn_target_exists(args: list[str]) -> bool:
     return callable(factory)
 
 
+def _dramatiq_module_declares_actors(args: list[str], monkeypatch) -> bool:
+    monkeypatch.setenv("BROKER_URL", compose_env("workers")["BROKER_URL"])
+    module = importlib.import_module(args[1])
+    import dramatiq
+
+    actors = [value for value in vars(module).values() if isinstance(value, dramatiq.Actor)]
+    return bool(actors) and all(option.startswith("--") or option.isdigit() for option in args[2:])
+
+
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_every_command_the_stack_runs_exists_in_the_code(name, settings):
+def test_every_command_the_stack_runs_exists_in_the_code(name, settings, monkeypatch):
     args = [str(a) for a in SERVICES[name]["command"]]
+    monkeypatch.setenv("BROKER_URL", compose_env(name)["BROKER_URL"])
     if args[0] == "flask":
         assert _flask_command_exists(args, settings), args
     elif args[0] == "gunicorn":
         assert _gunicorn_target_exists(args), args
     elif args[:2] == ["python", "-m"]:
-        importlib.import_module(args[2])
+        module = importlib.import_module(args[2])
+        assert callable(getattr(module, "run", None)), args
+    elif args[0] == "dramatiq":
+        assert _dramatiq_module_declares_actors(args, monkeypatch), args
     else:
         pytest.fail(f"{name}: unknown command {args}")
 

@@ -74,6 +74,28 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
         )
         assert bad.status_code == 400
         assert bad.headers["Content-Type"] == "application/problem+json"
+        # a follower sees the post in its home feed within a second (relay + workers running)
+        requests.post(
+            f"{api}/accounts", json={"handle": "fan_1", "password": "analytical"}, timeout=10
+        )
+        fan_token = requests.post(
+            f"{api}/sessions", json={"handle": "fan_1", "password": "analytical"}, timeout=10
+        ).json()["token"]
+        fan = {"Authorization": f"Bearer {fan_token}"}
+        ada_id = created.json()["id"]
+        assert requests.post(f"{api}/accounts/{ada_id}/follow", headers=fan, timeout=10).ok
+        requests.get(f"{api}/timelines/home", headers=fan, timeout=10)
+        second = requests.post(f"{api}/posts", json={"body": "seen?"}, headers=auth, timeout=10)
+        posted_at = time.monotonic()
+        seen = None
+        while time.monotonic() - posted_at < 5:
+            feed = requests.get(f"{api}/timelines/home", headers=fan, timeout=10).json()
+            if feed["items"] and feed["items"][0]["id"] == second.json()["id"]:
+                seen = time.monotonic() - posted_at
+                break
+            time.sleep(0.02)
+        assert seen is not None and seen < 1.0, seen
+        assert [p["body"] for p in feed["items"]] == ["seen?", "hello"]
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
         assert (tmp_path / "data" / "secret_key").exists()
     finally:
