@@ -37,7 +37,9 @@ def test_app_services_wait_for_healthy_servers_and_the_migration():
         needs = SERVICES[name]["depends_on"]
         assert "rabbitmq" in needs, name
         for server, condition in needs.items():
-            expected = "service_completed_successfully" if server == "migrate" else "service_healthy"
+            expected = (
+                "service_completed_successfully" if server == "migrate" else "service_healthy"
+            )
             assert condition["condition"] == expected, (name, server)
         if name != "migrate":
             assert needs["migrate"]["condition"] == "service_completed_successfully", name

@@ -39,7 +39,11 @@ def services() -> Services:
         return _services
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", max_retries=50)
+# Retried quickly at first (a Redis restart), backing off to 30 s; handlers are safe to repeat.
+RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
+
+
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
 def project_event(message: dict) -> None:
     """Project one outbox event; fan-out pages go out as ``fan_out_page`` messages."""
     envelope = Envelope(**message)
@@ -58,7 +62,7 @@ def project_event(message: dict) -> None:
     log.info("event_projected", type=envelope.type, position=envelope.position)
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", max_retries=50)
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", **RETRY)
 def fan_out_page(message: dict) -> None:
     """Apply one page of a fan-out (about a thousand followers) in one Redis script call."""
     page = FanOutPage.from_message(message)

@@ -9,6 +9,7 @@ commands still commit; events wait in the outbox and go out when it is back.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -23,7 +24,7 @@ from workers.actors import SETTINGS, broker, project_event
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
-MAX_BACKOFF_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = float(os.environ.get("RELAY_MAX_BACKOFF_SECONDS", "10"))
 
 
 def publish(batch: list[Envelope]) -> None:

@@ -1,0 +1,150 @@
+"""Private server instances for fault tests (see ../shared/SERVERS.md): each on a free port in a
+temporary directory, so killing one never touches the machine's own servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode} before listening")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on port {port} after {timeout}s")
+
+
+class PrivateRedis:
+    """A redis-server of our own, keeping nothing on disk (a restart comes back empty)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, 10)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node with its own name, ports and directories, run as the rabbitmq user."""
+
+    def __init__(self) -> None:
+        # Its own directory under /tmp: the rabbitmq user cannot enter pytest's (mode 700) ones.
+        self.directory = Path(tempfile.mkdtemp(prefix="feed-rabbitmq-"))
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"feedtest{self.port}@localhost"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def _env(self) -> dict[str, str]:
+        base = self.directory
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "feature_flags"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
+            "RABBITMQ_PID_FILE": str(base / "pid"),
+            # The machine's /etc/rabbitmq/rabbitmq.conf pins 5672: use a config of our own.
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+        }
+
+    def start(self, timeout: float = 90) -> None:
+        for sub in ("log", "mnesia"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        (self.directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+        )
+        shutil.chown(self.directory, "rabbitmq", "rabbitmq")
+        for path in self.directory.rglob("*"):
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        out = (self.directory / "out.txt").open("a")
+        self.process = subprocess.Popen(
+            ["rabbitmq-server"],
+            env=self._env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, timeout, self.process)
+
+    def remove(self) -> None:
+        """Stop the node if it runs and delete its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Stop the node (its queues survive on disk for the next start)."""
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.node, "stop"],
+            env=self._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+        if self.process is not None:
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(10)
+            self.process = None
+        # the Erlang port mapper may keep listening; the node's own port must be free
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.2)
