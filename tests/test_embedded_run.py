@@ -85,7 +85,12 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
         ada_id = created.json()["id"]
         assert requests.post(f"{api}/accounts/{ada_id}/follow", headers=fan, timeout=10).ok
         requests.get(f"{api}/timelines/home", headers=fan, timeout=10)
-        second = requests.post(f"{api}/posts", json={"body": "seen?"}, headers=auth, timeout=10)
+        second = requests.post(
+            f"{api}/posts",
+            json={"body": "seen?"},
+            headers={**auth, "X-Request-ID": "trace-me-42"},
+            timeout=10,
+        )
         posted_at = time.monotonic()
         seen = None
         while time.monotonic() - posted_at < 5:
@@ -96,6 +101,20 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
             time.sleep(0.02)
         assert seen is not None and seen < 1.0, seen
         assert [p["body"] for p in feed["items"]] == ["seen?", "hello"]
+        metrics = requests.get(f"{base}/metrics", timeout=10).text
+        for name in (
+            "feed_outbox_backlog",
+            "feed_relay_lag_seconds",
+            'feed_projection_lag_seconds_bucket{le="1.0",stage="event"}',
+            'feed_projection_lag_seconds_bucket{le="1.0",stage="fanout"}',
+            'feed_actor_messages_total{actor="project_event",outcome="processed"}',
+            'feed_actor_messages_total{actor="fan_out_page",outcome="processed"}',
+            "feed_fanout_page_followers_bucket",
+            'feed_fanout_page_seconds_count{op="add"}',
+            "feed_relay_published_total",
+            "feed_http_requests_total",
+        ):
+            assert name in metrics, name
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
         assert (tmp_path / "data" / "secret_key").exists()
     finally:
@@ -108,5 +127,9 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
         log.close()
     output = (tmp_path / "run.log").read_text()
     assert "embedded PostgreSQL" in output and "embedded Redis" in output
+    # one correlation id from the HTTP request through the outbox to both actors it triggered
+    traced = [line for line in output.splitlines() if '"trace-me-42"' in line]
+    assert any('"event_projected"' in line for line in traced), traced
+    assert any('"fan_out_page"' in line for line in traced), traced
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=2)

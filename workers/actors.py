@@ -15,13 +15,19 @@ import structlog
 
 from feed.bootstrap import Services, build_services
 from feed.config import Settings
-from feed.observability import FANOUT_PAGE_SIZE, FANOUT_SECONDS, PROJECTION_LAG
+from feed.observability import (
+    FANOUT_PAGE_SIZE,
+    FANOUT_SECONDS,
+    PROJECTION_LAG,
+    configure_logging,
+)
 from feed.outbox import Envelope
 from feed.projections import FanOutPage, apply_fan_out_page, project, projection_lag_seconds
 from feed.readmodel import configure_compact_encoding
 from workers.broker import setup_broker
 
 SETTINGS = Settings.from_env()
+configure_logging(json_output=SETTINGS.log_json)
 broker = setup_broker(SETTINGS)
 log = structlog.get_logger(__name__)
 
