@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean bench-fanout
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ format: install
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+
+## Fan-out benchmark: one post to 1k/10k/100k followers vs raw pipelined ZADD (same run).
+bench-fanout: install
+	$(PY) -m bench.fanout

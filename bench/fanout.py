@@ -1,0 +1,296 @@
+"""``make bench-fanout``: how fast one post reaches every follower's feed, against the raw rate
+of pipelined ZADD into the same Redis, measured in the same run.
+
+Uses the machine's PostgreSQL (a fresh database, dropped afterwards), Redis (db 10, flushed)
+and RabbitMQ, with the real relay and Dramatiq worker processes. Prints a table and writes
+bench/results/fanout.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import redis
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from feed import commands
+from feed.auth import Principal
+from feed.bootstrap import build_services
+from feed.config import Settings, sqlalchemy_url
+from feed.readmodel import SENTINEL, SENTINEL_SCORE, configure_compact_encoding, feed_key
+from feed.unit_of_work import UnitOfWork
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def seed_author(engine, client: redis.Redis, followers: int) -> int:
+    """An author and ``followers`` accounts following it, each with a live feed of 20 posts."""
+    tag = uuid.uuid4().hex[:6]
+    with engine.begin() as conn:
+        author = conn.execute(
+            text(
+                "INSERT INTO accounts (handle, display_name, password_hash) "
+                "VALUES (:h, 'Author', 'x') RETURNING id"
+            ),
+            {"h": f"author_{tag}"},
+        ).scalar_one()
+        ids = (
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (handle, display_name, password_hash, following_count, "
+                    "counts_version) SELECT 'f' || g || '_' || :tag, 'Fan', 'x', 1, 1 "
+                    "FROM generate_series(1, :n) g RETURNING id"
+                ),
+                {"tag": tag, "n": followers},
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            text("INSERT INTO follows (follower_id, followee_id) SELECT unnest(:ids), :a"),
+            {"ids": list(ids), "a": author},
+        )
+        conn.execute(
+            text("UPDATE accounts SET followers_count = :n, counts_version = 1 WHERE id = :a"),
+            {"n": followers, "a": author},
+        )
+    filler = {str((1_000_000 + i) << 22): (1_000_000 + i) for i in range(20)}
+    for start in range(0, len(ids), 5000):
+        pipe = client.pipeline(transaction=False)
+        for follower in ids[start : start + 5000]:
+            pipe.zadd(feed_key(follower), {SENTINEL: SENTINEL_SCORE, **filler})
+        pipe.execute()
+    return author
+
+
+def raw_zadd_rate(client: redis.Redis, keys: list[str], member: str, score: int) -> float:
+    """Pipelined ZADD of one member into every key, in chunks of 1000: inserts per second."""
+    started = time.perf_counter()
+    for start in range(0, len(keys), 1000):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + 1000]:
+            pipe.zadd(key, {member: score})
+        pipe.execute()
+    elapsed = time.perf_counter() - started
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.zrem(key, member)
+    pipe.execute()
+    return len(keys) / elapsed
+
+
+def fan_out_seconds(
+    services, author: int, log_path: Path, pages: int, since: int
+) -> tuple[float, str]:
+    """Publish one post and wait for the workers to log its last fan-out page."""
+    with UnitOfWork(services.engine) as uow:
+        post = commands.publish_post(uow, commands.PublishPost(Principal(author, False), "bench"))
+        uow.commit()
+    committed = time.time()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        lines = log_path.read_text().splitlines()[since:]
+        done = [json.loads(line) for line in lines if '"fan_out_page"' in line]
+        if len(done) >= pages:
+            last = max(datetime.fromisoformat(d["timestamp"]).timestamp() for d in done)
+            return last - committed, str(post["id"])
+        time.sleep(0.05)
+    raise RuntimeError("the fan-out did not finish within 120 s")
+
+
+def bytes_per_feed_entry(client: redis.Redis) -> dict[str, float]:
+    """MEMORY USAGE of an 800-entry feed of 64-bit ids, compact and with Redis's defaults."""
+    results = {}
+    for name, entries in (("compact", 1024), ("redis_default", 128)):
+        for option in ("zset-max-listpack-entries", "zset-max-ziplist-entries"):
+            try:
+                client.config_set(option, entries)
+                break
+            except redis.ResponseError:
+                continue
+        key = f"bench:feed:{name}"
+        client.delete(key)
+        base = 119_470_000_000_000_000
+        client.zadd(
+            key, {str(base + i * 4_194_304): (base + i * 4_194_304) >> 22 for i in range(800)}
+        )
+        results[name] = client.memory_usage(key, samples=0) / 800
+        client.delete(key)
+    configure_compact_encoding(client)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    name = f"feed_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(sqlalchemy_url(SERVER), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    database_url = SERVER.rpartition("/")[0] + "/" + name
+    settings = Settings(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        broker_url=BROKER_URL,
+        secret_key="bench",
+        feed_pull_threshold=10**9,
+        log_json=True,
+    )
+    services = build_services(settings)
+    app = create_app(services=services)
+    with app.app_context():
+        upgrade()
+    client = services.redis
+    client.flushdb()
+    configure_compact_encoding(client)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_path = RESULTS / "fanout-workers.log"
+    log_path.write_text("")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "BROKER_URL": BROKER_URL,
+        "SECRET_KEY": "bench",
+        "LOG_JSON": "true",
+        "FEED_PULL_THRESHOLD": str(10**9),
+        "FEED_QUEUE_PREFIX": f"bench-{name}-",
+    }
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "workers.actors", "--processes", "2", "--threads", "4"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("a"),
+        stderr=subprocess.STDOUT,
+    )
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "workers.relay"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = []
+    try:
+        time.sleep(3)
+        for size in sizes:
+            author = seed_author(services.engine, client, size)
+            keys = [feed_key(f) for f in _followers(services.engine, author)]
+            raw = statistics.median(raw_zadd_rate(client, keys, "1", 1) for _ in range(args.repeat))
+            times = []
+            fan_out_seconds(  # warm-up: connections, scripts loaded, pages of this size
+                services,
+                author,
+                log_path,
+                pages=-(-size // settings.fanout_page_size),
+                since=len(log_path.read_text().splitlines()),
+            )
+            for _ in range(args.repeat):
+                since = len(log_path.read_text().splitlines())
+                seconds, post_id = fan_out_seconds(
+                    services,
+                    author,
+                    log_path,
+                    pages=-(-size // settings.fanout_page_size),
+                    since=since,
+                )
+                missing = _missing(client, keys, post_id)
+                if missing:
+                    raise RuntimeError(f"{missing} feeds lack post {post_id}")
+                times.append(seconds)
+            seconds = statistics.median(times)
+            runs.append(
+                {
+                    "followers": size,
+                    "seconds": round(seconds, 3),
+                    "inserts_per_s": round(size / seconds),
+                    "raw_zadd_per_s": round(raw),
+                    "ratio_to_raw": round(size / seconds / raw, 3),
+                    "all_runs_s": [round(t, 3) for t in times],
+                }
+            )
+    finally:
+        workers.terminate()
+        relay.terminate()
+        workers.wait(30)
+        relay.wait(30)
+    memory = bytes_per_feed_entry(client)
+    client.flushdb()
+    services.close()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _delete_queues(env["FEED_QUEUE_PREFIX"])
+
+    raw_overall = statistics.median(r["raw_zadd_per_s"] for r in runs)
+    report = {
+        "raw_zadd_per_s": raw_overall,
+        "runs": runs,
+        "redis_bytes_per_feed_entry": round(memory["compact"], 1),
+        "redis_bytes_per_feed_entry_default_encoding": round(memory["redis_default"], 1),
+        "load_generator": "in-process command; relay + 2x4 Dramatiq workers over RabbitMQ",
+    }
+    (RESULTS / "fanout.json").write_text(json.dumps(report, indent=2))
+    print(
+        f"\n{'followers':>10} {'seconds (median)':>17} {'inserts/s':>11} {'raw ZADD/s':>11} {'ratio':>6}"
+    )
+    for r in runs:
+        print(
+            f"{r['followers']:>10} {r['seconds']:>17.3f} {r['inserts_per_s']:>11} "
+            f"{r['raw_zadd_per_s']:>11} {r['ratio_to_raw']:>6.2f}"
+        )
+    print(
+        f"\nRedis bytes per feed entry (800-entry feed, MEMORY USAGE): {memory['compact']:.1f} "
+        f"compact, {memory['redis_default']:.1f} with Redis's default encoding"
+    )
+    print(f"wrote {RESULTS / 'fanout.json'}")
+    return 0
+
+
+def _followers(engine, author: int) -> list[int]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT follower_id FROM follows WHERE followee_id = :a"), {"a": author}
+            ).scalars()
+        )
+
+
+def _missing(client: redis.Redis, keys: list[str], post_id: str) -> int:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.zscore(key, post_id)
+    return sum(score is None for score in pipe.execute())
+
+
+def _delete_queues(prefix: str) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    channel = connection.channel()
+    for base in ("projections", "fanout"):
+        for suffix in ("", ".DQ", ".XQ"):
+            channel.queue_delete(queue=f"{prefix}{base}{suffix}")
+    connection.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
