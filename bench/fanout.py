@@ -249,9 +249,8 @@ def main() -> int:
         "load_generator": "in-process command; relay + 2x4 Dramatiq workers over RabbitMQ",
     }
     (RESULTS / "fanout.json").write_text(json.dumps(report, indent=2))
-    print(
-        f"\n{'followers':>10} {'seconds (median)':>17} {'inserts/s':>11} {'raw ZADD/s':>11} {'ratio':>6}"
-    )
+    header = ("followers", "seconds (median)", "inserts/s", "raw ZADD/s", "ratio")
+    print("\n{:>10} {:>17} {:>11} {:>11} {:>6}".format(*header))
     for r in runs:
         print(
             f"{r['followers']:>10} {r['seconds']:>17.3f} {r['inserts_per_s']:>11} "
