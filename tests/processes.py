@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -86,6 +87,16 @@ class Processes:
                 self.kill(name)
             self.running.pop(name, None)
 
+    def log_events(self, name: str, event: str) -> list[dict]:
+        """The JSON log records of one process whose event is ``event``."""
+        records = []
+        for line in self.log(name).splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    records.append(record)
+        return records
+
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text() if path.exists() else ""
@@ -103,7 +114,7 @@ def process_env(database_url: str, redis_url: str, broker_url: str, **extra: str
         BROKER_URL=broker_url,
         SECRET_KEY="test-secret-key-that-is-long-enough-for-hs256",
         FEED_QUEUE_PREFIX=f"test-{uuid.uuid4().hex[:8]}-",
-        LOG_JSON="false",
+        LOG_JSON="true",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

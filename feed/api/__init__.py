@@ -15,6 +15,7 @@ from feed.api import accounts, ops, posts, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.problems import register_problem_handlers
+from feed.api.web import services, touch_activity
 from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 API_PREFIX = "/api/v1"
@@ -92,6 +93,9 @@ def _require_json_body() -> None:
 
 def _finish_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+    principal = g.get("principal")
+    if principal is not None and not g.get("activity_touched") and response.status_code < 400:
+        touch_activity(services(), principal.account_id)
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"
     HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
     if "started" in g:

@@ -142,13 +142,12 @@ def run_command(
                 ),
             )
         uow.commit()
-    if principal is not None:
-        touch_activity(svc, principal.account_id)
     return json_response(body, status, headers)
 
 
 def touch_activity(svc: Services, account_id: int) -> None:
     """An authenticated request keeps the caller's feed alive (inactive feeds expire and get
     no fan-out). Best effort: a Redis outage must not fail a command that committed."""
+    g.activity_touched = True
     with contextlib.suppress(RedisError):
         svc.redis.expire(feed_key(account_id), svc.settings.feed_ttl_seconds)
