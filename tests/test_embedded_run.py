@@ -100,6 +100,7 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
                 break
             time.sleep(0.02)
         assert seen is not None and seen < 1.0, seen
+        print(f"post visible in the follower's feed after {seen:.3f} s")
         assert [p["body"] for p in feed["items"]] == ["seen?", "hello"]
         metrics = requests.get(f"{base}/metrics", timeout=10).text
         for name in (

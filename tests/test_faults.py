@@ -87,12 +87,12 @@ def test_a_worker_killed_mid_fan_out_loses_nothing(
 ):
     redis_client = app.extensions["feed"].redis
     author = make_account("big_author")
-    followers = bulk_followers(engine, redis_client, int(author.id), 3000)
+    followers = bulk_followers(engine, redis_client, int(author.id), 6000)
     env = process_env(
         settings.database_url, settings.redis_url, settings.broker_url, FANOUT_PAGE_SIZE="20"
     )
     processes = Processes(env, tmp_path)
-    # small pages: the fan-out is 150 messages, long enough to be cut in the middle
+    # small pages: the fan-out is 300 messages, long enough to be cut in the middle
     processes.start("relay")
     processes.start("workers")
     try:
