@@ -285,7 +285,7 @@ def _delete_queues(prefix: str) -> None:
 
     connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
     channel = connection.channel()
-    for base in ("projections", "fanout"):
+    for base in ("projections", "fanout", "sagas"):
         for suffix in ("", ".DQ", ".XQ"):
             channel.queue_delete(queue=f"{prefix}{base}{suffix}")
     connection.close()

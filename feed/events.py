@@ -178,6 +178,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 
+
+def register_event(cls: type[Event]) -> type[Event]:
+    """Make another module's event type (the sagas') known to the outbox decoder."""
+    EVENT_TYPES[cls.name] = cls
+    return cls
+
+
 #: (event name, version it upgrades from) -> function giving the next version's payload.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 

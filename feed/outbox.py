@@ -63,6 +63,10 @@ class Envelope:
     correlation_id: str | None
     created_at: str
 
+    @property
+    def aggregate_id(self) -> str:
+        return str(self.payload.get("saga_id") or self.payload.get("post_id") or "")
+
     def event(self) -> Event:
         return decode(self.type, self.version, self.payload)
 

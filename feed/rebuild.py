@@ -70,7 +70,10 @@ def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) 
         ids = db.execute(
             text(
                 "SELECT p.id FROM posts p WHERE p.status = 'published' AND (p.author_id = :me "
-                "OR p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = :me)) "
+                "OR p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = :me) "
+                "OR p.id IN (SELECT c.post_id FROM campaign_placements cp JOIN campaigns c "
+                "ON c.id = cp.campaign_id WHERE cp.account_id = :me "
+                "AND c.status IN ('active', 'completed'))) "
                 "ORDER BY p.id DESC LIMIT :n"
             ),
             {"me": account_id, "n": store.settings.feed_size},

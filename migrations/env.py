@@ -8,6 +8,7 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+import sagas.schema  # noqa: F401  (registers the saga tables on the same metadata)
 from feed.bootstrap import build_engine
 from feed.schema import metadata
 

@@ -24,7 +24,24 @@ from feed.config import Settings, sqlalchemy_url
 SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-TABLES = ("idempotency_keys", "outbox", "votes", "follows", "posts", "accounts")
+TABLES = (
+    "idempotency_keys",
+    "outbox",
+    "votes",
+    "follows",
+    "posts",
+    "accounts",
+    "saga_operator_actions",
+    "saga_steps",
+    "sagas",
+    "processed_steps",
+    "participant_faults",
+    "ledger_entries",
+    "wallets",
+    "notifications",
+    "campaign_placements",
+    "campaigns",
+)
 
 
 def _database_url(name: str) -> str:
@@ -150,12 +167,17 @@ def drain(services) -> int:
     """
     from feed.outbox import relay_once
     from feed.projections import apply_fan_out_page, project
+    from sagas.engine import SAGA_EVENTS
+    from sagas.runtime import handle_saga_event
 
     store = services.store
 
     def publish(batch):
         for envelope in batch:
-            project(store, envelope, lambda page: apply_fan_out_page(store, page))
+            if envelope.type in SAGA_EVENTS:
+                handle_saga_event(services, envelope)  # a timer not due yet waits for sweep()
+            else:
+                project(store, envelope, lambda page: apply_fan_out_page(store, page))
 
     total = 0
     while moved := relay_once(services.engine, publish):

@@ -128,7 +128,7 @@ def delete_queues(broker_url: str, prefix: str) -> None:
     except pika.exceptions.AMQPError:
         return
     channel = connection.channel()
-    for base in ("projections", "fanout"):
+    for base in ("projections", "fanout", "sagas"):
         for suffix in ("", ".DQ", ".XQ"):
             channel.queue_delete(queue=f"{prefix}{base}{suffix}")
     connection.close()

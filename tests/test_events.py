@@ -13,9 +13,10 @@ from feed.events import EVENT_TYPES, UPCASTERS, PostPublished, UnknownEvent, dec
 
 def sample(cls):
     """An instance with a plausible value in every field (field types are strings here)."""
-    by_type = {"str": "1", "int": 1}
+    by_type = {"str": "1", "int": 1, "bool": True}
 
     def value(type_name: str):
+        type_name = type_name.removesuffix(" | None")
         if type_name.startswith("tuple"):
             return ({"id": "1", "content_type": "image/png"},)
         if type_name.startswith("dict"):

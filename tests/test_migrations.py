@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, inspect, text
 
+import sagas.schema  # noqa: F401
 from app import create_app
 from feed.bootstrap import build_services
 from feed.config import sqlalchemy_url

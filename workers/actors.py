@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import dramatiq
 import structlog
@@ -24,6 +25,7 @@ from feed.observability import (
 from feed.outbox import Envelope
 from feed.projections import FanOutPage, apply_fan_out_page, project, projection_lag_seconds
 from feed.readmodel import configure_compact_encoding
+from sagas.runtime import handle_saga_event
 from workers.broker import setup_broker
 
 SETTINGS = Settings.from_env()
@@ -66,6 +68,18 @@ def project_event(message: dict) -> None:
     project(services().store, envelope, send_page)
     PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
     log.info("event_projected", type=envelope.type, position=envelope.position)
+
+
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}sagas", **RETRY)
+def saga_message(message: dict) -> None:
+    """A saga step for a participant, a participant's reply, or a retry timer."""
+    envelope = Envelope(**message)
+    if not handle_saga_event(services(), envelope):
+        # a retry timer that is not due yet: come back when it is
+        due = datetime.fromisoformat(envelope.payload["at"])
+        wait_ms = max(10, int((due - datetime.now(UTC)).total_seconds() * 1000))
+        saga_message.send_with_options(args=(message,), delay=wait_ms)
+    log.info("saga_message", type=envelope.type, saga_id=envelope.aggregate_id)
 
 
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", **RETRY)

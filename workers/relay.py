@@ -20,7 +20,8 @@ from feed.bootstrap import build_engine
 from feed.config import Settings
 from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
 from feed.outbox import OUTBOX_CHANNEL, Envelope, relay_once
-from workers.actors import SETTINGS, broker, project_event
+from sagas.engine import SAGA_EVENTS, sweep
+from workers.actors import SETTINGS, broker, project_event, saga_message
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
@@ -28,9 +29,11 @@ MAX_BACKOFF_SECONDS = float(os.environ.get("RELAY_MAX_BACKOFF_SECONDS", "10"))
 
 
 def publish(batch: list[Envelope]) -> None:
-    """Enqueue each event for the projection actor; returns once the broker confirmed all."""
+    """Enqueue each event for its actor (saga messages to the saga actor, everything else to
+    the projections); returns once the broker confirmed all."""
     for envelope in batch:
-        message = project_event.message(envelope.to_message()).copy(message_id=envelope.event_id)
+        actor = saga_message if envelope.type in SAGA_EVENTS else project_event
+        message = actor.message(envelope.to_message()).copy(message_id=envelope.event_id)
         broker.enqueue(message)
     RELAY_PUBLISHED.inc(len(batch))
 
@@ -43,6 +46,21 @@ def listen_connection(database_url: str) -> psycopg.Connection:
     )
     conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
     return conn
+
+
+_last_sweep = 0.0
+SWEEP_SECONDS = 1.0
+
+
+def sweep_sagas(engine) -> None:
+    """Once a second: time out unanswered saga steps, fire overdue timers, resume stuck
+    sagas. Idempotent, so several relays may do it."""
+    global _last_sweep
+    if time.monotonic() - _last_sweep >= SWEEP_SECONDS:
+        _last_sweep = time.monotonic()
+        counts = sweep(engine)
+        if any(counts.values()):
+            log.info("sagas_swept", **counts)
 
 
 def run(settings: Settings) -> None:
@@ -66,6 +84,7 @@ def run(settings: Settings) -> None:
             while not stopping and relay_once(engine, publish):
                 pass
             backoff = 0.5
+            sweep_sagas(engine)
             # Sleep until a commit notifies us, or the poll interval passes.
             for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1):
                 pass

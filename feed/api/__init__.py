@@ -11,7 +11,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from feed.api import accounts, ops, posts, timelines
+from feed.api import accounts, ops, posts, sagas, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.problems import register_problem_handlers
@@ -63,6 +63,7 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(accounts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(posts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(timelines.blp, url_prefix=API_PREFIX)
+    api.register_blueprint(sagas.blp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.blp)
 
 

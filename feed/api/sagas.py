@@ -1,0 +1,288 @@
+"""Saga endpoints: promote, wallet, notifications, the caller's sagas, and the admin API."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import fields, validate
+from sqlalchemy import text
+
+from feed.api.schemas import StrictInteger, StrictSchema
+from feed.api.timelines import parse_cursor
+from feed.api.web import authenticated, json_response, require_principal, run_command, services
+from feed.clock import rfc3339
+from feed.errors import Conflict, Forbidden, NotFound
+from sagas import engine
+from sagas.commands import PromotePost, promote_post
+from sagas.services import billing, notifications
+
+blp = Blueprint("sagas", __name__, description="Sagas, wallets, notifications, admin")
+
+
+class CreditsIn(StrictSchema):
+    credits = StrictInteger(required=True, validate=validate.Range(min=1, max=1_000_000))
+
+
+def require_admin() -> int:
+    """The caller's id if the database says it is an admin (a token's claim is not enough)."""
+    principal = require_principal()
+    with services().engine.connect() as conn:
+        is_admin = conn.execute(
+            text("SELECT is_admin FROM accounts WHERE id = :id AND status = 'active'"),
+            {"id": principal.account_id},
+        ).scalar_one_or_none()
+    if not is_admin:
+        raise Forbidden("Admin accounts only.")
+    return principal.account_id
+
+
+def saga_uuid(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise NotFound("No such saga.") from None
+
+
+def render_saga(
+    saga: dict[str, Any],
+    steps: list[dict[str, Any]] | None = None,
+    actions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    definition = engine.DEFINITIONS[(saga["type"], saga["version"])]
+    body = {
+        "id": str(saga["id"]),
+        "type": saga["type"],
+        "version": saga["version"],
+        "status": saga["status"],
+        "current_step": definition.step(saga["current_step"]).name,
+        "direction": saga["direction"],
+        "last_error": saga["last_error"],
+        "created_at": rfc3339(saga["created_at"]),
+        "updated_at": rfc3339(saga["updated_at"]),
+    }
+    if steps is not None:
+        body["steps"] = [
+            {
+                "step_id": str(s["step_id"]),
+                "name": s["name"],
+                "kind": s["kind"],
+                "attempt": s["attempt"],
+                "status": s["status"],
+                "error": s["error"],
+                "command": s["command"]["command"],
+                "service": s["command"]["service"],
+                "sent_at": rfc3339(s["sent_at"]),
+                "replied_at": rfc3339(s["replied_at"]) if s["replied_at"] else None,
+            }
+            for s in steps
+        ]
+    if actions is not None:
+        body["operator_actions"] = [
+            {
+                "operator": a["operator"],
+                "action": a["action"],
+                "detail": a["detail"],
+                "at": rfc3339(a["at"]),
+            }
+            for a in actions
+        ]
+    return body
+
+
+@blp.route("/posts/<id:post_id>/promote")
+class Promote(MethodView):
+    @authenticated
+    @blp.arguments(CreditsIn)
+    @blp.response(202)
+    def post(self, data, post_id):
+        """Promote your post: a saga pays from your wallet and places the post in feeds."""
+        principal = require_principal()
+        cmd = PromotePost(principal, post_id, data["credits"])
+        return run_command(
+            202,
+            lambda uow: promote_post(uow, cmd),
+            lambda saga_id: {"saga_id": saga_id, "status": "running"},
+            principal=principal,
+        )
+
+
+@blp.route("/wallet")
+class Wallet(MethodView):
+    @authenticated
+    @blp.response(200)
+    def get(self):
+        """Your wallet: balance and the newest ledger entries."""
+        me = require_principal().account_id
+        with services().engine.connect() as conn:
+            return json_response(render_wallet(billing.wallet(conn, me)), 200)
+
+
+def render_wallet(wallet: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "balance": wallet["balance"],
+        "entries": [
+            {
+                "id": str(e["id"]),
+                "kind": e["kind"],
+                "amount": e["amount"],
+                "saga_id": str(e["saga_id"]) if e["saga_id"] else None,
+                "counter_account": e["counter_account"],
+                "at": rfc3339(e["at"]),
+            }
+            for e in wallet["entries"]
+        ],
+    }
+
+
+@blp.route("/admin/wallets/<id:account_id>/credit")
+class AdminCredit(MethodView):
+    @authenticated
+    @blp.arguments(CreditsIn)
+    @blp.response(200)
+    def post(self, data, account_id):
+        """Credit an account's wallet (admin)."""
+        require_admin()
+
+        def credit(uow):
+            exists = uow.conn.execute(
+                text("SELECT 1 FROM accounts WHERE id = :id AND status <> 'deleted'"),
+                {"id": account_id},
+            ).first()
+            if exists is None:
+                raise NotFound("No such account.")
+            return billing.credit(uow.conn, account_id, data["credits"])
+
+        return run_command(200, credit, render_wallet, principal=require_principal())
+
+
+@blp.route("/notifications")
+class Notifications(MethodView):
+    @authenticated
+    @blp.response(200)
+    def get(self):
+        """Your in-app notifications, newest first."""
+        me = require_principal().account_id
+        cursor = parse_cursor()
+        with services().engine.connect() as conn:
+            rows = notifications.list_for(
+                conn, me, limit=cursor.limit, max_id=cursor.max_id, since_id=cursor.since_id
+            )
+        more = len(rows) > cursor.limit
+        rows = rows[: cursor.limit]
+        items = [
+            {
+                "id": str(r["id"]),
+                "kind": r["kind"],
+                "payload": r["payload"],
+                "created_at": rfc3339(r["created_at"]),
+            }
+            for r in rows
+        ]
+        return json_response(
+            {"items": items, "next_max_id": items[-1]["id"] if more and items else None}, 200
+        )
+
+
+@blp.route("/sagas/<saga_id>")
+class MySaga(MethodView):
+    @authenticated
+    @blp.response(200)
+    def get(self, saga_id):
+        """One of your sagas, with its steps."""
+        me = require_principal().account_id
+        with services().engine.connect() as conn:
+            try:
+                found = engine.history(conn, saga_uuid(saga_id))
+            except engine.SagaNotFound:
+                raise NotFound("No such saga.") from None
+        if found["saga"]["account_id"] != me:
+            raise NotFound("No such saga.")
+        return json_response(render_saga(found["saga"], found["steps"]), 200)
+
+
+ADMIN_STATUSES = ["running", "compensating", "completed", "compensated", "failed", "stuck"]
+
+
+@blp.route("/admin/sagas")
+class AdminSagas(MethodView):
+    @authenticated
+    @blp.response(200)
+    def get(self):
+        """Sagas, newest first, filtered by status and type (admin)."""
+        require_admin()
+        status, type_ = request.args.get("status"), request.args.get("type")
+        if status and status not in ADMIN_STATUSES:
+            raise_invalid("status", f"One of {', '.join(ADMIN_STATUSES)}.")
+        if type_ and type_ not in engine.LATEST:
+            raise_invalid("type", f"One of {', '.join(sorted(engine.LATEST))}.")
+        limit = parse_cursor().limit
+        before = None
+        with services().engine.connect() as conn:
+            if request.args.get("max_id"):
+                before_row = engine.load(conn, saga_uuid(request.args["max_id"])).row
+                before = before_row["created_at"]
+            rows = engine.list_sagas(
+                conn, status=status, type_=type_, before=before, limit=limit + 1
+            )
+        more = len(rows) > limit
+        items = [render_saga(r) for r in rows[:limit]]
+        return json_response(
+            {"items": items, "next_max_id": items[-1]["id"] if more and items else None}, 200
+        )
+
+
+def raise_invalid(field: str, message: str) -> None:
+    from feed.errors import InvalidInput
+
+    raise InvalidInput(f"{field} is not valid.", errors={field: [message]})
+
+
+@blp.route("/admin/sagas/<saga_id>")
+class AdminSaga(MethodView):
+    @authenticated
+    @blp.response(200)
+    def get(self, saga_id):
+        """A saga with its full step history and operator actions (admin)."""
+        require_admin()
+        with services().engine.connect() as conn:
+            try:
+                found = engine.history(conn, saga_uuid(saga_id))
+            except engine.SagaNotFound:
+                raise NotFound("No such saga.") from None
+        return json_response(render_saga(found["saga"], found["steps"], found["actions"]), 200)
+
+
+def _operator_action(saga_id: str, action) -> Any:
+    admin = require_admin()
+    try:
+        instance = action(services().engine, str(saga_uuid(saga_id)), f"account:{admin}")
+    except engine.SagaNotFound:
+        raise NotFound("No such saga.") from None
+    except engine.InvalidTransition as error:
+        raise Conflict(str(error)) from None
+    return json_response(render_saga(instance.row), 202)
+
+
+@blp.route("/admin/sagas/<saga_id>/retry")
+class AdminRetry(MethodView):
+    @authenticated
+    @blp.response(202)
+    def post(self, saga_id):
+        """Resume a failed or stuck saga from the step that failed (admin)."""
+        return _operator_action(saga_id, engine.retry)
+
+
+@blp.route("/admin/sagas/<saga_id>/abort")
+class AdminAbort(MethodView):
+    @authenticated
+    @blp.response(202)
+    def post(self, saga_id):
+        """Compensate what was done and end the saga compensated (admin)."""
+        return _operator_action(saga_id, engine.abort)
+
+
+__all__ = ["blp", "fields"]

@@ -1,0 +1,701 @@
+"""The saga engine: definitions, persistence, sending steps, replies, retries, timeouts,
+compensation, recovery. Definitions only say *what*; this module does everything else.
+
+A saga instance is a row in ``sagas``; every attempt of every step is a row in ``saga_steps``.
+Step commands and participants' replies travel through the outbox (so a command is sent if and
+only if the transaction that decided to send it commits) and RabbitMQ. The saga row is updated
+with optimistic locking (``lock_version``): a transition that lost a race is retried from the
+fresh state. Nothing lives in memory between messages, so a killed orchestrator resumes from
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from feed.clock import utcnow
+from feed.events import Event, register_event
+from feed.failpoints import failpoint
+from feed.outbox import append_events
+from sagas.schema import saga_operator_actions, saga_steps, sagas
+
+# --- definitions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how fast a step is tried again: exponential backoff with jitter."""
+
+    attempts: int = 3
+    base_seconds: float = 0.2
+    max_seconds: float = 30.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
+        backoff = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return backoff * (1 - self.jitter * random.random())
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: an action at a participant and the compensation that undoes it."""
+
+    name: str
+    service: str
+    action: str
+    compensation: str | None = None
+    retry: RetryPolicy = RetryPolicy()
+    compensation_retry: RetryPolicy = RetryPolicy(attempts=8)
+    timeout_seconds: float = 10.0
+    # Once this step has completed, a later failure no longer compensates: the saga retries
+    # forward until it completes, or waits for an operator as ``failed``.
+    point_of_no_return: bool = False
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    """A saga type at one version: its steps, top to bottom."""
+
+    type: str
+    version: int
+    steps: tuple[Step, ...]
+    # No progress for this long marks a saga ``stuck`` (the sweeper then resumes it).
+    stuck_after_seconds: float = 120.0
+
+    def step(self, index: int) -> Step:
+        return self.steps[index]
+
+    @property
+    def pivot(self) -> int | None:
+        """Index of the point of no return, if the saga has one."""
+        for index, step in enumerate(self.steps):
+            if step.point_of_no_return:
+                return index
+        return None
+
+
+DEFINITIONS: dict[tuple[str, int], SagaDefinition] = {}
+LATEST: dict[str, SagaDefinition] = {}
+
+
+def define(definition: SagaDefinition) -> SagaDefinition:
+    """Register a definition; a saga finishes on the version it started with."""
+    DEFINITIONS[(definition.type, definition.version)] = definition
+    if definition.type not in LATEST or LATEST[definition.type].version < definition.version:
+        LATEST[definition.type] = definition
+    return definition
+
+
+# --- messages (through the outbox) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SagaStepRequested(Event):
+    """The orchestrator asks ``service`` to run ``command`` (an action or a compensation)."""
+
+    name: ClassVar[str] = "SagaStepRequested"
+    version: ClassVar[int] = 1
+
+    saga_id: str
+    step_id: str
+    service: str
+    command: str
+    args: dict[str, Any]
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.saga_id
+
+
+@dataclass(frozen=True)
+class SagaStepReplied(Event):
+    """A participant answers a step: ``ok`` with a result, or an error (retryable or not)."""
+
+    name: ClassVar[str] = "SagaStepReplied"
+    version: ClassVar[int] = 1
+
+    saga_id: str
+    step_id: str
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = False
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.saga_id
+
+
+@dataclass(frozen=True)
+class SagaTimerDue(Event):
+    """Wake the saga at ``at`` (a retry after backoff)."""
+
+    name: ClassVar[str] = "SagaTimerDue"
+    version: ClassVar[int] = 1
+
+    saga_id: str
+    at: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.saga_id
+
+
+for _event in (SagaStepRequested, SagaStepReplied, SagaTimerDue):
+    register_event(_event)
+
+SAGA_EVENTS = frozenset({"SagaStepRequested", "SagaStepReplied", "SagaTimerDue"})
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class SagaError(Exception):
+    """Base of the engine's errors."""
+
+
+class SagaNotFound(SagaError):
+    """No saga with that id."""
+
+
+class ConcurrentUpdate(SagaError):
+    """The saga row changed under us (optimistic lock); redo from fresh state."""
+
+
+class InvalidTransition(SagaError):
+    """The operator asked for something the saga's status does not allow."""
+
+
+# --- the state machine ---------------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    """A saga row, loaded with the version used for the optimistic lock."""
+
+    row: dict[str, Any]
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.row["id"]
+
+    @property
+    def definition(self) -> SagaDefinition:
+        return DEFINITIONS[(self.row["type"], self.row["version"])]
+
+
+def start(
+    conn: Connection,
+    definition: SagaDefinition,
+    data: dict[str, Any],
+    *,
+    account_id: int | None = None,
+    correlation_id: str | None = None,
+) -> uuid.UUID:
+    """Create a saga in the caller's transaction and send its first step with it."""
+    saga_id = uuid.uuid4()
+    row = (
+        conn.execute(
+            insert(sagas)
+            .values(
+                id=saga_id,
+                type=definition.type,
+                version=definition.version,
+                account_id=account_id,
+                status="running",
+                data=data,
+                deadline=utcnow() + timedelta(seconds=definition.stuck_after_seconds),
+            )
+            .returning(*sagas.c)
+        )
+        .mappings()
+        .one()
+    )
+    instance = Instance(dict(row))
+    _send(conn, instance, 0, "action", attempt=1, correlation_id=correlation_id)
+    return saga_id
+
+
+def load(conn: Connection, saga_id: uuid.UUID | str) -> Instance:
+    row = conn.execute(select(sagas).where(sagas.c.id == _uuid(saga_id))).mappings().first()
+    if row is None:
+        raise SagaNotFound(str(saga_id))
+    return Instance(dict(row))
+
+
+def handle_reply(engine: Engine, reply: SagaStepReplied) -> None:
+    """Record a participant's reply and move the saga on. A duplicate reply changes nothing."""
+
+    def work(conn: Connection) -> None:
+        _apply_reply(conn, reply)
+        failpoint("saga.reply.before_commit")
+
+    _with_retries(engine, work)
+    failpoint("saga.reply.after_commit")
+
+
+def handle_timer(engine: Engine, saga_id: str) -> bool:
+    """Send the retry a saga was waiting for, if it is due; False if it is not due yet."""
+    return _with_retries(engine, lambda conn: _apply_timer(conn, saga_id))
+
+
+def _apply_reply(conn: Connection, reply: SagaStepReplied) -> None:
+    attempt = (
+        conn.execute(
+            select(saga_steps).where(saga_steps.c.step_id == _uuid(reply.step_id)).with_for_update()
+        )
+        .mappings()
+        .first()
+    )
+    if attempt is None or attempt["status"] != "sent":
+        return  # a duplicate, or the reply to an attempt that already timed out
+    conn.execute(
+        update(saga_steps)
+        .where(saga_steps.c.step_id == attempt["step_id"])
+        .values(
+            status="succeeded" if reply.ok else "failed",
+            reply={"ok": reply.ok, "result": reply.result, "retryable": reply.retryable},
+            error=reply.error,
+            replied_at=func.now(),
+        )
+    )
+    instance = load(conn, attempt["saga_id"])
+    if not _is_current(instance, attempt):
+        return
+    if reply.ok:
+        _step_succeeded(conn, instance, attempt, reply.result)
+    else:
+        _step_failed(conn, instance, attempt, reply.error or "failed", reply.retryable)
+
+
+def _apply_timer(conn: Connection, saga_id: str) -> bool:
+    instance = load(conn, saga_id)
+    retry_at = instance.row["retry_at"]
+    if retry_at is None or instance.row["status"] not in ("running", "compensating"):
+        return True
+    if retry_at > utcnow():
+        return False
+    last = _last_attempt(conn, instance)
+    kind = "compensation" if instance.row["direction"] == "backward" else "action"
+    attempt = (last["attempt"] + 1) if last and last["kind"] == kind else 1
+    _transition(conn, instance, retry_at=None)
+    _send(conn, load(conn, saga_id), instance.row["current_step"], kind, attempt=attempt)
+    return True
+
+
+def _step_succeeded(
+    conn: Connection, instance: Instance, attempt: dict[str, Any], result: dict[str, Any]
+) -> None:
+    definition = instance.definition
+    index = attempt["step_index"]
+    data = {**instance.row["data"], **(result or {})}
+    if attempt["kind"] == "action":
+        completed = [*instance.row["completed_steps"], index]
+        if index + 1 < len(definition.steps):
+            _transition(
+                conn,
+                instance,
+                data=data,
+                completed_steps=completed,
+                current_step=index + 1,
+                last_error=None,
+            )
+            _send(conn, load(conn, instance.id), index + 1, "action", attempt=1)
+        else:
+            _transition(
+                conn,
+                instance,
+                data=data,
+                completed_steps=completed,
+                status="completed",
+                last_error=None,
+            )
+        return
+    completed = [i for i in instance.row["completed_steps"] if i != index]
+    _transition(conn, instance, data=data, completed_steps=completed)
+    _compensate_next(conn, load(conn, instance.id))
+
+
+def _step_failed(
+    conn: Connection, instance: Instance, attempt: dict[str, Any], error: str, retryable: bool
+) -> None:
+    definition = instance.definition
+    step = definition.step(attempt["step_index"])
+    policy = step.retry if attempt["kind"] == "action" else step.compensation_retry
+    if retryable and attempt["attempt"] < policy.attempts:
+        _schedule_retry(conn, instance, policy.delay(attempt["attempt"]), error)
+        return
+    if attempt["kind"] == "compensation":
+        _transition(
+            conn, instance, status="failed", last_error=f"compensation {step.name} failed: {error}"
+        )
+        return
+    if _past_point_of_no_return(instance):
+        _transition(
+            conn,
+            instance,
+            status="failed",
+            last_error=f"{step.name} failed after the point of no return: {error}",
+        )
+        return
+    _transition(
+        conn,
+        instance,
+        status="compensating",
+        direction="backward",
+        last_error=f"{step.name} failed: {error}",
+    )
+    _compensate_next(conn, load(conn, instance.id))
+
+
+def _compensate_next(conn: Connection, instance: Instance) -> None:
+    """Compensate the latest completed step that has a compensation, or finish compensated."""
+    definition = instance.definition
+    for index in sorted(instance.row["completed_steps"], reverse=True):
+        if definition.step(index).compensation:
+            _transition(
+                conn, instance, current_step=index, status="compensating", direction="backward"
+            )
+            _send(conn, load(conn, instance.id), index, "compensation", attempt=1)
+            return
+    _transition(conn, instance, status="compensated", completed_steps=[])
+
+
+def _schedule_retry(conn: Connection, instance: Instance, delay: float, error: str) -> None:
+    at = utcnow() + timedelta(seconds=delay)
+    _transition(conn, instance, retry_at=at, last_error=error)
+    append_events(conn, [SagaTimerDue(saga_id=str(instance.id), at=at.isoformat())])
+
+
+def _past_point_of_no_return(instance: Instance) -> bool:
+    pivot = instance.definition.pivot
+    return pivot is not None and pivot in instance.row["completed_steps"]
+
+
+def _send(
+    conn: Connection,
+    instance: Instance,
+    index: int,
+    kind: str,
+    *,
+    attempt: int,
+    correlation_id: str | None = None,
+) -> None:
+    """Record a step attempt and put its command in the outbox, in one transaction."""
+    step = instance.definition.step(index)
+    command = step.action if kind == "action" else step.compensation
+    assert command is not None
+    step_id = uuid.uuid4()
+    args = {**instance.row["data"], "saga_id": str(instance.id)}
+    conn.execute(
+        insert(saga_steps).values(
+            step_id=step_id,
+            saga_id=instance.id,
+            step_index=index,
+            name=step.name,
+            kind=kind,
+            attempt=attempt,
+            status="sent",
+            command={"service": step.service, "command": command, "args": args},
+            timeout_at=utcnow() + timedelta(seconds=step.timeout_seconds),
+        )
+    )
+    append_events(
+        conn,
+        [SagaStepRequested(str(instance.id), str(step_id), step.service, command, args)],
+        correlation_id=correlation_id,
+    )
+
+
+def _transition(conn: Connection, instance: Instance, **changes: Any) -> None:
+    """Update the saga row if nobody else did since we read it (optimistic lock)."""
+    version = instance.row["lock_version"]
+    definition = instance.definition
+    changes.setdefault("updated_at", func.now())
+    changes["deadline"] = utcnow() + timedelta(seconds=definition.stuck_after_seconds)
+    result = conn.execute(
+        update(sagas)
+        .where(sagas.c.id == instance.id, sagas.c.lock_version == version)
+        .values(lock_version=version + 1, **changes)
+    )
+    if result.rowcount != 1:
+        raise ConcurrentUpdate(str(instance.id))
+    instance.row.update({k: v for k, v in changes.items() if k != "updated_at"})
+    instance.row["lock_version"] = version + 1
+
+
+def _is_current(instance: Instance, attempt: dict[str, Any]) -> bool:
+    row = instance.row
+    expected_kind = "compensation" if row["direction"] == "backward" else "action"
+    return (
+        row["status"] in ("running", "compensating", "stuck")
+        and attempt["step_index"] == row["current_step"]
+        and attempt["kind"] == expected_kind
+        and row["retry_at"] is None
+    )
+
+
+def _last_attempt(conn: Connection, instance: Instance) -> dict[str, Any] | None:
+    row = (
+        conn.execute(
+            select(saga_steps)
+            .where(
+                saga_steps.c.saga_id == instance.id,
+                saga_steps.c.step_index == instance.row["current_step"],
+            )
+            .order_by(saga_steps.c.sent_at.desc(), saga_steps.c.attempt.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def _with_retries(engine: Engine, work, attempts: int = 5):
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except ConcurrentUpdate:
+            if attempt == attempts - 1:
+                raise
+    return None
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+# --- recovery: timeouts and stuck sagas ----------------------------------------------------
+
+
+def sweep(engine: Engine) -> dict[str, int]:
+    """Time out unanswered attempts, fire overdue timers, mark sagas with no progress past
+    their deadline ``stuck`` and resume them. Safe to run anywhere, any number of times."""
+    counts = {"timed_out": 0, "timers": 0, "stuck": 0}
+    with engine.connect() as conn:
+        overdue = (
+            conn.execute(
+                select(saga_steps.c.step_id).where(
+                    saga_steps.c.status == "sent", saga_steps.c.timeout_at < func.now()
+                )
+            )
+            .scalars()
+            .all()
+        )
+        timers = (
+            conn.execute(
+                select(sagas.c.id).where(
+                    sagas.c.retry_at < func.now(), sagas.c.status.in_(("running", "compensating"))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        late = (
+            conn.execute(
+                select(sagas.c.id).where(
+                    sagas.c.deadline < func.now(), sagas.c.status.in_(("running", "compensating"))
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for step_id in overdue:
+        if _with_retries(engine, lambda conn, s=step_id: _time_out(conn, s)):
+            counts["timed_out"] += 1
+    for saga_id in timers:
+        if _with_retries(engine, lambda conn, s=saga_id: _apply_timer(conn, str(s))):
+            counts["timers"] += 1
+    for saga_id in late:
+        if _with_retries(engine, lambda conn, s=saga_id: _mark_stuck_and_resume(conn, s)):
+            counts["stuck"] += 1
+    return counts
+
+
+def _time_out(conn: Connection, step_id: uuid.UUID) -> bool:
+    attempt = (
+        conn.execute(select(saga_steps).where(saga_steps.c.step_id == step_id).with_for_update())
+        .mappings()
+        .first()
+    )
+    if attempt is None or attempt["status"] != "sent" or attempt["timeout_at"] >= utcnow():
+        return False
+    conn.execute(
+        update(saga_steps)
+        .where(saga_steps.c.step_id == step_id)
+        .values(
+            status="timed_out", error="no reply before the step's timeout", replied_at=func.now()
+        )
+    )
+    instance = load(conn, attempt["saga_id"])
+    if _is_current(instance, attempt):
+        _step_failed(conn, instance, dict(attempt), "timed out", retryable=True)
+    return True
+
+
+def _mark_stuck_and_resume(conn: Connection, saga_id: uuid.UUID) -> bool:
+    instance = load(conn, saga_id)
+    if instance.row["status"] not in ("running", "compensating"):
+        return False
+    if instance.row["deadline"] >= utcnow():
+        return False
+    if instance.row["retry_at"] is not None:
+        return False  # waiting for a timer on purpose
+    waiting = conn.execute(
+        select(func.count())
+        .select_from(saga_steps)
+        .where(
+            saga_steps.c.saga_id == saga_id,
+            saga_steps.c.status == "sent",
+            saga_steps.c.timeout_at >= func.now(),
+        )
+    ).scalar_one()
+    if waiting:
+        return False
+    status = instance.row["status"]
+    _transition(conn, instance, status="stuck")
+    _record_action(conn, instance.id, "sweeper", "stuck", {"was": status})
+    _resume(conn, load(conn, saga_id), status_after=status)
+    return True
+
+
+def _resume(conn: Connection, instance: Instance, *, status_after: str) -> None:
+    """Send the current step again as a new attempt (superseding any attempt still open)."""
+    conn.execute(
+        update(saga_steps)
+        .where(saga_steps.c.saga_id == instance.id, saga_steps.c.status == "sent")
+        .values(status="superseded", replied_at=func.now())
+    )
+    kind = "compensation" if instance.row["direction"] == "backward" else "action"
+    last = _last_attempt(conn, instance)
+    attempt = (last["attempt"] + 1) if last and last["kind"] == kind else 1
+    _transition(conn, instance, status=status_after, retry_at=None)
+    _send(conn, load(conn, instance.id), instance.row["current_step"], kind, attempt=attempt)
+
+
+# --- operator actions ----------------------------------------------------------------------
+
+
+def retry(engine: Engine, saga_id: str, operator: str) -> Instance:
+    """Resume a ``failed`` or ``stuck`` saga from the step that failed. Asking twice does it
+    once: the second request finds the saga running and changes nothing."""
+
+    def work(conn: Connection) -> Instance:
+        instance = load(conn, saga_id)
+        status = instance.row["status"]
+        if status in ("running", "compensating"):
+            return instance
+        if status not in ("failed", "stuck"):
+            raise InvalidTransition(f"a {status} saga cannot be retried")
+        _record_action(conn, instance.id, operator, "retry", {"from_status": status})
+        after = "compensating" if instance.row["direction"] == "backward" else "running"
+        _resume(conn, instance, status_after=after)
+        return load(conn, saga_id)
+
+    return _with_retries(engine, work)
+
+
+def abort(engine: Engine, saga_id: str, operator: str) -> Instance:
+    """Compensate what was done and end the saga ``compensated``."""
+
+    def work(conn: Connection) -> Instance:
+        instance = load(conn, saga_id)
+        status = instance.row["status"]
+        if status == "compensating" or status in ("completed", "compensated"):
+            if status == "completed":
+                raise InvalidTransition("a completed saga cannot be aborted")
+            return instance
+        _record_action(conn, instance.id, operator, "abort", {"from_status": status})
+        conn.execute(
+            update(saga_steps)
+            .where(saga_steps.c.saga_id == instance.id, saga_steps.c.status == "sent")
+            .values(status="superseded", replied_at=func.now())
+        )
+        _transition(
+            conn,
+            instance,
+            status="compensating",
+            direction="backward",
+            retry_at=None,
+            last_error=f"aborted by {operator}",
+        )
+        _compensate_next(conn, load(conn, saga_id))
+        return load(conn, saga_id)
+
+    return _with_retries(engine, work)
+
+
+def _record_action(
+    conn: Connection, saga_id: uuid.UUID, operator: str, action: str, detail: dict[str, Any]
+) -> None:
+    conn.execute(
+        insert(saga_operator_actions).values(
+            saga_id=saga_id, operator=operator, action=action, detail=detail
+        )
+    )
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def history(conn: Connection, saga_id: str) -> dict[str, Any]:
+    """The saga with every step attempt and every operator action, oldest first."""
+    instance = load(conn, saga_id)
+    steps = (
+        conn.execute(
+            select(saga_steps)
+            .where(saga_steps.c.saga_id == instance.id)
+            .order_by(saga_steps.c.sent_at, saga_steps.c.attempt)
+        )
+        .mappings()
+        .all()
+    )
+    actions = (
+        conn.execute(
+            select(saga_operator_actions)
+            .where(saga_operator_actions.c.saga_id == instance.id)
+            .order_by(saga_operator_actions.c.id)
+        )
+        .mappings()
+        .all()
+    )
+    return {
+        "saga": instance.row,
+        "steps": [dict(s) for s in steps],
+        "actions": [dict(a) for a in actions],
+    }
+
+
+def list_sagas(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    type_: str | None = None,
+    account_id: int | None = None,
+    before: datetime | None = None,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    query = select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(sagas.c.status == status)
+    if type_:
+        query = query.where(sagas.c.type == type_)
+    if account_id is not None:
+        query = query.where(sagas.c.account_id == account_id)
+    if before is not None:
+        query = query.where(sagas.c.created_at < before)
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def steps_of(definition: SagaDefinition) -> Iterable[str]:
+    return (step.name for step in definition.steps)

@@ -1,0 +1,28 @@
+"""Where saga messages go: the glue between the outbox envelopes and the engine/participants.
+Transport-free, so the actors and the tests' inline relay call the same functions."""
+
+from __future__ import annotations
+
+from feed.bootstrap import Services
+from feed.outbox import Envelope
+
+# Importing the definitions and participants registers them.
+from sagas import (
+    engine,
+    promote,  # noqa: F401, E402
+)
+from sagas.services import billing, feed, notifications, run_step  # noqa: F401, E402
+
+
+def handle_saga_event(services: Services, envelope: Envelope) -> bool:
+    """Deliver a saga event; False if the event is not the sagas' (or a timer not yet due)."""
+    event = envelope.event()
+    if isinstance(event, engine.SagaStepRequested):
+        run_step(services, event, correlation_id=envelope.correlation_id)
+    elif isinstance(event, engine.SagaStepReplied):
+        engine.handle_reply(services.engine, event)
+    elif isinstance(event, engine.SagaTimerDue):
+        return engine.handle_timer(services.engine, event.saga_id)
+    else:
+        return False
+    return True

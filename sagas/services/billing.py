@@ -1,0 +1,108 @@
+"""Billing: a wallet per account kept as a double-entry ledger. A balance never goes negative
+(a CHECK constraint backs the code). Every movement is a ledger entry against a counter account:
+credits come from ``admin``, debits go to ``promotions``, refunds come back from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from sagas.schema import ledger_entries, wallets
+from sagas.services import StepContext, StepFailed, handles
+
+
+def credit(conn: Connection, account_id: int, amount: int) -> dict[str, Any]:
+    """Add credits to a wallet (an admin's grant); opens the wallet if needed."""
+    conn.execute(pg_insert(wallets).values(account_id=account_id).on_conflict_do_nothing())
+    conn.execute(
+        update(wallets)
+        .where(wallets.c.account_id == account_id)
+        .values(balance=wallets.c.balance + amount)
+    )
+    conn.execute(
+        insert(ledger_entries).values(
+            account_id=account_id, kind="credit", amount=amount, counter_account="admin"
+        )
+    )
+    return wallet(conn, account_id)
+
+
+def wallet(conn: Connection, account_id: int, *, entries: int = 50) -> dict[str, Any]:
+    """Balance and the newest ledger entries."""
+    balance = (
+        conn.execute(
+            select(wallets.c.balance).where(wallets.c.account_id == account_id)
+        ).scalar_one_or_none()
+        or 0
+    )
+    rows = (
+        conn.execute(
+            select(ledger_entries)
+            .where(ledger_entries.c.account_id == account_id)
+            .order_by(ledger_entries.c.id.desc())
+            .limit(entries)
+        )
+        .mappings()
+        .all()
+    )
+    return {"balance": balance, "entries": [dict(r) for r in rows]}
+
+
+@handles("billing", "debit")
+def debit(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    account_id, amount = int(args["account_id"]), int(args["credits"])
+    balance = conn.execute(
+        select(wallets.c.balance, wallets.c.status)
+        .where(wallets.c.account_id == account_id)
+        .with_for_update()
+    ).first()
+    if balance is None or balance.status != "open" or balance.balance < amount:
+        have = balance.balance if balance else 0
+        raise StepFailed(f"insufficient credits: {have} available, {amount} needed")
+    conn.execute(
+        update(wallets)
+        .where(wallets.c.account_id == account_id)
+        .values(balance=wallets.c.balance - amount)
+    )
+    conn.execute(
+        insert(ledger_entries).values(
+            account_id=account_id,
+            kind="debit",
+            amount=amount,
+            saga_id=ctx.saga_id,
+            counter_account="promotions",
+        )
+    )
+    return {"debited": amount}
+
+
+@handles("billing", "refund")
+def refund(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Give back what this saga debited and has not refunded yet (nothing, if nothing)."""
+    account_id = int(args["account_id"])
+    totals = dict(
+        conn.execute(
+            select(ledger_entries.c.kind, func.sum(ledger_entries.c.amount))
+            .where(ledger_entries.c.saga_id == ctx.saga_id)
+            .group_by(ledger_entries.c.kind)
+        ).all()
+    )
+    owed = int(totals.get("debit", 0)) - int(totals.get("refund", 0))
+    if owed > 0:
+        conn.execute(
+            update(wallets)
+            .where(wallets.c.account_id == account_id)
+            .values(balance=wallets.c.balance + owed)
+        )
+        conn.execute(
+            insert(ledger_entries).values(
+                account_id=account_id,
+                kind="refund",
+                amount=owed,
+                saga_id=ctx.saga_id,
+                counter_account="promotions",
+            )
+        )
+    return {"refunded": owed}

@@ -1,0 +1,143 @@
+"""The feed participant: promotion campaigns and their placements in home feeds.
+
+Placements are rows in PostgreSQL (so a rebuilt feed keeps them) and entries in the Redis feeds
+that exist; both are written so that running a step twice changes nothing more.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from feed.readmodel import feed_key, score_of
+from sagas.schema import campaign_placements, campaigns
+from sagas.services import StepContext, StepFailed, handles
+
+
+def campaign_id_for(saga_id: str) -> uuid.UUID:
+    """One campaign per saga, with an id derived from it (a repeated step finds the same)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign:{saga_id}")
+
+
+@handles("feed", "create_campaign")
+def create_campaign(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    post = conn.execute(
+        text("SELECT author_id, status FROM posts WHERE id = :id"), {"id": int(args["post_id"])}
+    ).first()
+    if post is None or post.status != "published" or post.author_id != int(args["account_id"]):
+        raise StepFailed("the post is not a published post of this account")
+    campaign_id = campaign_id_for(ctx.saga_id)
+    conn.execute(
+        pg_insert(campaigns)
+        .values(
+            id=campaign_id,
+            saga_id=ctx.saga_id,
+            post_id=int(args["post_id"]),
+            account_id=int(args["account_id"]),
+            credits=int(args["credits"]),
+            status="active",
+        )
+        .on_conflict_do_nothing()
+    )
+    return {"campaign_id": str(campaign_id)}
+
+
+@handles("feed", "cancel_campaign")
+def cancel_campaign(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    conn.execute(
+        update(campaigns)
+        .where(campaigns.c.id == campaign_id_for(ctx.saga_id), campaigns.c.status == "active")
+        .values(status="cancelled")
+    )
+    return {}
+
+
+@handles("feed", "place_promoted")
+def place_promoted(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Put the post in the feeds of up to ``credits`` recently active accounts that do not
+    follow the author (one credit, one placement)."""
+    campaign_id = campaign_id_for(ctx.saga_id)
+    author, post_id = int(args["account_id"]), int(args["post_id"])
+    settings = ctx.services.settings
+    chosen = (
+        conn.execute(
+            text(
+                "SELECT a.id FROM accounts a WHERE a.status = 'active' AND a.id <> :author "
+                "AND a.last_active_at > now() - make_interval(days => :days) "
+                "AND NOT EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = a.id "
+                "AND f.followee_id = :author) "
+                "AND NOT EXISTS (SELECT 1 FROM campaign_placements p WHERE p.campaign_id = :c "
+                "AND p.account_id = a.id) "
+                "ORDER BY a.last_active_at DESC, a.id LIMIT :n"
+            ),
+            {
+                "author": author,
+                "days": settings.feed_active_days,
+                "c": campaign_id,
+                "n": int(args["credits"]),
+            },
+        )
+        .scalars()
+        .all()
+    )
+    already = (
+        conn.execute(
+            select(campaign_placements.c.account_id).where(
+                campaign_placements.c.campaign_id == campaign_id
+            )
+        )
+        .scalars()
+        .all()
+    )
+    wanted = [*already, *chosen][: int(args["credits"])]
+    if chosen:
+        conn.execute(
+            pg_insert(campaign_placements).on_conflict_do_nothing(),
+            [{"campaign_id": campaign_id, "account_id": a} for a in chosen],
+        )
+    _add_to_existing_feeds(ctx, wanted, post_id)
+    return {"placed": len(wanted)}
+
+
+@handles("feed", "remove_promoted")
+def remove_promoted(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    campaign_id = campaign_id_for(ctx.saga_id)
+    placed = (
+        conn.execute(
+            delete(campaign_placements)
+            .where(campaign_placements.c.campaign_id == campaign_id)
+            .returning(campaign_placements.c.account_id)
+        )
+        .scalars()
+        .all()
+    )
+    if placed:
+        # Only feeds whose owner does not follow the author lose the post.
+        pipe = ctx.services.redis.pipeline(transaction=False)
+        for account in placed:
+            pipe.zrem(feed_key(account), str(args["post_id"]))
+        pipe.execute()
+    return {"placed": 0}
+
+
+@handles("feed", "complete_campaign")
+def complete_campaign(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    conn.execute(
+        update(campaigns)
+        .where(campaigns.c.id == campaign_id_for(ctx.saga_id), campaigns.c.status == "active")
+        .values(status="completed")
+    )
+    return {}
+
+
+def _add_to_existing_feeds(ctx: StepContext, accounts: list[int], post_id: int) -> None:
+    scripts = ctx.services.store.scripts
+    size = ctx.services.settings.feed_size
+    for start in range(0, len(accounts), 500):
+        scripts.add_to_feeds(
+            keys=[feed_key(a) for a in accounts[start : start + 500]],
+            args=[post_id, score_of(post_id), size, f"gone:{post_id}"],
+        )

@@ -1,0 +1,287 @@
+"""The promotion saga, run with the real engine and participants (messages relayed in this
+process): happy path, transient and permanent failures, duplicates, operator retry and abort."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import text
+
+from feed.outbox import claim_batch
+from sagas import engine as saga_engine
+from sagas.runtime import handle_saga_event
+from sagas.services import inject_fault
+from tests.conftest import drain, fetch_all
+
+
+@pytest.fixture
+def admin(app, make_account):
+    account = make_account("the_admin")
+    app.test_cli_runner().invoke(args=["accounts", "make-admin", "the_admin"])
+    return account
+
+
+@pytest.fixture
+def scene(app, client, make_account, admin, project_all):
+    """An author with a post and 100 credits, a follower, and three other active readers."""
+    author, fan = make_account("author"), make_account("fan")
+    readers = [make_account(f"reader_{i}") for i in range(3)]
+    client.post(f"/api/v1/accounts/{author.id}/follow", headers=fan.auth)
+    post_id = client.post("/api/v1/posts", json={"body": "buy"}, headers=author.auth).get_json()[
+        "id"
+    ]
+    r = client.post(
+        f"/api/v1/admin/wallets/{author.id}/credit", json={"credits": 100}, headers=admin.auth
+    )
+    assert r.status_code == 200 and r.get_json()["balance"] == 100
+    for account in (author, fan, *readers):
+        client.get("/api/v1/timelines/home", headers=account.auth)
+    project_all()
+    return {"author": author, "fan": fan, "readers": readers, "post_id": post_id, "admin": admin}
+
+
+def promote(client, scene, credits=3):
+    r = client.post(
+        f"/api/v1/posts/{scene['post_id']}/promote",
+        json={"credits": credits},
+        headers=scene["author"].auth,
+    )
+    assert r.status_code == 202, r.get_json()
+    assert r.get_json()["status"] == "running"
+    return r.get_json()["saga_id"]
+
+
+def saga(client, scene, saga_id):
+    r = client.get(f"/api/v1/sagas/{saga_id}", headers=scene["author"].auth)
+    assert r.status_code == 200
+    return r.get_json()
+
+
+def home_ids(client, account):
+    return [
+        p["id"]
+        for p in client.get("/api/v1/timelines/home", headers=account.auth).get_json()["items"]
+    ]
+
+
+def assert_ledger_invariants(engine):
+    for wallet in fetch_all(engine, "SELECT account_id, balance FROM wallets"):
+        sums = dict(
+            (r["kind"], r["total"])
+            for r in fetch_all(
+                engine,
+                "SELECT kind, sum(amount) AS total FROM ledger_entries WHERE account_id = :a "
+                "GROUP BY kind",
+                a=wallet["account_id"],
+            )
+        )
+        credits, debits, refunds = (sums.get(k, 0) for k in ("credit", "debit", "refund"))
+        assert credits - debits + refunds == wallet["balance"]
+        completed = fetch_all(
+            engine,
+            "SELECT coalesce(sum(credits), 0) AS cost FROM campaigns WHERE account_id = :a "
+            "AND status = 'completed'",
+            a=wallet["account_id"],
+        )[0]["cost"]
+        assert debits - refunds == completed
+
+
+def settle(app, rounds=40):
+    """Relay until nothing is left, firing due retry timers (the sweeper's job) in between."""
+    svc = app.extensions["feed"]
+    for _ in range(rounds):
+        drain(svc)
+        counts = saga_engine.sweep(svc.engine)
+        if not any(counts.values()) and _open_sagas(svc.engine) == 0:
+            return
+        time.sleep(0.1)
+
+
+def _open_sagas(engine):
+    return fetch_all(
+        engine, "SELECT count(*) AS n FROM sagas WHERE status IN ('running', 'compensating')"
+    )[0]["n"]
+
+
+def test_a_promotion_pays_places_the_post_and_notifies(app, client, engine, scene):
+    saga_id = promote(client, scene, credits=3)
+    settle(app)
+
+    done = saga(client, scene, saga_id)
+    assert done["status"] == "completed"
+    assert [s["name"] for s in done["steps"]] == [
+        "debit_wallet",
+        "create_campaign",
+        "place_post",
+        "complete_campaign",
+        "notify_author",
+    ]
+    for reader in scene["readers"]:
+        assert scene["post_id"] in home_ids(client, reader)
+    wallet = client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()
+    assert wallet["balance"] == 97
+    assert [e["kind"] for e in wallet["entries"]] == ["debit", "credit"]
+    notes = client.get("/api/v1/notifications", headers=scene["author"].auth).get_json()
+    assert notes["items"][0]["kind"] == "promotion_finished"
+    assert_ledger_invariants(engine)
+
+
+def test_placements_survive_a_rebuild_of_the_feed(app, client, engine, scene):
+    promote(client, scene, credits=3)
+    settle(app)
+    app.extensions["feed"].redis.flushdb()
+    for reader in scene["readers"]:
+        assert scene["post_id"] in home_ids(client, reader)
+
+
+def test_too_few_credits_fails_the_first_step_and_compensates_nothing(app, client, engine, scene):
+    saga_id = promote(client, scene, credits=500)
+    settle(app)
+    done = saga(client, scene, saga_id)
+    assert done["status"] == "compensated"
+    assert "insufficient credits" in done["last_error"]
+    assert client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()["balance"] == 100
+    assert_ledger_invariants(engine)
+
+
+def test_a_transient_failure_is_retried_and_the_saga_completes(app, client, engine, scene):
+    with engine.begin() as conn:
+        inject_fault(conn, "feed", "place_promoted", "transient", 2)
+    saga_id = promote(client, scene)
+    settle(app)
+    done = saga(client, scene, saga_id)
+    assert done["status"] == "completed"
+    attempts = [s for s in done["steps"] if s["name"] == "place_post"]
+    assert [s["status"] for s in attempts] == ["failed", "failed", "succeeded"]
+    assert_ledger_invariants(engine)
+
+
+def test_a_permanent_failure_compensates_in_reverse(app, client, engine, scene):
+    with engine.begin() as conn:
+        inject_fault(conn, "feed", "complete_campaign", "permanent", 1)
+    saga_id = promote(client, scene)
+    settle(app)
+
+    done = saga(client, scene, saga_id)
+    assert done["status"] == "compensated"
+    compensations = [s["name"] for s in done["steps"] if s["kind"] == "compensation"]
+    assert compensations == ["place_post", "create_campaign", "debit_wallet"]
+    for reader in scene["readers"]:
+        assert scene["post_id"] not in home_ids(client, reader)
+    assert client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()["balance"] == 100
+    assert fetch_all(engine, "SELECT status FROM campaigns") == [{"status": "cancelled"}]
+    assert fetch_all(engine, "SELECT * FROM campaign_placements") == []
+    assert_ledger_invariants(engine)
+
+
+def test_a_failure_past_the_point_of_no_return_waits_for_an_operator(app, client, engine, scene):
+    with engine.begin() as conn:
+        inject_fault(conn, "notifications", "notify_promotion_finished", "permanent", 1)
+    saga_id = promote(client, scene)
+    settle(app)
+    failed = saga(client, scene, saga_id)
+    assert failed["status"] == "failed"
+    assert "point of no return" in failed["last_error"]
+    assert_ledger_invariants(engine)  # the campaign is complete and paid: no refund
+
+    listed = client.get("/api/v1/admin/sagas?status=failed", headers=scene["admin"].auth).get_json()
+    assert [s["id"] for s in listed["items"]] == [saga_id]
+    first = client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=scene["admin"].auth)
+    second = client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=scene["admin"].auth)
+    assert first.status_code == second.status_code == 202
+    settle(app)
+
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=scene["admin"].auth).get_json()
+    assert shown["status"] == "completed"
+    assert [a["action"] for a in shown["operator_actions"]] == ["retry"]  # once, not twice
+    assert shown["operator_actions"][0]["operator"] == f"account:{scene['admin'].id}"
+    notify_attempts = [s for s in shown["steps"] if s["name"] == "notify_author"]
+    assert [s["status"] for s in notify_attempts] == ["failed", "succeeded"]
+    assert len(fetch_all(engine, "SELECT * FROM notifications")) == 1
+
+
+def test_duplicate_step_deliveries_and_replies_have_one_effect(app, client, engine, scene):
+    svc = app.extensions["feed"]
+    saga_id = promote(client, scene, credits=5)
+    for _ in range(12):  # deliver every message three times, until the saga is done
+        with engine.begin() as conn:
+            batch = claim_batch(conn, 100)
+            conn.execute(text("UPDATE outbox SET published_at = now() WHERE published_at IS NULL"))
+        if not batch:
+            break
+        for envelope in batch * 3:
+            if envelope.type in saga_engine.SAGA_EVENTS:
+                handle_saga_event(svc, envelope)
+    assert saga(client, scene, saga_id)["status"] == "completed"
+    assert client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()["balance"] == 95
+    assert len(fetch_all(engine, "SELECT * FROM ledger_entries WHERE kind = 'debit'")) == 1
+    assert len(fetch_all(engine, "SELECT * FROM notifications")) == 1
+    assert_ledger_invariants(engine)
+
+
+def test_an_operator_abort_compensates_a_running_saga(app, client, engine, scene):
+    with engine.begin() as conn:
+        inject_fault(conn, "feed", "place_promoted", "transient", 100)
+    saga_id = promote(client, scene)
+    drain(app.extensions["feed"])  # now waiting to retry place_post
+    r = client.post(f"/api/v1/admin/sagas/{saga_id}/abort", headers=scene["admin"].auth)
+    assert r.status_code == 202
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM participant_faults"))
+    settle(app)
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=scene["admin"].auth).get_json()
+    assert shown["status"] == "compensated"
+    assert [a["action"] for a in shown["operator_actions"]] == ["abort"]
+    assert client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()["balance"] == 100
+    assert_ledger_invariants(engine)
+
+
+def test_only_admins_reach_the_admin_api_and_only_owners_their_sagas(client, scene):
+    saga_id = promote(client, scene)
+    fan = scene["fan"]
+    assert client.get("/api/v1/admin/sagas", headers=fan.auth).status_code == 403
+    assert client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=fan.auth).status_code == 403
+    assert client.get(f"/api/v1/sagas/{saga_id}", headers=fan.auth).status_code == 404
+    assert client.get("/api/v1/sagas/not-a-uuid", headers=fan.auth).status_code == 404
+    other = client.post(
+        f"/api/v1/posts/{scene['post_id']}/promote", json={"credits": 1}, headers=fan.auth
+    )
+    assert other.status_code == 403
+    bad = client.post(
+        f"/api/v1/posts/{scene['post_id']}/promote",
+        json={"credits": 0},
+        headers=scene["author"].auth,
+    )
+    assert bad.status_code == 422
+
+
+def test_an_operator_finds_inspects_and_retries_a_failed_saga_from_the_cli(
+    app, client, engine, scene
+):
+    runner = app.test_cli_runner()
+    runner.invoke(
+        args=[
+            "sagas",
+            "inject-fault",
+            "notifications",
+            "notify_promotion_finished",
+            "--mode",
+            "permanent",
+        ]
+    )
+    saga_id = promote(client, scene)
+    settle(app)
+
+    listed = runner.invoke(args=["sagas", "list", "--status", "failed"])
+    assert saga_id in listed.output and "promote_post" in listed.output
+    shown = runner.invoke(args=["sagas", "show", saga_id])
+    assert "notify_author" in shown.output and "injected permanent fault" in shown.output
+    retried = runner.invoke(args=["sagas", "retry", saga_id, "--operator", "cli:ops"])
+    assert retried.exit_code == 0, retried.output
+    settle(app)
+    final = runner.invoke(args=["sagas", "show", saga_id])
+    assert " completed " in final.output
+    assert "operator cli:ops: retry" in final.output
+    assert runner.invoke(args=["sagas", "abort", saga_id]).exit_code != 0  # completed: refused
+    assert runner.invoke(args=["sagas", "show", "nope"]).exit_code != 0
