@@ -17,6 +17,7 @@ from feed.auth import Passwords, Principal, Tokens
 from feed.clock import rfc3339
 from feed.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from feed.events import (
+    AccountDeleted,
     AccountFollowed,
     AccountRegistered,
     AccountUnfollowed,
@@ -166,6 +167,56 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
         )
     )
     return {**post, "author": author, "media": [], "my_vote": 0}
+
+
+def create_pending_post(conn: Connection, author: Principal, body: str) -> Row:
+    """A post that waits for its publish saga (media, moderation): not visible, not counted."""
+    (account,) = _lock_accounts(conn, [author.account_id], actor=author)
+    post = (
+        conn.execute(
+            insert(posts)
+            .values(author_id=account["id"], body=body, status="pending")
+            .returning(*posts.c)
+        )
+        .mappings()
+        .one()
+    )
+    return {**post, "author": account, "my_vote": 0}
+
+
+def publish_pending_post(
+    conn: Connection, post_id: int, media: list[dict[str, Any]]
+) -> PostPublished | None:
+    """Make a pending post visible (the publish saga's step); None if it is not pending.
+
+    Returns the ``PostPublished`` event for the caller to append to the outbox.
+    """
+    post = (
+        conn.execute(
+            update(posts)
+            .where(posts.c.id == post_id, posts.c.status == "pending")
+            .values(status="published")
+            .returning(*posts.c)
+        )
+        .mappings()
+        .first()
+    )
+    if post is None:
+        return None
+    author = (
+        conn.execute(select(accounts).where(accounts.c.id == post["author_id"])).mappings().one()
+    )
+    counts = _bump_counts(conn, post["author_id"], posts_count=1)
+    return PostPublished(
+        post_id=str(post["id"]),
+        author_id=str(author["id"]),
+        body=post["body"],
+        created_at=rfc3339(post["created_at"]),
+        author_handle=author["handle"],
+        author_display_name=author["display_name"],
+        media=tuple(media),
+        author_counts=account_counts(counts),
+    )
 
 
 def delete_post(uow: UnitOfWork, cmd: DeletePost) -> None:
@@ -396,3 +447,154 @@ def _bump_follow_counts(
     follower = _bump_counts(conn, follower_id, following_count=delta)
     followee = _bump_counts(conn, followee_id, followers_count=delta)
     return follower, followee
+
+
+# --- account deletion (steps of the delete-account saga) ---------------------------------
+
+
+def set_account_status(conn: Connection, account_id: int, *, from_: str, to: str) -> bool:
+    """Move an account between statuses; False if it was not in ``from_``."""
+    return bool(
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id, accounts.c.status == from_)
+            .values(status=to)
+        ).rowcount
+    )
+
+
+def purge_posts(conn: Connection, account_id: int) -> list[PostDeleted]:
+    """Delete every post of the account; the events take them out of every feed and cache."""
+    events = []
+    ids = (
+        conn.execute(
+            select(posts.c.id)
+            .where(posts.c.author_id == account_id, posts.c.status != "deleted")
+            .order_by(posts.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    for post_id in ids:
+        post = _lock_post(conn, post_id, statuses=("published", "pending", "rejected"))
+        deleted_at = conn.execute(
+            update(posts)
+            .where(posts.c.id == post_id)
+            .values(status="deleted", deleted_at=func.now())
+            .returning(posts.c.deleted_at)
+        ).scalar_one()
+        counts = _bump_counts(
+            conn, account_id, posts_count=-1 if post["status"] == "published" else 0
+        )
+        events.append(
+            PostDeleted(
+                post_id=str(post_id),
+                author_id=str(account_id),
+                deleted_by=str(account_id),
+                deleted_at=rfc3339(deleted_at),
+                author_counts=account_counts(counts),
+            )
+        )
+    return events
+
+
+def purge_votes(conn: Connection, account_id: int) -> list[VoteCast]:
+    """Clear every vote of the account, correcting each post's counts."""
+    events = []
+    voted = (
+        conn.execute(
+            select(votes.c.post_id)
+            .where(votes.c.account_id == account_id)
+            .order_by(votes.c.post_id)
+        )
+        .scalars()
+        .all()
+    )
+    for post_id in voted:
+        conn.execute(
+            select(posts.c.id).where(posts.c.id == post_id).with_for_update(key_share=True)
+        )
+        previous = conn.execute(
+            delete(votes)
+            .where(votes.c.account_id == account_id, votes.c.post_id == post_id)
+            .returning(votes.c.value)
+        ).scalar_one_or_none()
+        if previous is None:
+            continue
+        counts = (
+            conn.execute(
+                update(posts)
+                .where(posts.c.id == post_id)
+                .values(
+                    up=posts.c.up - int(previous == 1),
+                    down=posts.c.down - int(previous == -1),
+                    votes_version=posts.c.votes_version + 1,
+                )
+                .returning(posts.c.up, posts.c.down, posts.c.votes_version)
+            )
+            .mappings()
+            .one()
+        )
+        events.append(
+            VoteCast(
+                post_id=str(post_id),
+                account_id=str(account_id),
+                value=0,
+                previous=previous,
+                up=counts["up"],
+                down=counts["down"],
+                votes_version=counts["votes_version"],
+            )
+        )
+    return events
+
+
+def purge_follows(conn: Connection, account_id: int) -> list[AccountUnfollowed]:
+    """Remove the account's follows in both directions, correcting both sides' counters."""
+    events = []
+    pairs = conn.execute(
+        select(follows.c.follower_id, follows.c.followee_id).where(
+            (follows.c.follower_id == account_id) | (follows.c.followee_id == account_id)
+        )
+    ).all()
+    for follower_id, followee_id in pairs:
+        conn.execute(
+            select(accounts.c.id)
+            .where(accounts.c.id.in_(sorted({follower_id, followee_id})))
+            .order_by(accounts.c.id)
+            .with_for_update(key_share=True)
+        )
+        removed = conn.execute(
+            delete(follows)
+            .where(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)
+            .returning(func.now())
+        ).scalar_one_or_none()
+        if removed is None:
+            continue
+        follower, followee = _bump_follow_counts(conn, follower_id, followee_id, -1)
+        events.append(
+            AccountUnfollowed(
+                follower_id=str(follower_id),
+                followee_id=str(followee_id),
+                unfollowed_at=rfc3339(removed),
+                follower_counts=account_counts(follower),
+                followee_counts=account_counts(followee),
+            )
+        )
+    return events
+
+
+def erase_account(conn: Connection, account_id: int) -> AccountDeleted | None:
+    """Forget the account: no handle, name or password kept; its id stays as a tombstone."""
+    erased = conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id, accounts.c.status != "deleted")
+        .values(
+            status="deleted",
+            handle=f"deleted_{account_id}"[:30],
+            display_name="",
+            password_hash="",
+            is_admin=False,
+        )
+    ).rowcount
+    return AccountDeleted(account_id=str(account_id)) if erased else None

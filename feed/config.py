@@ -63,6 +63,11 @@ class Settings:
     fanout_page_size: int = 1000
     read_wait_ms: int = 500
     queue_prefix: str = ""
+    media_max_bytes: int = 5 * 1024 * 1024
+    media_quota_bytes: int = 50 * 1024 * 1024
+    moderation_banned_words: tuple[str, ...] = ("spamword", "scamlink")
+    moderation_latency_ms: int = 0
+    moderation_failure_rate: float = 0.0
     log_json: bool = True
 
     @classmethod
@@ -95,6 +100,16 @@ class Settings:
             fanout_page_size=_int(env, "FANOUT_PAGE_SIZE", defaults.fanout_page_size),
             read_wait_ms=_int(env, "READ_WAIT_MS", defaults.read_wait_ms),
             queue_prefix=env.get("FEED_QUEUE_PREFIX", ""),
+            media_quota_bytes=_int(env, "MEDIA_QUOTA_BYTES", defaults.media_quota_bytes),
+            moderation_banned_words=tuple(
+                w.strip().lower()
+                for w in env.get(
+                    "MODERATION_BANNED_WORDS", ",".join(defaults.moderation_banned_words)
+                ).split(",")
+                if w.strip()
+            ),
+            moderation_latency_ms=_int(env, "MODERATION_LATENCY_MS", 0),
+            moderation_failure_rate=float(env.get("MODERATION_FAILURE_RATE") or 0.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

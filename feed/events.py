@@ -220,3 +220,20 @@ def decode(name: str, version: int, payload: dict[str, Any]) -> Event:
     if "media" in values:
         values["media"] = tuple(values["media"])
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class AccountDeleted(Event):
+    """An account was erased: every read-model key of it goes."""
+
+    name: ClassVar[str] = "AccountDeleted"
+    version: ClassVar[int] = 1
+
+    account_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.account_id
+
+
+register_event(AccountDeleted)

@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy import text
 
 from feed.events import (
+    AccountDeleted,
     AccountFollowed,
     AccountRegistered,
     AccountUnfollowed,
@@ -197,7 +198,21 @@ def project_vote_cast(store: Store, event: VoteCast, send: SendPage) -> None:
     )
 
 
+def project_account_deleted(store: Store, event: AccountDeleted, send: SendPage) -> None:
+    # Safe twice: deleting keys that are gone changes nothing.
+    store.redis.delete(
+        account_key(event.account_id),
+        posts_key(event.account_id),
+        feed_key(event.account_id),
+        following_key(event.account_id),
+        follow_versions_key(event.account_id),
+        my_votes_key(event.account_id),
+    )
+    store.redis.srem(CELEBS_KEY, event.account_id)
+
+
 HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
+    AccountDeleted: project_account_deleted,
     AccountRegistered: project_account_registered,
     PostPublished: project_post_published,
     PostDeleted: project_post_deleted,

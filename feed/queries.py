@@ -300,7 +300,7 @@ def _posts_from_db(store: Store, post_ids: list[int], viewer: int | None) -> lis
             author_handle=row["handle"],
             author_display_name=row["display_name"],
             body=row["body"],
-            media=[],
+            media=row["media"],
             created_at=rfc3339(row["created_at"]),
         )
         vote = f"{votes.get(row['id'], 0)}:0".encode() if viewer else None

@@ -35,7 +35,11 @@ from feed.schema import accounts, posts
 
 POST_COLUMNS = (
     "SELECT p.id, p.author_id, p.body, p.status, p.created_at, p.up, p.down, p.votes_version, "
-    "a.handle, a.display_name FROM posts p JOIN accounts a ON a.id = p.author_id "
+    "a.handle, a.display_name, (SELECT coalesce(json_agg(json_build_object("
+    "'id', m.id::text, 'content_type', m.content_type, 'size', m.size, "
+    "'url', '/api/v1/media/' || m.id::text) ORDER BY m.created_at, m.id::text), '[]') "
+    "FROM media m WHERE m.post_id = p.id AND m.status = 'attached') AS media "
+    "FROM posts p JOIN accounts a ON a.id = p.author_id "
 )
 
 
@@ -184,7 +188,7 @@ def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
         author_handle=row["handle"],
         author_display_name=row["display_name"],
         body=row["body"],
-        media=[],
+        media=row["media"],
         created_at=rfc3339(row["created_at"]),
     )
     pipe.hset(post_key(row["id"]), "json", document)

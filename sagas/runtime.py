@@ -7,11 +7,15 @@ from feed.bootstrap import Services
 from feed.outbox import Envelope
 
 # Importing the definitions and participants registers them.
-from sagas import (
-    engine,
-    promote,  # noqa: F401, E402
+from sagas import delete_account, engine, promote, publish  # noqa: F401
+from sagas.services import (  # noqa: F401
+    billing,
+    feed,
+    media,
+    moderation,
+    notifications,
+    run_step,
 )
-from sagas.services import billing, feed, notifications, run_step  # noqa: F401, E402
 
 
 def handle_saga_event(services: Services, envelope: Envelope) -> bool:

@@ -164,3 +164,18 @@ campaign_placements = Table(
     Column("account_id", BigInteger, primary_key=True),
     Index("ix_campaign_placements_account_id", "account_id"),
 )
+
+media = Table(
+    "media",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("account_id", BigInteger, nullable=False),
+    Column("post_id", BigInteger),
+    Column("content_type", String(40), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("status", String(10), nullable=False, server_default="uploaded"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('uploaded', 'attached', 'deleted')", name="status"),
+    Index("ix_media_account_id", "account_id"),
+    Index("ix_media_post_id", "post_id"),
+)

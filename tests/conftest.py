@@ -7,9 +7,11 @@ never a skip.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +43,7 @@ TABLES = (
     "notifications",
     "campaign_placements",
     "campaigns",
+    "media",
 )
 
 
@@ -79,6 +82,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         argon2_parallelism=1,
         rate_limits_enabled=False,
         log_json=False,
+        data_dir=Path(tempfile.gettempdir()) / "feed-test-data",
     )
     return settings.with_overrides(**overrides)
 

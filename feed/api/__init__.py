@@ -11,7 +11,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from feed.api import accounts, ops, posts, sagas, timelines
+from feed.api import accounts, media, ops, posts, sagas, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.problems import register_problem_handlers
@@ -21,7 +21,7 @@ from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
 API_PREFIX = "/api/v1"
 REQUEST_ID_HEADER = "X-Request-ID"
 # Endpoints whose body is not JSON (multipart uploads).
-NON_JSON_ENDPOINTS: set[str] = set()
+NON_JSON_ENDPOINTS: set[str] = {"media.Media"}
 
 
 class FeedApi(Api):
@@ -64,6 +64,7 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(posts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(timelines.blp, url_prefix=API_PREFIX)
     api.register_blueprint(sagas.blp, url_prefix=API_PREFIX)
+    api.register_blueprint(media.blp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.blp)
 
 

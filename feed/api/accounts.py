@@ -17,6 +17,7 @@ from feed.api.schemas import (
     StartSessionIn,
 )
 from feed.api.web import StoredForm, authenticated, require_principal, run_command, services
+from sagas.commands import delete_my_account
 
 blp = Blueprint("accounts", __name__, description="Accounts, sessions and follows")
 
@@ -94,5 +95,21 @@ class Follow(MethodView):
             200,
             lambda uow: commands.unfollow_account(uow, cmd),
             lambda following: {"following": following},
+            principal=principal,
+        )
+
+
+@blp.route("/accounts/me")
+class Me(MethodView):
+    @authenticated
+    @blp.response(202)
+    @blp.alt_response(401, schema=ProblemOut, description="Not logged in")
+    def delete(self):
+        """Delete your account and every trace of it (a saga)."""
+        principal = require_principal()
+        return run_command(
+            202,
+            lambda uow: delete_my_account(uow, principal),
+            lambda saga_id: {"saga_id": saga_id, "status": "running"},
             principal=principal,
         )

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 from feed import commands
 from feed.api.schemas import CastVoteIn, PostOut, ProblemOut, PublishPostIn, VoteOut
 from feed.api.web import authenticated, require_principal, run_command
+from sagas.commands import PublishWithMedia, publish_with_media
 
 blp = Blueprint("posts", __name__, description="Posts and votes")
 
@@ -22,9 +23,15 @@ class Posts(MethodView):
     def post(self, data):
         """Publish a post."""
         principal = require_principal()
-        cmd = commands.PublishPost(
-            author=principal, body=data["body"], media_ids=tuple(data["media_ids"])
-        )
+        if data["media_ids"]:
+            with_media = PublishWithMedia(principal, data["body"], tuple(data["media_ids"]))
+            return run_command(
+                202,
+                lambda uow: publish_with_media(uow, with_media),
+                lambda post: {**PostOut().dump(post), "saga_id": post["saga_id"]},
+                principal=principal,
+            )
+        cmd = commands.PublishPost(author=principal, body=data["body"])
         return run_command(
             201, lambda uow: commands.publish_post(uow, cmd), PostOut().dump, principal=principal
         )

@@ -165,9 +165,27 @@ def upgrade():
     op.create_index("ix_campaign_placements_account_id", "campaign_placements", ["account_id"])
 
 
+    op.create_table(
+        "media",
+        sa.Column("id", UUID, nullable=False),
+        sa.Column("account_id", sa.BigInteger(), nullable=False),
+        sa.Column("post_id", sa.BigInteger(), nullable=True),
+        sa.Column("content_type", sa.String(40), nullable=False),
+        sa.Column("size", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(10), server_default="uploaded", nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
+        sa.CheckConstraint(
+            "status IN ('uploaded', 'attached', 'deleted')", name=op.f("ck_media_status")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_media")),
+    )
+    op.create_index("ix_media_account_id", "media", ["account_id"])
+    op.create_index("ix_media_post_id", "media", ["post_id"])
+
+
 def downgrade():
     for table in (
-        "campaign_placements", "campaigns", "notifications", "ledger_entries", "wallets", "participant_faults",
+        "media", "campaign_placements", "campaigns", "notifications", "ledger_entries", "wallets", "participant_faults",
         "processed_steps", "saga_operator_actions", "saga_steps", "sagas",
     ):
         op.drop_table(table)

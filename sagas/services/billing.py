@@ -106,3 +106,14 @@ def refund(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str
             )
         )
     return {"refunded": owed}
+
+
+@handles("billing", "close_wallet")
+def close_wallet(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Close the wallet: no more debits or credits. Its ledger stays, as ledgers do."""
+    conn.execute(
+        update(wallets)
+        .where(wallets.c.account_id == int(args["account_id"]))
+        .values(status="closed")
+    )
+    return {}

@@ -12,6 +12,15 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from feed.commands import (
+    erase_account,
+    publish_pending_post,
+    purge_follows,
+    purge_posts,
+    purge_votes,
+    set_account_status,
+)
+from feed.outbox import append_events
 from feed.readmodel import feed_key, score_of
 from sagas.schema import campaign_placements, campaigns
 from sagas.services import StepContext, StepFailed, handles
@@ -141,3 +150,86 @@ def _add_to_existing_feeds(ctx: StepContext, accounts: list[int], post_id: int) 
             keys=[feed_key(a) for a in accounts[start : start + 500]],
             args=[post_id, score_of(post_id), size, f"gone:{post_id}"],
         )
+
+
+@handles("feed", "hold_post")
+def hold_post(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    status = conn.execute(
+        text("SELECT status FROM posts WHERE id = :id"), {"id": int(args["post_id"])}
+    ).scalar_one_or_none()
+    if status not in ("pending", "published"):
+        raise StepFailed(f"the post is {status or 'gone'}")
+    return {}
+
+
+@handles("feed", "reject_post")
+def reject_post(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    conn.execute(
+        text("UPDATE posts SET status = 'rejected' WHERE id = :id AND status = 'pending'"),
+        {"id": int(args["post_id"])},
+    )
+    return {}
+
+
+@handles("feed", "publish_post")
+def publish_post(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Make the pending post visible; its PostPublished event fans it out."""
+    event = publish_pending_post(conn, int(args["post_id"]), list(args.get("media", [])))
+    if event is not None:
+        append_events(conn, [event])
+    return {}
+
+
+@handles("feed", "disable_account")
+def disable_account(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    account_id = int(args["account_id"])
+    if not set_account_status(conn, account_id, from_="active", to="disabled"):
+        status = conn.execute(
+            text("SELECT status FROM accounts WHERE id = :id"), {"id": account_id}
+        ).scalar_one_or_none()
+        if status != "disabled":  # disabled already: a repeat of this step
+            raise StepFailed(f"the account is {status or 'gone'}")
+    return {}
+
+
+@handles("feed", "enable_account")
+def enable_account(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    set_account_status(conn, int(args["account_id"]), from_="disabled", to="active")
+    return {}
+
+
+@handles("feed", "purge_posts")
+def purge_account_posts(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Delete the account's posts (their events clear every feed and the cache) and take its
+    promoted posts out of the feeds they were placed in."""
+    account_id = int(args["account_id"])
+    append_events(conn, purge_posts(conn, account_id))
+    placed = conn.execute(
+        text(
+            "DELETE FROM campaign_placements cp USING campaigns c WHERE c.id = cp.campaign_id "
+            "AND c.account_id = :a RETURNING cp.account_id, c.post_id"
+        ),
+        {"a": account_id},
+    ).all()
+    if placed:
+        pipe = ctx.services.redis.pipeline(transaction=False)
+        for reader, post_id in placed:
+            pipe.zrem(feed_key(reader), str(post_id))
+        pipe.execute()
+    return {}
+
+
+@handles("feed", "purge_graph")
+def purge_graph(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Remove the account's votes (counts corrected) and follows in both directions."""
+    account_id = int(args["account_id"])
+    append_events(conn, [*purge_votes(conn, account_id), *purge_follows(conn, account_id)])
+    return {}
+
+
+@handles("feed", "erase_account")
+def erase(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    event = erase_account(conn, int(args["account_id"]))
+    if event is not None:
+        append_events(conn, [event])
+    return {}

@@ -26,6 +26,46 @@ def notify_promotion_finished(conn: Connection, args: dict[str, Any], ctx: StepC
     return {}
 
 
+@handles("notifications", "watch_post")
+def watch_post(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict:
+    """Nothing to do going forward; its compensation tells the author the post was rejected."""
+    return {}
+
+
+@handles("notifications", "notify_post_rejected")
+def notify_post_rejected(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict:
+    _notify(
+        conn,
+        args,
+        "post_rejected",
+        {"post_id": str(args["post_id"]), "reason": args.get("reason"), "saga_id": ctx.saga_id},
+    )
+    return {}
+
+
+@handles("notifications", "notify_post_published")
+def notify_post_published(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict:
+    _notify(conn, args, "post_published", {"post_id": str(args["post_id"]), "saga_id": ctx.saga_id})
+    return {}
+
+
+def _notify(conn: Connection, args: dict[str, Any], kind: str, payload: dict[str, Any]) -> None:
+    # One notification of a kind per saga, however often the step runs.
+    exists = conn.execute(
+        select(notifications.c.id).where(
+            notifications.c.account_id == int(args["account_id"]),
+            notifications.c.kind == kind,
+            notifications.c.payload["saga_id"].astext == payload["saga_id"],
+        )
+    ).first()
+    if exists is None:
+        conn.execute(
+            insert(notifications).values(
+                account_id=int(args["account_id"]), kind=kind, payload=payload
+            )
+        )
+
+
 def list_for(
     conn: Connection, account_id: int, *, limit: int, max_id: int | None, since_id: int | None
 ) -> list[dict[str, Any]]:

@@ -1,0 +1,69 @@
+"""Media uploads (the media service's HTTP side): POST /media, GET /media/{id}."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from flask import request, send_file
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from feed.api.schemas import ProblemOut
+from feed.api.web import authenticated, require_principal, run_command, services
+from feed.errors import InvalidInput, NotFound
+from sagas.schema import media
+from sagas.services.media import media_dir, store_upload
+
+blp = Blueprint("media", __name__, description="Media uploads")
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+@blp.route("/media")
+class Media(MethodView):
+    @authenticated
+    @blp.response(201)
+    @blp.alt_response(413, schema=ProblemOut, description="Over 5 MiB")
+    @blp.alt_response(422, schema=ProblemOut, description="Not an image or video, or over quota")
+    def post(self):
+        """Upload a file (multipart, field ``file``, at most 5 MiB); its type is sniffed."""
+        principal = require_principal()
+        limit = services().settings.media_max_bytes
+        request.max_content_length = limit + MULTIPART_OVERHEAD
+        upload = request.files.get("file")
+        if upload is None:
+            raise InvalidInput(
+                "Send the file as multipart field 'file'.", errors={"file": ["Missing."]}
+            )
+        data = upload.read(limit + 1)
+        if len(data) > limit:
+            raise RequestEntityTooLarge("Media files are at most 5 MiB.")
+        settings = services().settings
+        return run_command(
+            201,
+            lambda uow: store_upload(uow.conn, settings, principal.account_id, data),
+            lambda stored: stored,
+            principal=principal,
+            request_body={"sha256": hashlib.sha256(data).hexdigest()},
+        )
+
+
+@blp.route("/media/<media_id>")
+class MediaFile(MethodView):
+    @blp.response(200)
+    def get(self, media_id):
+        """The file of an attached (or your own) upload."""
+        try:
+            key = uuid.UUID(media_id)
+        except ValueError:
+            raise NotFound("No such media.") from None
+        with services().engine.connect() as conn:
+            row = conn.execute(select(media).where(media.c.id == key)).mappings().first()
+        if row is None or row["status"] == "deleted":
+            raise NotFound("No such media.")
+        path = media_dir(services().settings) / str(row["id"])
+        if not path.exists():
+            raise NotFound("No such media.")
+        return send_file(path, mimetype=row["content_type"], max_age=3600)

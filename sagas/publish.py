@@ -1,0 +1,36 @@
+"""Publish a post with media: attach media -> moderation -> publish (fan-out) -> notify.
+
+A rejection (or moderation down past its retries and timeout) compensates in reverse: the media
+are detached, the post becomes ``rejected`` and the author is notified.
+"""
+
+from sagas.engine import RetryPolicy, SagaDefinition, Step, define
+
+PUBLISH_WITH_MEDIA = define(
+    SagaDefinition(
+        type="publish_post",
+        version=1,
+        steps=(
+            # Nothing to do forward; undone, it tells the author the post was rejected.
+            Step("watch", "notifications", "watch_post", compensation="notify_post_rejected"),
+            Step("hold_post", "feed", "hold_post", compensation="reject_post"),
+            Step("attach_media", "media", "attach", compensation="detach"),
+            Step(
+                "moderate",
+                "moderation",
+                "check",
+                retry=RetryPolicy(attempts=5, base_seconds=0.2),
+                timeout_seconds=5,
+            ),
+            # The point of no return: a published post is not taken back by this saga.
+            Step(
+                "publish",
+                "feed",
+                "publish_post",
+                point_of_no_return=True,
+                retry=RetryPolicy(attempts=8),
+            ),
+            Step("notify", "notifications", "notify_post_published", retry=RetryPolicy(attempts=8)),
+        ),
+    )
+)

@@ -1,0 +1,139 @@
+"""Media: uploads stored on disk under the data directory, their type sniffed from the bytes
+(never taken from the client), a per-account quota; attached to a post, detached, deleted."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import filetype
+from sqlalchemy import Connection, func, insert, select, update
+
+from feed.config import Settings
+from feed.errors import InvalidInput
+from sagas.schema import media
+from sagas.services import StepContext, StepFailed, handles
+
+ALLOWED_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "video/mp4"})
+
+
+def media_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "media"
+
+
+def store_upload(conn: Connection, settings: Settings, account_id: int, data: bytes) -> dict:
+    """Keep an upload: sniff its type, check the quota, write the file, record it."""
+    if not data:
+        raise InvalidInput("The file is empty.", errors={"file": ["The file is empty."]})
+    kind = filetype.guess(data)
+    if kind is None or kind.mime not in ALLOWED_TYPES:
+        raise InvalidInput(
+            "Unsupported media type.",
+            errors={"file": [f"Must be one of {', '.join(sorted(ALLOWED_TYPES))}."]},
+        )
+    used = conn.execute(
+        select(func.coalesce(func.sum(media.c.size), 0)).where(
+            media.c.account_id == account_id, media.c.status != "deleted"
+        )
+    ).scalar_one()
+    if used + len(data) > settings.media_quota_bytes:
+        raise InvalidInput("Media quota exceeded.", errors={"file": ["Your media quota is full."]})
+    media_id = uuid.uuid4()
+    directory = media_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / str(media_id)).write_bytes(data)
+    conn.execute(
+        insert(media).values(
+            id=media_id, account_id=account_id, content_type=kind.mime, size=len(data)
+        )
+    )
+    return {"id": str(media_id), "size": len(data), "content_type": kind.mime}
+
+
+def usable_for(conn: Connection, account_id: int, media_ids: list[str]) -> list[dict[str, Any]]:
+    """The caller's own, not yet attached media with these ids; 422 naming the first other."""
+    wanted = []
+    for raw in media_ids:
+        try:
+            wanted.append(uuid.UUID(raw))
+        except ValueError:
+            raise InvalidInput(
+                "Unknown media.", errors={"media_ids": [f"Unknown media id: {raw}"]}
+            ) from None
+    rows = {
+        row["id"]: row
+        for row in conn.execute(
+            select(media).where(
+                media.c.id.in_(wanted),
+                media.c.account_id == account_id,
+                media.c.status == "uploaded",
+            )
+        ).mappings()
+    }
+    for media_id in wanted:
+        if media_id not in rows:
+            raise InvalidInput(
+                "Unknown media.", errors={"media_ids": [f"Unknown or used media id: {media_id}"]}
+            )
+    # In upload order: the order the rebuilt read model also uses.
+    ordered = sorted(wanted, key=lambda m: (rows[m]["created_at"], str(m)))
+    return [describe(rows[m]) for m in ordered]
+
+
+def describe(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "content_type": row["content_type"],
+        "size": row["size"],
+        "url": f"/api/v1/media/{row['id']}",
+    }
+
+
+@handles("media", "attach")
+def attach(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    ids = [uuid.UUID(m["id"]) for m in args.get("media", [])]
+    if not ids:
+        return {}
+    taken = (
+        conn.execute(select(media.c.id).where(media.c.id.in_(ids), media.c.status == "deleted"))
+        .scalars()
+        .all()
+    )
+    if taken:
+        raise StepFailed("a media file was deleted before it could be attached")
+    conn.execute(
+        update(media)
+        .where(media.c.id.in_(ids), media.c.account_id == int(args["account_id"]))
+        .values(post_id=int(args["post_id"]), status="attached")
+    )
+    return {}
+
+
+@handles("media", "detach")
+def detach(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    conn.execute(
+        update(media)
+        .where(media.c.post_id == int(args["post_id"]), media.c.status == "attached")
+        .values(post_id=None, status="uploaded")
+    )
+    return {}
+
+
+@handles("media", "delete_all")
+def delete_all(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Delete every file of an account (account deletion). Safe to repeat."""
+    ids = (
+        conn.execute(
+            update(media)
+            .where(media.c.account_id == int(args["account_id"]), media.c.status != "deleted")
+            .values(status="deleted", post_id=None)
+            .returning(media.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    directory = media_dir(ctx.services.settings)
+    for media_id in ids:
+        (directory / str(media_id)).unlink(missing_ok=True)
+    return {"media_deleted": len(ids)}

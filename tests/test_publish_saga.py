@@ -1,0 +1,177 @@
+"""Media uploads and the publish-with-media saga: moderation passes, rejects, or is down."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from app import create_app
+from feed.bootstrap import build_services
+from tests.conftest import fetch_all
+from tests.test_promote_saga import settle
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 64
+
+
+def upload(client, account, data=PNG, filename="cat.png", content_type="text/plain"):
+    return client.post(
+        "/api/v1/media",
+        data={"file": (io.BytesIO(data), filename, content_type)},
+        headers=account.auth,
+        content_type="multipart/form-data",
+    )
+
+
+@pytest.fixture
+def people(client, make_account, project_all):
+    author, fan = make_account("author"), make_account("fan")
+    client.post(f"/api/v1/accounts/{author.id}/follow", headers=fan.auth)
+    for account in (author, fan):
+        client.get("/api/v1/timelines/home", headers=account.auth)
+    project_all()
+    return author, fan
+
+
+def test_an_upload_is_typed_by_its_bytes_not_by_the_client(client, people):
+    author, _ = people
+    r = upload(client, author, content_type="text/plain")
+    assert r.status_code == 201
+    assert r.get_json()["content_type"] == "image/png" and r.get_json()["size"] == len(PNG)
+    served = client.get(f"/api/v1/media/{r.get_json()['id']}")
+    assert served.status_code == 200 and served.data == PNG and served.mimetype == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"just some text, not an image", 422),
+        (b"", 422),
+        (b"\x89PNG\r\n\x1a\n" + b"0" * (5 * 1024 * 1024), 413),
+    ],
+)
+def test_bad_uploads_are_refused(client, engine, people, data, status):
+    author, _ = people
+    r = upload(client, author, data=data)
+    assert r.status_code == status
+    assert r.mimetype == "application/problem+json"
+    assert fetch_all(engine, "SELECT * FROM media") == []
+
+
+def test_an_upload_needs_a_file_and_a_token(client, people):
+    author, _ = people
+    assert (
+        client.post(
+            "/api/v1/media", data={}, headers=author.auth, content_type="multipart/form-data"
+        ).status_code
+        == 422
+    )
+    assert (
+        client.post(
+            "/api/v1/media",
+            data={"file": (io.BytesIO(PNG), "a.png")},
+            content_type="multipart/form-data",
+        ).status_code
+        == 401
+    )
+
+
+def test_a_post_with_media_is_pending_then_published_to_followers(app, client, engine, people):
+    author, fan = people
+    media_id = upload(client, author).get_json()["id"]
+
+    r = client.post(
+        "/api/v1/posts", json={"body": "look", "media_ids": [media_id]}, headers=author.auth
+    )
+
+    assert r.status_code == 202
+    pending = r.get_json()
+    assert pending["status"] == "pending" and pending["saga_id"]
+    assert pending["media"][0]["id"] == media_id
+    settle(app)
+    saga = client.get(f"/api/v1/sagas/{pending['saga_id']}", headers=author.auth).get_json()
+    assert saga["status"] == "completed"
+    feed = client.get("/api/v1/timelines/home", headers=fan.auth).get_json()["items"]
+    assert [p["id"] for p in feed] == [pending["id"]]
+    assert feed[0]["status"] == "published"
+    assert feed[0]["media"][0]["content_type"] == "image/png"
+    assert fetch_all(engine, "SELECT status, post_id::text FROM media") == [
+        {"status": "attached", "post_id": pending["id"]}
+    ]
+    kinds = [
+        n["kind"]
+        for n in client.get("/api/v1/notifications", headers=author.auth).get_json()["items"]
+    ]
+    assert kinds == ["post_published"]
+    # the rebuilt read model has the same media
+    before = client.get(f"/api/v1/posts/{pending['id']}").get_json()
+    app.extensions["feed"].redis.flushdb()
+    assert client.get(f"/api/v1/posts/{pending['id']}").get_json() == before
+
+
+def test_a_rejected_post_has_its_media_detached_and_its_author_notified(
+    app, client, engine, people
+):
+    author, fan = people
+    media_id = upload(client, author).get_json()["id"]
+    r = client.post(
+        "/api/v1/posts",
+        json={"body": "buy at scamlink now", "media_ids": [media_id]},
+        headers=author.auth,
+    )
+    post_id, saga_id = r.get_json()["id"], r.get_json()["saga_id"]
+    settle(app)
+
+    saga = client.get(f"/api/v1/sagas/{saga_id}", headers=author.auth).get_json()
+    assert saga["status"] == "compensated" and "banned words" in saga["last_error"]
+    assert fetch_all(engine, "SELECT status FROM posts WHERE id = :id", id=int(post_id)) == [
+        {"status": "rejected"}
+    ]
+    assert fetch_all(engine, "SELECT status, post_id FROM media") == [
+        {"status": "uploaded", "post_id": None}
+    ]
+    notes = client.get("/api/v1/notifications", headers=author.auth).get_json()["items"]
+    assert [n["kind"] for n in notes] == ["post_rejected"]
+    assert client.get(f"/api/v1/posts/{post_id}").status_code == 404
+    assert client.get("/api/v1/timelines/home", headers=fan.auth).get_json()["items"] == []
+    # the media can be used again
+    again = client.post(
+        "/api/v1/posts", json={"body": "a cat", "media_ids": [media_id]}, headers=author.auth
+    )
+    assert again.status_code == 202
+
+
+def test_moderation_down_retries_then_compensates(settings, clean_state, make_account):
+    down = settings.with_overrides(moderation_failure_rate=1.0)
+    app = create_app(services=build_services(down))
+    client = app.test_client()
+    author = make_account("author")
+    media_id = upload(client, author).get_json()["id"]
+    r = client.post(
+        "/api/v1/posts", json={"body": "hello", "media_ids": [media_id]}, headers=author.auth
+    )
+    settle(app, rounds=80)
+    saga = client.get(f"/api/v1/sagas/{r.get_json()['saga_id']}", headers=author.auth).get_json()
+    app.extensions["feed"].close()
+    assert saga["status"] == "compensated"
+    moderation = [s for s in saga["steps"] if s["name"] == "moderate"]
+    assert len(moderation) == 5 and all(s["status"] == "failed" for s in moderation)
+
+
+@pytest.mark.parametrize("media_ids", [["not-a-uuid"], ["00000000-0000-0000-0000-000000000000"]])
+def test_unknown_media_is_422(client, engine, people, media_ids):
+    author, _ = people
+    r = client.post(
+        "/api/v1/posts", json={"body": "x", "media_ids": media_ids}, headers=author.auth
+    )
+    assert r.status_code == 422 and "media_ids" in r.get_json()["errors"]
+    assert fetch_all(engine, "SELECT * FROM sagas") == []
+
+
+def test_someone_elses_media_cannot_be_attached(client, people):
+    author, fan = people
+    media_id = upload(client, author).get_json()["id"]
+    r = client.post(
+        "/api/v1/posts", json={"body": "mine?", "media_ids": [media_id]}, headers=fan.auth
+    )
+    assert r.status_code == 422
