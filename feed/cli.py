@@ -16,6 +16,7 @@ from feed.readmodel import configure_compact_encoding
 from feed.rebuild import rebuild_account, rebuild_all
 from feed.schema import accounts
 from sagas import engine as saga_engine
+from sagas import repair as saga_repair
 from sagas import runtime  # noqa: F401  (registers the saga definitions and participants)
 from sagas.schema import STATUSES
 from sagas.services import inject_fault
@@ -121,8 +122,35 @@ def _operator(action, saga_id: str, operator: str) -> None:
 @sagas_cli.command("retry")
 @click.argument("saga_id")
 @click.option("--operator", default=lambda: f"cli:{getpass.getuser()}", show_default="cli:$USER")
-def sagas_retry(saga_id: str, operator: str) -> None:
+@click.option(
+    "--repair",
+    "repair_it",
+    is_flag=True,
+    help="First rebuild from PostgreSQL the Redis keys the saga touched.",
+)
+@click.option("--dry-run", is_flag=True, help="With --repair: show what would change, do nothing.")
+def sagas_retry(saga_id: str, operator: str, repair_it: bool, dry_run: bool) -> None:
     """Resume a failed or stuck saga from the step that failed."""
+    if repair_it:
+        svc = _services()
+        with svc.engine.connect() as conn:
+            try:
+                saga = saga_engine.load(conn, saga_id).row
+            except (saga_engine.SagaNotFound, ValueError):
+                raise click.ClickException(f"no saga {saga_id}") from None
+        report = saga_repair.repair(svc.store, saga, dry_run=dry_run)
+        click.echo(
+            f"repair{' (dry run)' if dry_run else ''}: {report['keys_checked']} keys checked"
+        )
+        for key, change in sorted(report["changes"].items()):
+            click.echo(f"  {key}: {json.dumps(change, sort_keys=True)}")
+        if not report["changes"]:
+            click.echo("  nothing to repair")
+        if dry_run:
+            return
+        saga_engine.record_action(
+            svc.engine, saga_id, operator, "repair", {"changes": report["changes"]}
+        )
     _operator(saga_engine.retry, saga_id, operator)
 
 

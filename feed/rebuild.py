@@ -66,12 +66,11 @@ def _fill_sorted_set(store: Store, key: str, post_ids: Iterable[int], cap: int |
     pipe.execute()
 
 
-def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) -> None:
-    """The newest ``feed_size`` posts of the account and of those it follows."""
-    key = feed_key(account_id)
-    _open_sorted_set(store, key, ttl=store.settings.feed_ttl_seconds)
-    with _connection(store, conn) as db:
-        ids = db.execute(
+def feed_ids_from_db(store: Store, db: Connection, account_id: int) -> list[int]:
+    """What a home feed holds according to PostgreSQL: the newest ``feed_size`` posts of the
+    account, of those it follows, and those promoted to it."""
+    return list(
+        db.execute(
             text(
                 "SELECT p.id FROM posts p WHERE p.status = 'published' AND (p.author_id = :me "
                 "OR p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = :me) "
@@ -82,7 +81,26 @@ def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) 
             ),
             {"me": account_id, "n": store.settings.feed_size},
         ).scalars()
-        _fill_sorted_set(store, key, ids, store.settings.feed_size)
+    )
+
+
+def posts_ids_from_db(db: Connection, account_id: int) -> list[int]:
+    """An account's published posts according to PostgreSQL."""
+    return list(
+        db.execute(
+            select(posts.c.id).where(posts.c.author_id == account_id, posts.c.status == "published")
+        ).scalars()
+    )
+
+
+def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) -> None:
+    """The newest ``feed_size`` posts of the account and of those it follows."""
+    key = feed_key(account_id)
+    _open_sorted_set(store, key, ttl=store.settings.feed_ttl_seconds)
+    with _connection(store, conn) as db:
+        _fill_sorted_set(
+            store, key, feed_ids_from_db(store, db, account_id), store.settings.feed_size
+        )
 
 
 def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None) -> None:
@@ -90,10 +108,7 @@ def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None)
     key = posts_key(account_id)
     _open_sorted_set(store, key)
     with _connection(store, conn) as db:
-        ids = db.execute(
-            select(posts.c.id).where(posts.c.author_id == account_id, posts.c.status == "published")
-        ).scalars()
-        _fill_sorted_set(store, key, ids, None)
+        _fill_sorted_set(store, key, posts_ids_from_db(db, account_id), None)
 
 
 def rebuild_following(store: Store, account_id: int, conn: Connection | None = None) -> None:

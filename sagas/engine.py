@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from feed.clock import utcnow
 from feed.events import Event, register_event
 from feed.failpoints import failpoint
+from feed.observability import SAGA_COMPENSATIONS, SAGA_RETRIES, SAGA_STEP_SECONDS
 from feed.outbox import append_events
 from sagas.schema import saga_operator_actions, saga_steps, sagas
 
@@ -268,6 +269,9 @@ def _apply_reply(conn: Connection, reply: SagaStepReplied) -> None:
         )
     )
     instance = load(conn, attempt["saga_id"])
+    SAGA_STEP_SECONDS.labels(
+        instance.row["type"], attempt["name"], attempt["kind"], "ok" if reply.ok else "failed"
+    ).observe(max(0.0, (utcnow() - attempt["sent_at"]).total_seconds()))
     if not _is_current(instance, attempt):
         return
     if reply.ok:
@@ -332,6 +336,7 @@ def _step_failed(
     policy = step.retry if attempt["kind"] == "action" else step.compensation_retry
     if retryable and attempt["attempt"] < policy.attempts:
         _schedule_retry(conn, instance, policy.delay(attempt["attempt"]), error)
+        SAGA_RETRIES.labels(instance.row["type"], step.name).inc()
         return
     if attempt["kind"] == "compensation":
         _transition(
@@ -353,6 +358,7 @@ def _step_failed(
         direction="backward",
         last_error=f"{step.name} failed: {error}",
     )
+    SAGA_COMPENSATIONS.labels(instance.row["type"]).inc()
     _compensate_next(conn, load(conn, instance.id))
 
 
@@ -635,6 +641,12 @@ def abort(engine: Engine, saga_id: str, operator: str) -> Instance:
     return _with_retries(engine, work)
 
 
+def record_action(engine: Engine, saga_id: str, operator: str, action: str, detail: dict) -> None:
+    """Record an operator's action in the saga's history (who, when, what)."""
+    with engine.begin() as conn:
+        _record_action(conn, load(conn, saga_id).id, operator, action, detail)
+
+
 def _record_action(
     conn: Connection, saga_id: uuid.UUID, operator: str, action: str, detail: dict[str, Any]
 ) -> None:
@@ -699,3 +711,14 @@ def list_sagas(
 
 def steps_of(definition: SagaDefinition) -> Iterable[str]:
     return (step.name for step in definition.steps)
+
+
+def counts_by_type_and_status(engine: Engine) -> list[tuple[str, str, int]]:
+    """How many sagas of each type are in each status (for /metrics)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sagas.c.type, sagas.c.status, func.count()).group_by(
+                sagas.c.type, sagas.c.status
+            )
+        ).all()
+    return [(t, s, n) for t, s, n in rows]

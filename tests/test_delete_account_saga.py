@@ -20,17 +20,28 @@ def leaving(app, client, make_account, project_all):
         client.get("/api/v1/timelines/home", headers=account.auth)
     client.post(f"/api/v1/accounts/{ada.id}/follow", headers=bob.auth)
     client.post(f"/api/v1/accounts/{carol.id}/follow", headers=ada.auth)
-    ada_posts = [client.post("/api/v1/posts", json={"body": f"ada {i}"}, headers=ada.auth).get_json()["id"]
-                 for i in range(3)]
-    carol_post = client.post("/api/v1/posts", json={"body": "carol"}, headers=carol.auth).get_json()["id"]
+    ada_posts = [
+        client.post("/api/v1/posts", json={"body": f"ada {i}"}, headers=ada.auth).get_json()["id"]
+        for i in range(3)
+    ]
+    carol_post = client.post(
+        "/api/v1/posts", json={"body": "carol"}, headers=carol.auth
+    ).get_json()["id"]
     client.put(f"/api/v1/posts/{carol_post}/vote", json={"value": 1}, headers=ada.auth)
     client.put(f"/api/v1/posts/{ada_posts[0]}/vote", json={"value": 1}, headers=bob.auth)
     media_id = upload(client, ada).get_json()["id"]
     client.post(f"/api/v1/admin/wallets/{ada.id}/credit", json={"credits": 5}, headers=admin.auth)
     project_all()
     assert len(client.get("/api/v1/timelines/home", headers=bob.auth).get_json()["items"]) == 3
-    return {"ada": ada, "bob": bob, "carol": carol, "admin": admin, "ada_posts": ada_posts,
-            "carol_post": carol_post, "media_id": media_id}
+    return {
+        "ada": ada,
+        "bob": bob,
+        "carol": carol,
+        "admin": admin,
+        "ada_posts": ada_posts,
+        "carol_post": carol_post,
+        "media_id": media_id,
+    }
 
 
 def delete_me(client, account):
@@ -47,7 +58,12 @@ def test_deleting_an_account_removes_every_trace(app, client, engine, leaving):
     saga = fetch_all(engine, "SELECT status FROM sagas WHERE id = :id", id=saga_id)[0]
     assert saga["status"] == "completed"
     assert client.get(f"/api/v1/accounts/{ada.id}").status_code == 404
-    assert client.post("/api/v1/sessions", json={"handle": "ada_l", "password": ada.password}).status_code == 401
+    assert (
+        client.post(
+            "/api/v1/sessions", json={"handle": "ada_l", "password": ada.password}
+        ).status_code
+        == 401
+    )
     assert client.get("/api/v1/timelines/home", headers=bob.auth).get_json()["items"] == []
     for post_id in leaving["ada_posts"]:
         assert client.get(f"/api/v1/posts/{post_id}").status_code == 404
@@ -60,7 +76,9 @@ def test_deleting_an_account_removes_every_trace(app, client, engine, leaving):
     assert fetch_all(engine, "SELECT status FROM media") == [{"status": "deleted"}]
     assert client.get(f"/api/v1/media/{leaving['media_id']}").status_code == 404
     assert fetch_all(engine, "SELECT status FROM wallets") == [{"status": "closed"}]
-    account = fetch_all(engine, "SELECT handle, status, password_hash FROM accounts WHERE id = :id", id=int(ada.id))[0]
+    account = fetch_all(
+        engine, "SELECT handle, status, password_hash FROM accounts WHERE id = :id", id=int(ada.id)
+    )[0]
     assert account == {"handle": f"deleted_{ada.id}"[:30], "status": "deleted", "password_hash": ""}
     # the handle is free again
     again = client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
@@ -80,7 +98,10 @@ def test_a_failure_before_the_point_of_no_return_restores_logins(app, client, en
     assert saga["status"] == "compensated"
     login = client.post("/api/v1/sessions", json={"handle": "ada_l", "password": ada.password})
     assert login.status_code == 200
-    assert len(client.get("/api/v1/timelines/home", headers=leaving["bob"].auth).get_json()["items"]) == 3
+    assert (
+        len(client.get("/api/v1/timelines/home", headers=leaving["bob"].auth).get_json()["items"])
+        == 3
+    )
 
 
 def test_after_the_point_of_no_return_it_waits_for_an_operator(app, client, engine, leaving):
@@ -91,11 +112,16 @@ def test_after_the_point_of_no_return_it_waits_for_an_operator(app, client, engi
     settle(app)
     shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=admin.auth).get_json()
     assert shown["status"] == "failed" and shown["current_step"] == "close_wallet"
-    assert client.get("/api/v1/timelines/home", headers=leaving["bob"].auth).get_json()["items"] == []
+    assert (
+        client.get("/api/v1/timelines/home", headers=leaving["bob"].auth).get_json()["items"] == []
+    )
 
     client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=admin.auth)
     settle(app)
-    assert fetch_all(engine, "SELECT status FROM sagas WHERE id = :id", id=saga_id)[0]["status"] == "completed"
+    assert (
+        fetch_all(engine, "SELECT status FROM sagas WHERE id = :id", id=saga_id)[0]["status"]
+        == "completed"
+    )
     assert client.get(f"/api/v1/accounts/{ada.id}").status_code == 404
 
 

@@ -285,3 +285,99 @@ def test_an_operator_finds_inspects_and_retries_a_failed_saga_from_the_cli(
     assert "operator cli:ops: retry" in final.output
     assert runner.invoke(args=["sagas", "abort", saga_id]).exit_code != 0  # completed: refused
     assert runner.invoke(args=["sagas", "show", "nope"]).exit_code != 0
+
+
+def test_saga_metrics_count_by_type_and_status_steps_retries_compensations(
+    app, client, engine, scene
+):
+    with engine.begin() as conn:
+        inject_fault(conn, "feed", "place_promoted", "transient", 1)
+    promote(client, scene)
+    promote(client, scene, credits=500)  # too few credits: compensated
+    settle(app)
+    text_ = client.get("/metrics").get_data(as_text=True)
+    assert 'feed_sagas{status="completed",type="promote_post"} 1.0' in text_
+    assert 'feed_sagas{status="compensated",type="promote_post"} 1.0' in text_
+    assert 'feed_saga_retries_total{saga="promote_post",step="place_post"}' in text_
+    assert 'feed_saga_compensations_total{saga="promote_post"}' in text_
+    assert (
+        'feed_saga_step_seconds_count{kind="action",outcome="ok",saga="promote_post",step="debit_wallet"}'
+        in text_
+    )
+
+
+def test_a_saga_finishes_on_the_version_it_started_with(app, client, engine, scene, monkeypatch):
+    from sagas.engine import DEFINITIONS, LATEST, SagaDefinition, Step
+    from sagas.promote import PROMOTE_POST
+
+    saga_id = promote(client, scene)  # started on v1
+    v2 = SagaDefinition(
+        "promote_post",
+        2,
+        steps=(
+            Step("debit_wallet", "billing", "debit", compensation="refund"),
+            Step("notify_author", "notifications", "notify_promotion_finished"),
+        ),
+    )
+    monkeypatch.setitem(DEFINITIONS, ("promote_post", 2), v2)
+    monkeypatch.setitem(LATEST, "promote_post", v2)
+    settle(app)
+    done = saga(client, scene, saga_id)
+    assert done["status"] == "completed" and done["version"] == 1
+    assert [s["name"] for s in done["steps"]] == [step.name for step in PROMOTE_POST.steps]
+
+
+def test_retry_with_repair_rebuilds_the_keys_the_saga_touched_after_a_dry_run(
+    app, client, engine, scene
+):
+    from feed.readmodel import feed_key, post_key
+
+    with engine.begin() as conn:
+        inject_fault(conn, "notifications", "notify_promotion_finished", "permanent", 1)
+    saga_id = promote(client, scene, credits=3)
+    settle(app)
+    redis = app.extensions["feed"].redis
+    damaged_reader = scene["readers"][0]
+    redis.zrem(feed_key(damaged_reader.id), scene["post_id"])  # the placement got lost
+    redis.hset(post_key(scene["post_id"]), mapping={"up": 99})  # and the counts went wrong
+    admin = scene["admin"].auth
+    url = f"/api/v1/admin/sagas/{saga_id}/retry"
+
+    dry = client.post(f"{url}?repair=true&dry_run=true", headers=admin)
+
+    assert dry.status_code == 200
+    changes = dry.get_json()["repair"]["changes"]
+    assert changes[feed_key(damaged_reader.id)] == {"add": [scene["post_id"]], "remove": []}
+    assert changes[post_key(scene["post_id"])]["counts"] == {"redis": [99, 0], "postgres": [0, 0]}
+    assert scene["post_id"] not in home_ids(client, damaged_reader)  # a dry run changes nothing
+    assert saga(client, scene, saga_id)["status"] == "failed"
+
+    done = client.post(f"{url}?repair=true", headers=admin)
+    assert done.status_code == 202
+    settle(app)
+    assert scene["post_id"] in home_ids(client, damaged_reader)
+    assert client.get(f"/api/v1/posts/{scene['post_id']}").get_json()["up"] == 0
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=admin).get_json()
+    assert shown["status"] == "completed"
+    assert [a["action"] for a in shown["operator_actions"]] == ["repair", "retry"]
+    again = client.post(f"{url}?repair=true&dry_run=true", headers=admin).get_json()
+    assert again["repair"]["changes"] == {}
+
+
+def test_repair_from_the_cli(app, client, engine, scene):
+    from feed.readmodel import feed_key
+
+    runner = app.test_cli_runner()
+    runner.invoke(args=["sagas", "inject-fault", "notifications", "notify_promotion_finished",
+                        "--mode", "permanent"])
+    saga_id = promote(client, scene)
+    settle(app)
+    app.extensions["feed"].redis.zrem(feed_key(scene["readers"][1].id), scene["post_id"])
+
+    dry = runner.invoke(args=["sagas", "retry", saga_id, "--repair", "--dry-run"])
+    assert "(dry run)" in dry.output and f"feed:{scene['readers'][1].id}" in dry.output
+    fixed = runner.invoke(args=["sagas", "retry", saga_id, "--repair", "--operator", "cli:ops"])
+    assert fixed.exit_code == 0, fixed.output
+    settle(app)
+    assert scene["post_id"] in home_ids(client, scene["readers"][1])
+    assert "operator cli:ops: repair" in runner.invoke(args=["sagas", "show", saga_id]).output

@@ -8,8 +8,9 @@ from flask import Blueprint, Response
 from feed.api.problems import problem
 from feed.api.web import json_response, services
 from feed.bootstrap import check_broker, check_database, check_redis
-from feed.observability import OutboxCollector, metrics_payload
+from feed.observability import OutboxCollector, SagaCollector, metrics_payload
 from feed.outbox import backlog
+from sagas.engine import counts_by_type_and_status
 
 blp = Blueprint("ops", __name__)
 log = structlog.get_logger(__name__)
@@ -51,5 +52,8 @@ def readyz() -> Response:
 def metrics() -> Response:
     """Prometheus text format."""
     engine = services().engine
-    payload, content_type = metrics_payload(OutboxCollector(lambda: backlog(engine)))
+    payload, content_type = metrics_payload(
+        OutboxCollector(lambda: backlog(engine)),
+        SagaCollector(lambda: counts_by_type_and_status(engine)),
+    )
     return Response(payload, mimetype=None, content_type=content_type)

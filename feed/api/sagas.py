@@ -16,7 +16,7 @@ from feed.api.timelines import parse_cursor
 from feed.api.web import authenticated, json_response, require_principal, run_command, services
 from feed.clock import rfc3339
 from feed.errors import Conflict, Forbidden, NotFound
-from sagas import engine
+from sagas import engine, repair
 from sagas.commands import PromotePost, promote_post
 from sagas.services import billing, notifications
 
@@ -270,10 +270,57 @@ def _operator_action(saga_id: str, action) -> Any:
 @blp.route("/admin/sagas/<saga_id>/retry")
 class AdminRetry(MethodView):
     @authenticated
+    @blp.doc(
+        parameters=[
+            {
+                "name": "repair",
+                "in": "query",
+                "schema": {"type": "boolean"},
+                "description": "First rebuild from PostgreSQL the Redis keys the saga touched",
+            },
+            {
+                "name": "dry_run",
+                "in": "query",
+                "schema": {"type": "boolean"},
+                "description": "With repair: only show what would change (200), retry nothing",
+            },
+        ]
+    )
     @blp.response(202)
     def post(self, saga_id):
-        """Resume a failed or stuck saga from the step that failed (admin)."""
-        return _operator_action(saga_id, engine.retry)
+        """Resume a failed or stuck saga from the step that failed (admin), optionally after
+        repairing the read models it touched."""
+        admin = require_admin()
+        repair_it = _flag("repair")
+        dry_run = _flag("dry_run")
+        if not repair_it:
+            return _operator_action(saga_id, engine.retry)
+        svc = services()
+        with svc.engine.connect() as conn:
+            try:
+                saga = engine.load(conn, saga_uuid(saga_id)).row
+            except engine.SagaNotFound:
+                raise NotFound("No such saga.") from None
+        report = repair.repair(svc.store, saga, dry_run=dry_run)
+        if dry_run:
+            return json_response({"saga": render_saga(saga), "repair": report}, 200)
+        engine.record_action(
+            svc.engine,
+            str(saga["id"]),
+            f"account:{admin}",
+            "repair",
+            {"changes": report["changes"]},
+        )
+        response = _operator_action(saga_id, engine.retry)
+        body = response.get_json()
+        return json_response({**body, "repair": report}, 202)
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise_invalid(name, "true or false.")
+    return raw in ("true", "1")
 
 
 @blp.route("/admin/sagas/<saga_id>/abort")

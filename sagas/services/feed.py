@@ -108,7 +108,8 @@ def place_promoted(conn: Connection, args: dict[str, Any], ctx: StepContext) -> 
             [{"campaign_id": campaign_id, "account_id": a} for a in chosen],
         )
     _add_to_existing_feeds(ctx, wanted, post_id)
-    return {"placed": len(wanted)}
+    # The saga keeps where the post went, so a repair knows which feeds it touched.
+    return {"placed": len(wanted), "placed_accounts": [str(a) for a in wanted]}
 
 
 @handles("feed", "remove_promoted")
@@ -223,8 +224,10 @@ def purge_account_posts(conn: Connection, args: dict[str, Any], ctx: StepContext
 def purge_graph(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Remove the account's votes (counts corrected) and follows in both directions."""
     account_id = int(args["account_id"])
-    append_events(conn, [*purge_votes(conn, account_id), *purge_follows(conn, account_id)])
-    return {}
+    unfollows = purge_follows(conn, account_id)
+    append_events(conn, [*purge_votes(conn, account_id), *unfollows])
+    former = {e.follower_id for e in unfollows if e.followee_id == str(account_id)}
+    return {"former_followers": sorted(former | set(args.get("former_followers", [])))}
 
 
 @handles("feed", "erase_account")
