@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask
 from flask_migrate import Migrate
 
+from feed.admin import bp as admin_page
 from feed.api import init_api
 from feed.bootstrap import Services, build_services
 from feed.cli import register_cli
@@ -33,6 +34,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.extensions["feed"] = services
     Migrate().init_app(app, None, directory=str(MIGRATIONS_DIR))
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=3600,
+    )
     init_api(app)
+    app.register_blueprint(admin_page)
     register_cli(app)
     return app

@@ -368,8 +368,16 @@ def test_repair_from_the_cli(app, client, engine, scene):
     from feed.readmodel import feed_key
 
     runner = app.test_cli_runner()
-    runner.invoke(args=["sagas", "inject-fault", "notifications", "notify_promotion_finished",
-                        "--mode", "permanent"])
+    runner.invoke(
+        args=[
+            "sagas",
+            "inject-fault",
+            "notifications",
+            "notify_promotion_finished",
+            "--mode",
+            "permanent",
+        ]
+    )
     saga_id = promote(client, scene)
     settle(app)
     app.extensions["feed"].redis.zrem(feed_key(scene["readers"][1].id), scene["post_id"])

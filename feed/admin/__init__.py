@@ -1,0 +1,166 @@
+"""The operators' web page: sagas by status and type, one saga's step timeline, Retry (with
+repair) and Abort. Server-rendered; admin login by session cookie; every form carries a CSRF
+token (Flask-WTF) and the buttons ask for confirmation."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
+from sqlalchemy import text
+
+from feed.api.web import services
+from sagas import engine, repair
+from sagas.schema import STATUSES
+
+bp = Blueprint("admin_page", __name__, template_folder="templates", url_prefix="/admin")
+
+
+@bp.app_context_processor
+def csrf_token():
+    return {"csrf_token": generate_csrf}
+
+
+@bp.before_request
+def check_csrf():
+    if request.method == "POST":
+        try:
+            validate_csrf(request.form.get("csrf_token"))
+        except CSRFError:
+            abort(400, "The form expired or did not come from this site; reload and try again.")
+        except Exception:
+            abort(400, "The form expired or did not come from this site; reload and try again.")
+
+
+@bp.after_request
+def security_headers(response):
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+        "frame-ancestors 'none'"
+    )
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def admin_required(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        admin_id = session.get("admin_id")
+        if admin_id is None or not _is_admin(admin_id):
+            session.pop("admin_id", None)
+            return redirect(url_for("admin_page.login", next=request.path))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _is_admin(account_id: int) -> bool:
+    with services().engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text("SELECT is_admin FROM accounts WHERE id = :id AND status = 'active'"),
+                {"id": account_id},
+            ).scalar_one_or_none()
+        )
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    if request.method == "POST":
+        handle = request.form.get("handle", "")[:30]
+        password = request.form.get("password", "")[:256]
+        svc = services()
+        with svc.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT id, password_hash, is_admin, status FROM accounts WHERE handle = :h"),
+                {"h": handle},
+            ).first()
+        ok = svc.passwords.verify(row.password_hash if row else None, password)
+        if row and ok and row.is_admin and row.status == "active":
+            session.clear()
+            session["admin_id"] = row.id
+            target = request.args.get("next", "")
+            return redirect(target if target.startswith("/admin/") else url_for("admin_page.sagas"))
+        error = "Wrong handle or password, or not an admin."
+    return render_template("admin/login.html", error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("admin_page.login"))
+
+
+@bp.get("/")
+@admin_required
+def sagas():
+    status = request.args.get("status") or None
+    type_ = request.args.get("type") or None
+    if status not in (None, *STATUSES) or type_ not in (None, *engine.LATEST):
+        abort(400, "Unknown status or type.")
+    with services().engine.connect() as conn:
+        rows = engine.list_sagas(conn, status=status, type_=type_, limit=100)
+    counts = engine.counts_by_type_and_status(services().engine)
+    return render_template(
+        "admin/sagas.html",
+        sagas=rows,
+        status=status,
+        type_=type_,
+        statuses=STATUSES,
+        types=sorted(engine.LATEST),
+        counts=counts,
+        definitions=engine.DEFINITIONS,
+    )
+
+
+@bp.get("/sagas/<saga_id>")
+@admin_required
+def saga(saga_id):
+    with services().engine.connect() as conn:
+        try:
+            found = engine.history(conn, saga_id)
+        except (engine.SagaNotFound, ValueError):
+            abort(404)
+    definition = engine.DEFINITIONS[(found["saga"]["type"], found["saga"]["version"])]
+    preview = None
+    if request.args.get("preview") == "repair":
+        preview = repair.repair(services().store, found["saga"], dry_run=True)
+    return render_template("admin/saga.html", found=found, definition=definition, preview=preview)
+
+
+@bp.post("/sagas/<saga_id>/retry")
+@admin_required
+def retry(saga_id):
+    operator = f"account:{session['admin_id']}"
+    svc = services()
+    try:
+        if request.form.get("repair") == "1":
+            with svc.engine.connect() as conn:
+                row = engine.load(conn, saga_id).row
+            report = repair.repair(svc.store, row, dry_run=False)
+            engine.record_action(
+                svc.engine, saga_id, operator, "repair", {"changes": report["changes"]}
+            )
+        engine.retry(svc.engine, saga_id, operator)
+        flash("Retry sent: the saga resumes from the step that failed.")
+    except (engine.SagaNotFound, ValueError):
+        abort(404)
+    except engine.InvalidTransition as error:
+        flash(f"Not retried: {error}.")
+    return redirect(url_for("admin_page.saga", saga_id=saga_id))
+
+
+@bp.post("/sagas/<saga_id>/abort")
+@admin_required
+def abort_saga(saga_id):
+    try:
+        engine.abort(services().engine, saga_id, f"account:{session['admin_id']}")
+        flash("Abort sent: what was done is being compensated.")
+    except (engine.SagaNotFound, ValueError):
+        abort(404)
+    except engine.InvalidTransition as error:
+        flash(f"Not aborted: {error}.")
+    return redirect(url_for("admin_page.saga", saga_id=saga_id))
