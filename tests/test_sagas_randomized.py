@@ -151,7 +151,8 @@ def test_two_hundred_random_sagas_keep_every_invariant(app, client, engine, make
             visible.add(int(key.split(b":")[1]))
     bad = fetch_all(
         engine,
-        "SELECT p.id, p.status, a.status AS author FROM posts p JOIN accounts a ON a.id = p.author_id "
+        "SELECT p.id, p.status, a.status AS author FROM posts p "
+        "JOIN accounts a ON a.id = p.author_id "
         "WHERE p.id = ANY(:ids) AND (p.status <> 'published' OR a.status = 'deleted')",
         ids=sorted(visible),
     )
