@@ -30,3 +30,13 @@ def handle_saga_event(services: Services, envelope: Envelope) -> bool:
     else:
         return False
     return True
+
+
+# Participants that react to the write model's events (beside the read-model projections).
+SUBSCRIBED_EVENTS = frozenset({"PostDeleted"})
+
+
+def react_to_event(services: Services, envelope: Envelope) -> None:
+    """Let the participants react to an event; each reaction is safe to run twice."""
+    if envelope.type == "PostDeleted":
+        media.on_post_deleted(services, int(envelope.payload["post_id"]))

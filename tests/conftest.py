@@ -172,7 +172,7 @@ def drain(services) -> int:
     from feed.outbox import relay_once
     from feed.projections import apply_fan_out_page, project
     from sagas.engine import SAGA_EVENTS
-    from sagas.runtime import handle_saga_event
+    from sagas.runtime import SUBSCRIBED_EVENTS, handle_saga_event, react_to_event
 
     store = services.store
 
@@ -182,6 +182,8 @@ def drain(services) -> int:
                 handle_saga_event(services, envelope)  # a timer not due yet waits for sweep()
             else:
                 project(store, envelope, lambda page: apply_fan_out_page(store, page))
+                if envelope.type in SUBSCRIBED_EVENTS:
+                    react_to_event(services, envelope)
 
     total = 0
     while moved := relay_once(services.engine, publish):

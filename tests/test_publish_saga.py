@@ -175,3 +175,18 @@ def test_someone_elses_media_cannot_be_attached(client, people):
         "/api/v1/posts", json={"body": "mine?", "media_ids": [media_id]}, headers=fan.auth
     )
     assert r.status_code == 422
+
+
+def test_deleting_a_post_deletes_its_media(app, client, engine, people):
+    author, _ = people
+    media_id = upload(client, author).get_json()["id"]
+    post = client.post(
+        "/api/v1/posts", json={"body": "x", "media_ids": [media_id]}, headers=author.auth
+    ).get_json()
+    settle(app)
+    assert client.delete(f"/api/v1/posts/{post['id']}", headers=author.auth).status_code == 204
+    settle(app)
+    assert fetch_all(engine, "SELECT status, post_id FROM media") == [
+        {"status": "deleted", "post_id": None}
+    ]
+    assert client.get(f"/api/v1/media/{media_id}").status_code == 404

@@ -25,7 +25,7 @@ from feed.observability import (
 from feed.outbox import Envelope
 from feed.projections import FanOutPage, apply_fan_out_page, project, projection_lag_seconds
 from feed.readmodel import configure_compact_encoding
-from sagas.runtime import handle_saga_event
+from sagas.runtime import handle_saga_event, react_to_event
 from workers.broker import setup_broker
 
 SETTINGS = Settings.from_env()
@@ -80,6 +80,12 @@ def saga_message(message: dict) -> None:
         wait_ms = max(10, int((due - datetime.now(UTC)).total_seconds() * 1000))
         saga_message.send_with_options(args=(message,), delay=wait_ms)
     log.info("saga_message", type=envelope.type, saga_id=envelope.aggregate_id)
+
+
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}sagas", **RETRY)
+def participant_event(message: dict) -> None:
+    """A write-model event a participant reacts to (a deleted post's media go with it)."""
+    react_to_event(services(), Envelope(**message))
 
 
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", **RETRY)

@@ -21,7 +21,8 @@ from feed.config import Settings
 from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
 from feed.outbox import OUTBOX_CHANNEL, Envelope, relay_once
 from sagas.engine import SAGA_EVENTS, sweep
-from workers.actors import SETTINGS, broker, project_event, saga_message
+from sagas.runtime import SUBSCRIBED_EVENTS
+from workers.actors import SETTINGS, broker, participant_event, project_event, saga_message
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
@@ -32,10 +33,20 @@ def publish(batch: list[Envelope]) -> None:
     """Enqueue each event for its actor (saga messages to the saga actor, everything else to
     the projections); returns once the broker confirmed all."""
     for envelope in batch:
-        actor = saga_message if envelope.type in SAGA_EVENTS else project_event
-        message = actor.message(envelope.to_message()).copy(message_id=envelope.event_id)
-        broker.enqueue(message)
+        for actor in routes(envelope.type):
+            message = actor.message(envelope.to_message())
+            broker.enqueue(message.copy(message_id=f"{envelope.event_id}:{actor.actor_name}"))
     RELAY_PUBLISHED.inc(len(batch))
+
+
+def routes(event_type: str) -> list:
+    """The actors an event goes to: saga messages to the saga actor; other events to the
+    projections, and to the participants that subscribe to them."""
+    if event_type in SAGA_EVENTS:
+        return [saga_message]
+    if event_type in SUBSCRIBED_EVENTS:
+        return [project_event, participant_event]
+    return [project_event]
 
 
 def listen_connection(database_url: str) -> psycopg.Connection:

@@ -137,3 +137,22 @@ def delete_all(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict
     for media_id in ids:
         (directory / str(media_id)).unlink(missing_ok=True)
     return {"media_deleted": len(ids)}
+
+
+def on_post_deleted(services, post_id: int) -> int:
+    """A post was deleted (by its author or an admin): its media go with it. Safe to repeat."""
+    with services.engine.begin() as conn:
+        ids = (
+            conn.execute(
+                update(media)
+                .where(media.c.post_id == post_id, media.c.status != "deleted")
+                .values(status="deleted", post_id=None)
+                .returning(media.c.id)
+            )
+            .scalars()
+            .all()
+        )
+    directory = media_dir(services.settings)
+    for media_id in ids:
+        (directory / str(media_id)).unlink(missing_ok=True)
+    return len(ids)
