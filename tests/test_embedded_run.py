@@ -28,9 +28,9 @@ def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float = 12
         if process.poll() is not None:
             raise AssertionError(f"make run exited with {process.returncode}")
         try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or busy starting
             pass
         time.sleep(0.5)
     raise AssertionError("the service did not become ready")
@@ -102,6 +102,23 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
         assert seen is not None and seen < 1.0, seen
         print(f"post visible in the follower's feed after {seen:.3f} s")
         assert [p["body"] for p in feed["items"]] == ["seen?", "hello"]
+        # a saga on the embedded default (Dramatiq's Redis broker): publish a post with media
+        png = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+        media_id = requests.post(
+            f"{api}/media", files={"file": ("a.png", png)}, headers=auth, timeout=10
+        ).json()["id"]
+        pending = requests.post(
+            f"{api}/posts",
+            json={"body": "with media", "media_ids": [media_id]},
+            headers=auth,
+            timeout=10,
+        )
+        assert pending.status_code == 202 and pending.json()["status"] == "pending"
+        saga_url = f"{api}/sagas/{pending.json()['saga_id']}"
+        deadline = time.monotonic() + 20
+        while requests.get(saga_url, headers=auth, timeout=10).json()["status"] != "completed":
+            assert time.monotonic() < deadline, requests.get(saga_url, headers=auth).json()
+            time.sleep(0.1)
         metrics = requests.get(f"{base}/metrics", timeout=10).text
         for name in (
             "feed_outbox_backlog",

@@ -389,3 +389,61 @@ def test_repair_from_the_cli(app, client, engine, scene):
     settle(app)
     assert scene["post_id"] in home_ids(client, scene["readers"][1])
     assert "operator cli:ops: repair" in runner.invoke(args=["sagas", "show", saga_id]).output
+
+
+@pytest.fixture
+def quick_timeouts(monkeypatch):
+    """The promotion saga with 0.3 s step timeouts and a 1 s progress deadline."""
+    import dataclasses
+
+    from sagas.engine import DEFINITIONS, LATEST
+    from sagas.promote import PROMOTE_POST
+
+    quick = dataclasses.replace(
+        PROMOTE_POST,
+        steps=tuple(dataclasses.replace(s, timeout_seconds=0.3) for s in PROMOTE_POST.steps),
+        stuck_after_seconds=1.0,
+    )
+    monkeypatch.setitem(DEFINITIONS, ("promote_post", 1), quick)
+    monkeypatch.setitem(LATEST, "promote_post", quick)
+
+
+def lose_undelivered_step_requests(engine) -> int:
+    """The broker loses the step commands now in the outbox (they never reach a participant)."""
+    with engine.begin() as conn:
+        return conn.execute(
+            text(
+                "UPDATE outbox SET published_at = now() WHERE published_at IS NULL "
+                "AND type = 'SagaStepRequested'"
+            )
+        ).rowcount
+
+
+def test_a_step_without_a_reply_times_out_and_is_sent_again(
+    app, client, engine, scene, quick_timeouts
+):
+    saga_id = promote(client, scene)
+    assert lose_undelivered_step_requests(engine) == 1
+    time.sleep(0.4)
+    settle(app)
+    done = saga(client, scene, saga_id)
+    assert done["status"] == "completed"
+    debit = [s for s in done["steps"] if s["name"] == "debit_wallet"]
+    assert [s["status"] for s in debit] == ["timed_out", "succeeded"]
+    assert client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()["balance"] == 97
+
+
+def test_a_saga_without_progress_past_its_deadline_is_marked_stuck_and_resumed(
+    app, client, engine, scene, quick_timeouts
+):
+    saga_id = promote(client, scene)
+    lose_undelivered_step_requests(engine)
+    with engine.begin() as conn:  # the attempt vanished (say, an operator cleaned it up by hand)
+        conn.execute(text("UPDATE saga_steps SET status = 'superseded' WHERE status = 'sent'"))
+    time.sleep(1.1)
+    settle(app)
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=scene["admin"].auth).get_json()
+    assert shown["status"] == "completed"
+    assert [(a["operator"], a["action"]) for a in shown["operator_actions"]] == [
+        ("sweeper", "stuck")
+    ]

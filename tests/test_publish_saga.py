@@ -190,3 +190,14 @@ def test_deleting_a_post_deletes_its_media(app, client, engine, people):
         {"status": "deleted", "post_id": None}
     ]
     assert client.get(f"/api/v1/media/{media_id}").status_code == 404
+
+
+def test_the_media_quota_is_per_account(settings, clean_state, make_account, engine):
+    small = settings.with_overrides(media_quota_bytes=len(PNG) * 2)
+    app = create_app(services=build_services(small))
+    client = app.test_client()
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    statuses = [upload(client, ada).status_code for _ in range(3)]
+    other = upload(client, bob).status_code
+    app.extensions["feed"].close()
+    assert statuses == [201, 201, 422] and other == 201

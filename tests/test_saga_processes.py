@@ -67,3 +67,42 @@ def test_a_killed_orchestrator_resumes_from_postgresql(
     assert len(fetch_all(engine, "SELECT * FROM notifications")) == 1
     placed = fetch_all(engine, "SELECT account_id::text FROM campaign_placements")
     assert len(placed) == 2
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["saga.reply.before_commit@2", "saga.step.after_commit@4", "saga.reply.after_commit@5"],
+)
+def test_a_publish_saga_survives_its_worker_being_killed(
+    client, engine, settings, tmp_path, make_account, failpoint
+):
+    import io
+
+    author = make_account("author")
+    media_id = client.post(
+        "/api/v1/media",
+        data={"file": (io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"0" * 64), "a.png")},
+        headers=author.auth,
+        content_type="multipart/form-data",
+    ).get_json()["id"]
+    env = process_env(settings.database_url, settings.redis_url, settings.broker_url)
+    processes = Processes(env, tmp_path)
+    try:
+        processes.start("relay")
+        doomed = processes.start("workers", {"FEED_FAILPOINTS": failpoint})
+        post = client.post(
+            "/api/v1/posts",
+            json={"body": "with media", "media_ids": [media_id]},
+            headers=author.auth,
+        ).get_json()
+        assert doomed.wait(60) != 0
+        processes.running.pop("workers")
+        processes.start("workers")
+        eventually(lambda: saga_status(client, author, post["saga_id"]) == "completed", timeout=60)
+    finally:
+        processes.stop_all()
+        delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])
+    assert fetch_all(engine, "SELECT status FROM posts WHERE id = :id", id=int(post["id"])) == [
+        {"status": "published"}
+    ]
+    assert len(fetch_all(engine, "SELECT * FROM notifications")) == 1
