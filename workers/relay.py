@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import psycopg
@@ -77,22 +78,21 @@ def sweep_sagas(engine) -> None:
 def run(settings: Settings) -> None:
     """Relay until SIGTERM or SIGINT."""
     engine = build_engine(settings.database_url, pool_size=2)
-    stopping = False
+    stop_event = threading.Event()
 
     def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
+        stop_event.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     listener: psycopg.Connection | None = None
     backoff = 0.5
     log.info("relay_started")
-    while not stopping:
+    while not stop_event.is_set():
         try:
             if listener is None or listener.closed:
                 listener = listen_connection(settings.database_url)
-            while not stopping and relay_once(engine, publish):
+            while not stop_event.is_set() and relay_once(engine, publish):
                 pass
             backoff = 0.5
             sweep_sagas(engine)
@@ -105,7 +105,7 @@ def run(settings: Settings) -> None:
             if listener is not None:
                 listener.close()
                 listener = None
-            time.sleep(backoff)
+            stop_event.wait(backoff)  # a stop signal ends the wait at once
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
     engine.dispose()
     log.info("relay_stopped")
