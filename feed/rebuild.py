@@ -112,7 +112,13 @@ def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None)
 
 
 def rebuild_following(store: Store, account_id: int, conn: Connection | None = None) -> None:
-    """Whom the account follows, with the edge-version floor taken in the same snapshot."""
+    """Whom the account follows, with the edge-version floor taken in the same snapshot.
+
+    Known window: an unfollow projected in the milliseconds between the snapshot and the SADD
+    below is honoured (its negative edge version is checked), but its removal of the followee's
+    posts from the feed may land before a concurrent feed rebuild re-adds them; the next rebuild
+    of that feed corrects it.
+    """
     key, versions = following_key(account_id), follow_versions_key(account_id)
     pipe = store.redis.pipeline(transaction=True)
     pipe.delete(key)
