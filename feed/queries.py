@@ -25,7 +25,6 @@ from feed.readmodel import (
     feed_key,
     following_key,
     my_votes_key,
-    post_document,
     post_key,
     posts_key,
     score_of,
@@ -34,6 +33,7 @@ from feed.rebuild import (
     POST_COLUMNS,
     cache_account,
     cache_posts,
+    post_document_of,
     rebuild_celebrities,
     rebuild_feed,
     rebuild_following,
@@ -294,15 +294,7 @@ def _posts_from_db(store: Store, post_ids: list[int], viewer: int | None) -> lis
             )
     out = []
     for row in rows:
-        document = post_document(
-            post_id=row["id"],
-            author_id=row["author_id"],
-            author_handle=row["handle"],
-            author_display_name=row["display_name"],
-            body=row["body"],
-            media=row["media"],
-            created_at=rfc3339(row["created_at"]),
-        )
+        document = post_document_of(row)
         vote = f"{votes.get(row['id'], 0)}:0".encode() if viewer else None
         out.append(_render(document, row["up"], row["down"], vote, viewer is not None))
     return out

@@ -202,8 +202,9 @@ def cache_posts(store: Store, post_ids: Iterable[int], conn: Connection | None =
     return published
 
 
-def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
-    document = post_document(
+def post_document_of(row: Any) -> str:
+    """The cached JSON of a post from a ``POST_COLUMNS`` row (what PostPublished would cache)."""
+    return post_document(
         post_id=row["id"],
         author_id=row["author_id"],
         author_handle=row["handle"],
@@ -212,7 +213,10 @@ def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
         media=row["media"],
         created_at=rfc3339(row["created_at"]),
     )
-    pipe.hset(post_key(row["id"]), "json", document)
+
+
+def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
+    pipe.hset(post_key(row["id"]), "json", post_document_of(row))
     store.scripts.apply_vote(
         keys=[post_key(row["id"]), "myvotes:-"],
         args=[row["up"], row["down"], row["votes_version"], row["id"], 0],

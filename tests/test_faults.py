@@ -67,6 +67,18 @@ def feeds_holding(client: redis.Redis, follower_ids: list[int], post_id: str) ->
     return sum(score is not None for score in pipe.execute())
 
 
+def all_home_ids(client, account) -> list[str]:
+    """Every post id of a home feed, page by page."""
+    ids, max_id = [], ""
+    while True:
+        url = f"/api/v1/timelines/home?limit=40{max_id}"
+        page = client.get(url, headers=account.auth).get_json()
+        ids += [p["id"] for p in page["items"]]
+        if not page["next_max_id"]:
+            return ids
+        max_id = f"&max_id={page['next_max_id']}"
+
+
 def assert_counters_equal_postgres(client, engine, account_ids) -> None:
     for row in fetch_all(
         engine,
@@ -162,15 +174,7 @@ def test_posts_accepted_while_rabbitmq_is_down_all_arrive_once_it_is_back(
 
         def all_arrived() -> bool:
             for fan in fans:
-                ids, max_id = [], ""
-                while True:
-                    page = api.get(
-                        f"/api/v1/timelines/home?limit=40{max_id}", headers=fan.auth
-                    ).get_json()
-                    ids += [p["id"] for p in page["items"]]
-                    if not page["next_max_id"]:
-                        break
-                    max_id = f"&max_id={page['next_max_id']}"
+                ids = all_home_ids(api, fan)
                 assert ids == posted, (len(ids), len(posted))
             return True
 
@@ -270,16 +274,7 @@ def test_redis_killed_and_back_empty_the_read_models_come_back_right(
 
         def feeds_right() -> bool:
             for fan in fans:
-                ids, max_id = [], ""
-                while True:
-                    page = api.get(
-                        f"/api/v1/timelines/home?limit=40{max_id}", headers=fan.auth
-                    ).get_json()
-                    ids += [p["id"] for p in page["items"]]
-                    if not page["next_max_id"]:
-                        break
-                    max_id = f"&max_id={page['next_max_id']}"
-                assert ids == newest_first
+                assert all_home_ids(api, fan) == newest_first
             return True
 
         eventually(feeds_right, timeout=60, interval=0.5)
