@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install run test lint format clean bench-fanout
+.PHONY: install run test lint format clean bench-fanout seed load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,18 @@ clean:
 ## Fan-out benchmark: one post to 1k/10k/100k followers vs raw pipelined ZADD (same run).
 bench-fanout: install
 	$(PY) -m bench.fanout
+
+## Seed data for load tests: 100k accounts, power-law follows, 1M posts, votes (sizes: SEED_ARGS).
+seed: install
+	$(PY) -m bench.seed $(SEED_ARGS)
+
+## Load test a running service (LOAD_HOST, LOAD_USERS, LOAD_TIME, LOAD_CLASS); CSV + HTML in bench/results/.
+LOAD_HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 50
+LOAD_TIME ?= 60s
+LOAD_CLASS ?= FeedUser
+load: install
+	mkdir -p bench/results
+	$(VENV)/bin/locust -f bench/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) \
+		-t $(LOAD_TIME) --host $(LOAD_HOST) --csv bench/results/load \
+		--html bench/results/load.html --only-summary $(LOAD_CLASS)

@@ -138,6 +138,8 @@ def sagas_retry(saga_id: str, operator: str, repair_it: bool, dry_run: bool) -> 
                 saga = saga_engine.load(conn, saga_id).row
             except (saga_engine.SagaNotFound, ValueError):
                 raise click.ClickException(f"no saga {saga_id}") from None
+        if saga["status"] not in ("failed", "stuck"):
+            raise click.ClickException(f"a {saga['status']} saga cannot be retried")
         report = saga_repair.repair(svc.store, saga, dry_run=dry_run)
         click.echo(
             f"repair{' (dry run)' if dry_run else ''}: {report['keys_checked']} keys checked"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, tuple_, update
 
 from feed.clock import utcnow
 from feed.events import Event, register_event
@@ -329,8 +329,19 @@ def _step_succeeded(
 
 
 def _step_failed(
-    conn: Connection, instance: Instance, attempt: dict[str, Any], error: str, retryable: bool
+    conn: Connection,
+    instance: Instance,
+    attempt: dict[str, Any],
+    error: str,
+    retryable: bool,
+    *,
+    maybe_done: bool = False,
 ) -> None:
+    """A step attempt failed: retry it, compensate, or wait for an operator.
+
+    ``maybe_done``: the attempt timed out, so it may still run (or have run); if the saga now
+    compensates, that step is compensated too (the participant refuses the action afterwards).
+    """
     definition = instance.definition
     step = definition.step(attempt["step_index"])
     policy = step.retry if attempt["kind"] == "action" else step.compensation_retry
@@ -351,11 +362,15 @@ def _step_failed(
             last_error=f"{step.name} failed after the point of no return: {error}",
         )
         return
+    completed = list(instance.row["completed_steps"])
+    if maybe_done and attempt["step_index"] not in completed:
+        completed.append(attempt["step_index"])
     _transition(
         conn,
         instance,
         status="compensating",
         direction="backward",
+        completed_steps=completed,
         last_error=f"{step.name} failed: {error}",
     )
     SAGA_COMPENSATIONS.labels(instance.row["type"]).inc()
@@ -400,7 +415,13 @@ def _send(
     command = step.action if kind == "action" else step.compensation
     assert command is not None
     step_id = uuid.uuid4()
-    args = {**instance.row["data"], "saga_id": str(instance.id)}
+    args = {
+        **instance.row["data"],
+        "saga_id": str(instance.id),
+        "_step": index,
+        "_kind": kind,
+        "reason": instance.row.get("last_error"),
+    }
     conn.execute(
         insert(saga_steps).values(
             step_id=step_id,
@@ -545,7 +566,7 @@ def _time_out(conn: Connection, step_id: uuid.UUID) -> bool:
     )
     instance = load(conn, attempt["saga_id"])
     if _is_current(instance, attempt):
-        _step_failed(conn, instance, dict(attempt), "timed out", retryable=True)
+        _step_failed(conn, instance, dict(attempt), "timed out", retryable=True, maybe_done=True)
     return True
 
 
@@ -575,8 +596,13 @@ def _mark_stuck_and_resume(conn: Connection, saga_id: uuid.UUID) -> bool:
     return True
 
 
-def _resume(conn: Connection, instance: Instance, *, status_after: str) -> None:
-    """Send the current step again as a new attempt (superseding any attempt still open)."""
+def _resume(
+    conn: Connection, instance: Instance, *, status_after: str, fresh_attempts: bool = False
+) -> None:
+    """Send the current step again as a new attempt (superseding any attempt still open).
+
+    ``fresh_attempts``: an operator's retry gives the step its whole retry policy again.
+    """
     conn.execute(
         update(saga_steps)
         .where(saga_steps.c.saga_id == instance.id, saga_steps.c.status == "sent")
@@ -584,7 +610,7 @@ def _resume(conn: Connection, instance: Instance, *, status_after: str) -> None:
     )
     kind = "compensation" if instance.row["direction"] == "backward" else "action"
     last = _last_attempt(conn, instance)
-    attempt = (last["attempt"] + 1) if last and last["kind"] == kind else 1
+    attempt = (last["attempt"] + 1) if last and last["kind"] == kind and not fresh_attempts else 1
     _transition(conn, instance, status=status_after, retry_at=None)
     _send(conn, load(conn, instance.id), instance.row["current_step"], kind, attempt=attempt)
 
@@ -605,7 +631,7 @@ def retry(engine: Engine, saga_id: str, operator: str) -> Instance:
             raise InvalidTransition(f"a {status} saga cannot be retried")
         _record_action(conn, instance.id, operator, "retry", {"from_status": status})
         after = "compensating" if instance.row["direction"] == "backward" else "running"
-        _resume(conn, instance, status_after=after)
+        _resume(conn, instance, status_after=after, fresh_attempts=True)
         return load(conn, saga_id)
 
     return _with_retries(engine, work)
@@ -621,7 +647,12 @@ def abort(engine: Engine, saga_id: str, operator: str) -> Instance:
             if status == "completed":
                 raise InvalidTransition("a completed saga cannot be aborted")
             return instance
+        if _past_point_of_no_return(instance):
+            raise InvalidTransition("this saga is past its point of no return; retry it instead")
         _record_action(conn, instance.id, operator, "abort", {"from_status": status})
+        completed = list(instance.row["completed_steps"])
+        if instance.row["direction"] == "forward" and _in_flight(conn, instance):
+            completed.append(instance.row["current_step"])  # it may run yet: undo it too
         conn.execute(
             update(saga_steps)
             .where(saga_steps.c.saga_id == instance.id, saga_steps.c.status == "sent")
@@ -632,6 +663,7 @@ def abort(engine: Engine, saga_id: str, operator: str) -> Instance:
             instance,
             status="compensating",
             direction="backward",
+            completed_steps=completed,
             retry_at=None,
             last_error=f"aborted by {operator}",
         )
@@ -639,6 +671,29 @@ def abort(engine: Engine, saga_id: str, operator: str) -> Instance:
         return load(conn, saga_id)
 
     return _with_retries(engine, work)
+
+
+def _in_flight(conn: Connection, instance: Instance) -> bool:
+    """True when the current step has an attempt that may still run (sent, or timed out)."""
+    return bool(
+        conn.execute(
+            select(func.count())
+            .select_from(saga_steps)
+            .where(
+                saga_steps.c.saga_id == instance.id,
+                saga_steps.c.step_index == instance.row["current_step"],
+                saga_steps.c.kind == "action",
+                saga_steps.c.status.in_(("sent", "timed_out")),
+            )
+        ).scalar_one()
+    )
+
+
+def can_abort(instance: Instance) -> bool:
+    """Whether an operator may abort this saga now."""
+    return instance.row["status"] in ("running", "failed", "stuck") and not (
+        _past_point_of_no_return(instance)
+    )
 
 
 def record_action(engine: Engine, saga_id: str, operator: str, action: str, detail: dict) -> None:
@@ -694,9 +749,10 @@ def list_sagas(
     status: str | None = None,
     type_: str | None = None,
     account_id: int | None = None,
-    before: datetime | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 20,
 ) -> list[dict[str, Any]]:
+    """Sagas newest first; ``before`` is the (created_at, id) of the last one already seen."""
     query = select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id.desc()).limit(limit)
     if status:
         query = query.where(sagas.c.status == status)
@@ -705,7 +761,7 @@ def list_sagas(
     if account_id is not None:
         query = query.where(sagas.c.account_id == account_id)
     if before is not None:
-        query = query.where(sagas.c.created_at < before)
+        query = query.where(tuple_(sagas.c.created_at, sagas.c.id) < tuple_(*before))
     return [dict(row) for row in conn.execute(query).mappings()]
 
 

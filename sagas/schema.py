@@ -96,6 +96,11 @@ processed_steps = Table(
     Column("service", String(20), nullable=False),
     Column("reply", JSONB, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # which step of which saga (every attempt of a step shares these)
+    Column("saga_id", UUID(as_uuid=True)),
+    Column("step_index", SmallInteger),
+    Column("kind", String(12)),
+    Index("ix_processed_steps_saga_id_step_index", "saga_id", "step_index"),
 )
 
 participant_faults = Table(

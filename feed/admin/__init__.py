@@ -128,7 +128,10 @@ def saga(saga_id):
     preview = None
     if request.args.get("preview") == "repair":
         preview = repair.repair(services().store, found["saga"], dry_run=True)
-    return render_template("admin/saga.html", found=found, definition=definition, preview=preview)
+    can_abort = engine.can_abort(engine.Instance(found["saga"]))
+    return render_template(
+        "admin/saga.html", found=found, definition=definition, preview=preview, can_abort=can_abort
+    )
 
 
 @bp.post("/sagas/<saga_id>/retry")
@@ -137,9 +140,11 @@ def retry(saga_id):
     operator = f"account:{session['admin_id']}"
     svc = services()
     try:
+        with svc.engine.connect() as conn:
+            row = engine.load(conn, saga_id).row
+        if row["status"] not in ("failed", "stuck"):
+            raise engine.InvalidTransition(f"a {row['status']} saga cannot be retried")
         if request.form.get("repair") == "1":
-            with svc.engine.connect() as conn:
-                row = engine.load(conn, saga_id).row
             report = repair.repair(svc.store, row, dry_run=False)
             engine.record_action(
                 svc.engine, saga_id, operator, "repair", {"changes": report["changes"]}

@@ -15,7 +15,7 @@ from feed.api.schemas import StrictInteger, StrictSchema
 from feed.api.timelines import parse_cursor
 from feed.api.web import authenticated, json_response, require_principal, run_command, services
 from feed.clock import rfc3339
-from feed.errors import Conflict, Forbidden, NotFound
+from feed.errors import Conflict, FeedError, Forbidden, NotFound
 from sagas import engine, repair
 from sagas.commands import PromotePost, promote_post
 from sagas.services import billing, notifications
@@ -219,12 +219,18 @@ class AdminSagas(MethodView):
             raise_invalid("status", f"One of {', '.join(ADMIN_STATUSES)}.")
         if type_ and type_ not in engine.LATEST:
             raise_invalid("type", f"One of {', '.join(sorted(engine.LATEST))}.")
-        limit = parse_cursor().limit
+        limit = _limit()
         before = None
         with services().engine.connect() as conn:
             if request.args.get("max_id"):
-                before_row = engine.load(conn, saga_uuid(request.args["max_id"])).row
-                before = before_row["created_at"]
+                try:
+                    last = engine.load(conn, UUID(request.args["max_id"])).row
+                except (ValueError, engine.SagaNotFound):
+                    raise MalformedCursor(
+                        "max_id must be a saga id from next_max_id.",
+                        errors={"max_id": ["Not a saga id."]},
+                    ) from None
+                before = (last["created_at"], last["id"])
             rows = engine.list_sagas(
                 conn, status=status, type_=type_, before=before, limit=limit + 1
             )
@@ -233,6 +239,23 @@ class AdminSagas(MethodView):
         return json_response(
             {"items": items, "next_max_id": items[-1]["id"] if more and items else None}, 200
         )
+
+
+class MalformedCursor(FeedError):
+    """A cursor query parameter is not one this API handed out."""
+
+    status = 400
+    title = "Malformed query parameter"
+    slug = "malformed-query"
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", "20")
+    if not raw.isdigit() or len(raw) > 6:
+        raise MalformedCursor("limit must be a whole number.", errors={"limit": ["Not a number."]})
+    if not 1 <= int(raw) <= 40:
+        raise_invalid("limit", "Must be 1 to 40.")
+    return int(raw)
 
 
 def raise_invalid(field: str, message: str) -> None:
@@ -301,6 +324,8 @@ class AdminRetry(MethodView):
                 saga = engine.load(conn, saga_uuid(saga_id)).row
             except engine.SagaNotFound:
                 raise NotFound("No such saga.") from None
+        if saga["status"] not in ("failed", "stuck"):
+            raise Conflict(f"a {saga['status']} saga cannot be retried")
         report = repair.repair(svc.store, saga, dry_run=dry_run)
         if dry_run:
             return json_response({"saga": render_saga(saga), "repair": report}, 200)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from feed.bootstrap import Services
@@ -59,20 +59,37 @@ def run_step(
     """Run one step once. A duplicate delivery finds the step id recorded and does nothing."""
     handler = HANDLERS[(request.service, request.command)]
     context = StepContext(services, request.saga_id, request.step_id)
+    index, kind = request.args.get("_step"), request.args.get("_kind", "action")
     with services.engine.begin() as conn:
+        # One attempt of a step at a time: a late attempt waits for the one running, then sees it.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"saga-step:{request.saga_id}:{index}"},
+        )
         claimed = conn.execute(
             pg_insert(processed_steps)
-            .values(step_id=request.step_id, service=request.service, reply={})
+            .values(
+                step_id=request.step_id,
+                service=request.service,
+                reply={},
+                saga_id=request.saga_id,
+                step_index=index,
+                kind=kind,
+            )
             .on_conflict_do_nothing()
             .returning(processed_steps.c.step_id)
         ).scalar_one_or_none()
         if claimed is None:
-            return  # ran before: its reply is already in the outbox
+            return  # this attempt ran before: its reply is already in the outbox
+        earlier = _earlier_outcome(conn, request.saga_id, index, kind)
         try:
-            _injected_fault(conn, request.service, request.command)  # its count must stick
-            with conn.begin_nested():  # a refused step leaves none of its writes
-                result = handler(conn, request.args, context) or {}
-            reply = SagaStepReplied(request.saga_id, request.step_id, ok=True, result=result)
+            if earlier is not None:
+                reply = _replayed(request, earlier)
+            else:
+                _injected_fault(conn, request.service, request.command)  # its count must stick
+                with conn.begin_nested():  # a refused step leaves none of its writes
+                    result = handler(conn, request.args, context) or {}
+                reply = SagaStepReplied(request.saga_id, request.step_id, ok=True, result=result)
         except StepFailed as failure:
             reply = SagaStepReplied(
                 request.saga_id,
@@ -89,6 +106,37 @@ def run_step(
         append_events(conn, [reply], correlation_id=correlation_id)
         failpoint("saga.step.before_commit")
     failpoint("saga.step.after_commit")
+
+
+def _earlier_outcome(conn: Connection, saga_id: str, index: Any, kind: str) -> dict | None:
+    """What an earlier attempt of the same step already settled, if anything.
+
+    An action whose compensation has run must not happen any more (a late attempt arriving
+    after an abort); an action or compensation that succeeded must not happen twice (a retry
+    whose first attempt only looked lost). Each answers with the earlier outcome instead.
+    """
+    if index is None:
+        return None
+    rows = conn.execute(
+        select(processed_steps.c.kind, processed_steps.c.reply).where(
+            processed_steps.c.saga_id == saga_id, processed_steps.c.step_index == index
+        )
+    ).all()
+    succeeded = {k: r for k, r in rows if r and r.get("ok")}
+    if kind == "action" and "compensation" in succeeded:
+        return {"ok": False, "error": "this step was already compensated", "retryable": False}
+    return succeeded.get(kind)
+
+
+def _replayed(request: SagaStepRequested, earlier: dict) -> SagaStepReplied:
+    return SagaStepReplied(
+        request.saga_id,
+        request.step_id,
+        ok=bool(earlier.get("ok")),
+        result=earlier.get("result") or {},
+        error=earlier.get("error"),
+        retryable=bool(earlier.get("retryable")),
+    )
 
 
 def _injected_fault(conn: Connection, service: str, command: str) -> None:

@@ -101,12 +101,14 @@ def place_promoted(conn: Connection, args: dict[str, Any], ctx: StepContext) -> 
         .scalars()
         .all()
     )
-    wanted = [*already, *chosen][: int(args["credits"])]
-    if chosen:
+    # A repeated step places only what is still owed: one placement per credit, never more.
+    added = chosen[: max(0, int(args["credits"]) - len(already))]
+    if added:
         conn.execute(
             pg_insert(campaign_placements).on_conflict_do_nothing(),
-            [{"campaign_id": campaign_id, "account_id": a} for a in chosen],
+            [{"campaign_id": campaign_id, "account_id": a} for a in added],
         )
+    wanted = [*already, *added]
     _add_to_existing_feeds(ctx, wanted, post_id)
     # The saga keeps where the post went, so a repair knows which feeds it touched.
     return {"placed": len(wanted), "placed_accounts": [str(a) for a in wanted]}
@@ -174,10 +176,17 @@ def reject_post(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dic
 
 @handles("feed", "publish_post")
 def publish_post(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    """Make the pending post visible; its PostPublished event fans it out."""
+    """Make the pending post visible; its PostPublished event fans it out. A post deleted
+    while it waited is not published (and not reported as published)."""
     event = publish_pending_post(conn, int(args["post_id"]), list(args.get("media", [])))
     if event is not None:
         append_events(conn, [event])
+        return {}
+    status = conn.execute(
+        text("SELECT status FROM posts WHERE id = :id"), {"id": int(args["post_id"])}
+    ).scalar_one_or_none()
+    if status != "published":
+        raise StepFailed(f"the post is {status or 'gone'}, not pending")
     return {}
 
 

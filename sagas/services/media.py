@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import filetype
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from feed.config import Settings
 from feed.errors import InvalidInput
@@ -93,20 +93,26 @@ def describe(row: Any) -> dict[str, Any]:
 @handles("media", "attach")
 def attach(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     ids = [uuid.UUID(m["id"]) for m in args.get("media", [])]
+    post_id = int(args["post_id"])
+    status = conn.execute(
+        text("SELECT status FROM posts WHERE id = :id"), {"id": post_id}
+    ).scalar_one_or_none()
+    if status != "pending":
+        raise StepFailed(f"the post is {status or 'gone'}, not pending")
     if not ids:
         return {}
-    taken = (
-        conn.execute(select(media.c.id).where(media.c.id.in_(ids), media.c.status == "deleted"))
-        .scalars()
-        .all()
-    )
-    if taken:
-        raise StepFailed("a media file was deleted before it could be attached")
-    conn.execute(
+    # Only files still free (or already this post's, on a repeat): one file, one post.
+    attached = conn.execute(
         update(media)
-        .where(media.c.id.in_(ids), media.c.account_id == int(args["account_id"]))
-        .values(post_id=int(args["post_id"]), status="attached")
-    )
+        .where(
+            media.c.id.in_(ids),
+            media.c.account_id == int(args["account_id"]),
+            (media.c.status == "uploaded") | (media.c.post_id == post_id),
+        )
+        .values(post_id=post_id, status="attached")
+    ).rowcount
+    if attached != len(ids):
+        raise StepFailed("a media file is deleted or attached to another post")
     return {}
 
 

@@ -12,17 +12,12 @@ from sagas.services import StepContext, handles
 
 @handles("notifications", "notify_promotion_finished")
 def notify_promotion_finished(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict:
-    conn.execute(
-        insert(notifications).values(
-            account_id=int(args["account_id"]),
-            kind="promotion_finished",
-            payload={
-                "post_id": str(args["post_id"]),
-                "placed": args.get("placed", 0),
-                "saga_id": ctx.saga_id,
-            },
-        )
-    )
+    payload = {
+        "post_id": str(args["post_id"]),
+        "placed": args.get("placed", 0),
+        "saga_id": ctx.saga_id,
+    }
+    _notify(conn, args, "promotion_finished", payload)
     return {}
 
 
