@@ -141,10 +141,15 @@ def test_a_pending_post_deleted_mid_saga_is_not_published_and_keeps_no_media(
     post = client.post(
         "/api/v1/posts", json={"body": "x", "media_ids": [media_id]}, headers=author.auth
     ).get_json()
-    for _ in range(2):  # watch and hold_post run
+    attach = None
+    while attach is None:  # run the saga until it asks the media service to attach
         for envelope in take(engine):
-            handle_saga_event(svc, envelope)
-    client.delete(f"/api/v1/posts/{post['id']}", headers=author.auth)
+            if envelope.type == "SagaStepRequested" and envelope.payload["command"] == "attach":
+                attach = envelope
+            else:
+                handle_saga_event(svc, envelope)
+    client.delete(f"/api/v1/posts/{post['id']}", headers=author.auth)  # deleted while pending
+    handle_saga_event(svc, attach)
     settle(app)
     assert saga(client, scene, post["saga_id"])["status"] == "compensated"
     assert fetch_all(engine, "SELECT status FROM posts WHERE id = :id", id=int(post["id"])) == [
