@@ -227,22 +227,25 @@ def delete_post(uow: UnitOfWork, cmd: DeletePost) -> None:
     actor = locked[cmd.actor.account_id]
     if post["author_id"] != actor["id"] and not actor["is_admin"]:
         raise Forbidden("Only the author or an admin can delete this post.")
-    deleted_at = uow.conn.execute(
+    uow.emit(_mark_deleted(uow.conn, post, deleted_by=actor["id"]))
+
+
+def _mark_deleted(conn: Connection, post: Row, *, deleted_by: int) -> PostDeleted:
+    """Mark a locked post deleted, uncount it if it was published; the event that says so."""
+    deleted_at = conn.execute(
         update(posts)
         .where(posts.c.id == post["id"])
         .values(status="deleted", deleted_at=func.now())
         .returning(posts.c.deleted_at)
     ).scalar_one()
     was_counted = post["status"] == "published"
-    counts = _bump_counts(uow.conn, post["author_id"], posts_count=-1 if was_counted else 0)
-    uow.emit(
-        PostDeleted(
-            post_id=str(post["id"]),
-            author_id=str(post["author_id"]),
-            deleted_by=str(actor["id"]),
-            deleted_at=rfc3339(deleted_at),
-            author_counts=account_counts(counts),
-        )
+    counts = _bump_counts(conn, post["author_id"], posts_count=-1 if was_counted else 0)
+    return PostDeleted(
+        post_id=str(post["id"]),
+        author_id=str(post["author_id"]),
+        deleted_by=str(deleted_by),
+        deleted_at=rfc3339(deleted_at),
+        author_counts=account_counts(counts),
     )
 
 
@@ -477,24 +480,7 @@ def purge_posts(conn: Connection, account_id: int) -> list[PostDeleted]:
     )
     for post_id in ids:
         post = _lock_post(conn, post_id, statuses=("published", "pending", "rejected"))
-        deleted_at = conn.execute(
-            update(posts)
-            .where(posts.c.id == post_id)
-            .values(status="deleted", deleted_at=func.now())
-            .returning(posts.c.deleted_at)
-        ).scalar_one()
-        counts = _bump_counts(
-            conn, account_id, posts_count=-1 if post["status"] == "published" else 0
-        )
-        events.append(
-            PostDeleted(
-                post_id=str(post_id),
-                author_id=str(account_id),
-                deleted_by=str(account_id),
-                deleted_at=rfc3339(deleted_at),
-                author_counts=account_counts(counts),
-            )
-        )
+        events.append(_mark_deleted(conn, post, deleted_by=account_id))
     return events
 
 

@@ -278,7 +278,7 @@ def rebuild_all(store: Store, *, batch: int = 1000) -> dict[str, int]:
     counts = {"accounts": 0, "posts": 0, "feeds": 0}
     with store.engine.connect() as conn:
         rebuild_celebrities(store, conn)
-        for chunk in _chunks(conn, text(POST_COLUMNS + "WHERE p.status = 'published'"), batch):
+        for chunk in chunks(conn, text(POST_COLUMNS + "WHERE p.status = 'published'"), batch):
             pipe = store.redis.pipeline(transaction=False)
             for row in chunk:
                 _cache_post_row(store, pipe, row)
@@ -303,7 +303,8 @@ def rebuild_all(store: Store, *, batch: int = 1000) -> dict[str, int]:
     return counts
 
 
-def _chunks(conn: Connection, query: Any, size: int) -> Iterator[list[Any]]:
+def chunks(conn: Connection, query: Any, size: int) -> Iterator[list[Any]]:
+    """Stream a query's rows, ``size`` at a time."""
     result = conn.execution_options(stream_results=True, max_row_buffer=size).execute(query)
     while chunk := result.mappings().fetchmany(size):
         yield chunk
