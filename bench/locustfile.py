@@ -146,14 +146,16 @@ class FeedReader(Client):
 
 @events.quitting.add_listener
 def gate(environment, **kwargs) -> None:
-    """Fail the run when it was too slow or failed too often."""
+    """Fail the run when it was too slow or failed too often. Logging in (Argon2id, slow on
+    purpose, once per user) is left out of the p99: it is setup, not traffic."""
     total = environment.stats.total
-    p99 = total.get_response_time_percentile(0.99) or 0
+    traffic = [e for e in environment.stats.entries.values() if e.name != "POST /sessions"]
+    p99 = max((e.get_response_time_percentile(0.99) or 0 for e in traffic), default=0)
     if total.fail_ratio > MAX_FAIL_RATIO:
         print(f"FAIL: failure ratio {total.fail_ratio:.3%} > {MAX_FAIL_RATIO:.3%}")
         environment.process_exit_code = 1
     elif p99 > MAX_P99_MS:
-        print(f"FAIL: p99 {p99:.0f} ms > {MAX_P99_MS:.0f} ms")
+        print(f"FAIL: p99 {p99:.0f} ms > {MAX_P99_MS:.0f} ms (slowest request type)")
         environment.process_exit_code = 1
     else:
-        print(f"OK: failure ratio {total.fail_ratio:.3%}, p99 {p99:.0f} ms")
+        print(f"OK: failure ratio {total.fail_ratio:.3%}, p99 {p99:.0f} ms (slowest request type)")
