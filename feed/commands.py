@@ -285,23 +285,31 @@ def unfollow_account(uow: UnitOfWork, cmd: UnfollowAccount) -> bool:
             "You cannot unfollow yourself.", errors={"id": ["You cannot unfollow yourself."]}
         )
     _lock_pair(uow.conn, cmd.follower, followee_id, followee_active=False)
-    removed = uow.conn.execute(
+    event = _remove_follow(uow.conn, follower_id, followee_id)
+    if event is not None:
+        uow.emit(event)
+    return False
+
+
+def _remove_follow(
+    conn: Connection, follower_id: int, followee_id: int
+) -> AccountUnfollowed | None:
+    """Delete a follow (both accounts already locked) and uncount it; None if there was none."""
+    removed = conn.execute(
         delete(follows)
         .where(and_(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id))
         .returning(func.now())
     ).scalar_one_or_none()
-    if removed is not None:
-        follower, followee = _bump_follow_counts(uow.conn, follower_id, followee_id, -1)
-        uow.emit(
-            AccountUnfollowed(
-                follower_id=str(follower_id),
-                followee_id=str(followee_id),
-                unfollowed_at=rfc3339(removed),
-                follower_counts=account_counts(follower),
-                followee_counts=account_counts(followee),
-            )
-        )
-    return False
+    if removed is None:
+        return None
+    follower, followee = _bump_follow_counts(conn, follower_id, followee_id, -1)
+    return AccountUnfollowed(
+        follower_id=str(follower_id),
+        followee_id=str(followee_id),
+        unfollowed_at=rfc3339(removed),
+        follower_counts=account_counts(follower),
+        followee_counts=account_counts(followee),
+    )
 
 
 def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
@@ -550,23 +558,9 @@ def purge_follows(conn: Connection, account_id: int) -> list[AccountUnfollowed]:
             .order_by(accounts.c.id)
             .with_for_update(key_share=True)
         )
-        removed = conn.execute(
-            delete(follows)
-            .where(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)
-            .returning(func.now())
-        ).scalar_one_or_none()
-        if removed is None:
-            continue
-        follower, followee = _bump_follow_counts(conn, follower_id, followee_id, -1)
-        events.append(
-            AccountUnfollowed(
-                follower_id=str(follower_id),
-                followee_id=str(followee_id),
-                unfollowed_at=rfc3339(removed),
-                follower_counts=account_counts(follower),
-                followee_counts=account_counts(followee),
-            )
-        )
+        event = _remove_follow(conn, follower_id, followee_id)
+        if event is not None:
+            events.append(event)
     return events
 
 

@@ -130,3 +130,21 @@ def test_asking_twice_starts_one_deletion(client, engine, leaving):
     first, second = delete_me(client, ada), delete_me(client, ada)
     assert first == second
     assert len(fetch_all(engine, "SELECT * FROM sagas WHERE type = 'delete_account'")) == 1
+
+
+def test_a_closed_wallet_takes_no_more_credits(app, client, engine, leaving):
+    import pytest as _pytest
+
+    from feed.errors import InvalidInput
+    from sagas.services import billing
+
+    delete_me(client, leaving["ada"])
+    settle(app)
+    with engine.begin() as conn, _pytest.raises(InvalidInput):
+        billing.credit(conn, int(leaving["ada"].id), 10)
+    r = client.post(
+        f"/api/v1/admin/wallets/{leaving['ada'].id}/credit",
+        json={"credits": 10},
+        headers=leaving["admin"].auth,
+    )
+    assert r.status_code == 404

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from feed.errors import InvalidInput
 from sagas.schema import ledger_entries, wallets
 from sagas.services import StepContext, StepFailed, handles
 
@@ -16,16 +17,14 @@ from sagas.services import StepContext, StepFailed, handles
 def credit(conn: Connection, account_id: int, amount: int) -> dict[str, Any]:
     """Add credits to a wallet (an admin's grant); opens the wallet if needed."""
     conn.execute(pg_insert(wallets).values(account_id=account_id).on_conflict_do_nothing())
-    conn.execute(
-        update(wallets)
-        .where(wallets.c.account_id == account_id)
-        .values(balance=wallets.c.balance + amount)
-    )
-    conn.execute(
-        insert(ledger_entries).values(
-            account_id=account_id, kind="credit", amount=amount, counter_account="admin"
+    status = conn.execute(
+        select(wallets.c.status).where(wallets.c.account_id == account_id).with_for_update()
+    ).scalar_one()
+    if status != "open":
+        raise InvalidInput(
+            "The wallet is closed.", errors={"account_id": ["The wallet is closed."]}
         )
-    )
+    _record(conn, account_id, "credit", amount, saga_id=None, counter="admin")
     return wallet(conn, account_id)
 
 
@@ -61,20 +60,7 @@ def debit(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str,
     if balance is None or balance.status != "open" or balance.balance < amount:
         have = balance.balance if balance else 0
         raise StepFailed(f"insufficient credits: {have} available, {amount} needed")
-    conn.execute(
-        update(wallets)
-        .where(wallets.c.account_id == account_id)
-        .values(balance=wallets.c.balance - amount)
-    )
-    conn.execute(
-        insert(ledger_entries).values(
-            account_id=account_id,
-            kind="debit",
-            amount=amount,
-            saga_id=ctx.saga_id,
-            counter_account="promotions",
-        )
-    )
+    _record(conn, account_id, "debit", amount, saga_id=ctx.saga_id, counter="promotions")
     return {"debited": amount}
 
 
@@ -91,21 +77,29 @@ def refund(conn: Connection, args: dict[str, Any], ctx: StepContext) -> dict[str
     )
     owed = int(totals.get("debit", 0)) - int(totals.get("refund", 0))
     if owed > 0:
-        conn.execute(
-            update(wallets)
-            .where(wallets.c.account_id == account_id)
-            .values(balance=wallets.c.balance + owed)
-        )
-        conn.execute(
-            insert(ledger_entries).values(
-                account_id=account_id,
-                kind="refund",
-                amount=owed,
-                saga_id=ctx.saga_id,
-                counter_account="promotions",
-            )
-        )
+        _record(conn, account_id, "refund", owed, saga_id=ctx.saga_id, counter="promotions")
     return {"refunded": owed}
+
+
+def _record(
+    conn: Connection, account_id: int, kind: str, amount: int, *, saga_id: Any, counter: str
+) -> None:
+    """Move ``amount`` in or out of a wallet and write the ledger entry that says so."""
+    delta = -amount if kind == "debit" else amount
+    conn.execute(
+        update(wallets)
+        .where(wallets.c.account_id == account_id)
+        .values(balance=wallets.c.balance + delta)
+    )
+    conn.execute(
+        insert(ledger_entries).values(
+            account_id=account_id,
+            kind=kind,
+            amount=amount,
+            saga_id=saga_id,
+            counter_account=counter,
+        )
+    )
 
 
 @handles("billing", "close_wallet")
