@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install run test lint format clean bench-fanout seed load
+.PHONY: install run test lint format clean bench bench-fanout seed load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ format: install
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+
+## Benchmarks against same-run baselines (seeds first if needed): table, latest.json, plot.
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## Fan-out benchmark: one post to 1k/10k/100k followers vs raw pipelined ZADD (same run).
 bench-fanout: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,11 +55,19 @@ class Passwords:
 
 
 class Tokens:
-    """Signed, expiring bearer tokens. The algorithm is pinned: ``none`` and others are refused."""
+    """Signed, expiring bearer tokens. The algorithm is pinned: ``none`` and others are refused.
+
+    A token that verified is remembered (up to ``VERIFIED_CACHE_SIZE``, with its expiry) so a
+    client's next requests skip the signature check; expiry is still checked on every use.
+    """
+
+    VERIFIED_CACHE_SIZE = 10_000
 
     def __init__(self, secret_key: str, ttl_seconds: int) -> None:
         self._key = secret_key
         self.ttl_seconds = ttl_seconds
+        self._verified: dict[str, tuple[Principal, int]] = {}
+        self._verified_lock = threading.Lock()
 
     def issue(self, principal: Principal, *, now: float | None = None) -> tuple[str, datetime]:
         """A token for ``principal`` and the time it expires."""
@@ -86,6 +95,17 @@ class Tokens:
 
     def verify(self, token: str) -> Principal:
         """The principal a valid token names; ``Unauthenticated`` for anything else."""
+        remembered = self._verified.get(token)
+        if remembered is not None and time.time() < remembered[1]:
+            return remembered[0]
+        principal, expires = self._verify_signed(token)
+        with self._verified_lock:
+            if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest remembered
+            self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify_signed(self, token: str) -> tuple[Principal, int]:
         try:
             claims = jwt.decode(
                 token,
@@ -94,7 +114,8 @@ class Tokens:
                 issuer=TOKEN_ISSUER,
                 options={"require": ["sub", "exp", "iat", "iss"]},
             )
-            return Principal(account_id=int(claims["sub"]), is_admin=bool(claims.get("adm")))
+            principal = Principal(account_id=int(claims["sub"]), is_admin=bool(claims.get("adm")))
+            return principal, int(claims["exp"])
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("The token has expired; log in again.") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):

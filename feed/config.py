@@ -69,6 +69,7 @@ class Settings:
     moderation_latency_ms: int = 0
     moderation_failure_rate: float = 0.0
     log_json: bool = True
+    bench_baseline: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -94,6 +95,7 @@ class Settings:
             argon2_memory_cost=_int(env, "ARGON2_MEMORY_COST", defaults.argon2_memory_cost),
             argon2_parallelism=_int(env, "ARGON2_PARALLELISM", defaults.argon2_parallelism),
             log_json=_bool(env, "LOG_JSON", True),
+            bench_baseline=_bool(env, "BENCH_BASELINE", False),
             feed_size=_int(env, "FEED_SIZE", defaults.feed_size),
             feed_active_days=_int(env, "FEED_ACTIVE_DAYS", defaults.feed_active_days),
             feed_pull_threshold=_int(env, "FEED_PULL_THRESHOLD", defaults.feed_pull_threshold),

@@ -255,13 +255,14 @@ local function in_range(id)
   return true
 end
 
--- the newest `limit + 1` members of `key` within the cursors
-local function window(key)
+-- the newest `limit + 1` members of `key` within the cursors, none scored below `floor`
+local function window(key, floor)
   local out = {}
   local max_score = '+inf'
   if max_id ~= '' then max_score = ARGV[6] end
   local min_score = '-inf'
   if min_id ~= '' then min_score = ARGV[7] end
+  if floor and (min_score == '-inf' or floor > tonumber(min_score)) then min_score = floor end
   local offset = 0
   while #out <= limit do
     local batch = redis.call('ZREVRANGEBYSCORE', key, max_score, min_score, 'WITHSCORES',
@@ -275,39 +276,50 @@ local function window(key)
   return out
 end
 
-local candidates = window(KEYS[1])
+local candidates = window(KEYS[1], nil)
+-- A pulled post scored below the feed's own (limit + 1)-th entry cannot make this page.
+local floor = nil
+if #candidates > limit then floor = candidates[limit + 1][2] end
 local celebs = {}
 if exists(KEYS[2]) then
   celebs = redis.call('SINTER', KEYS[2], KEYS[3])
 else
   return {'miss', 'following'}
 end
+local missing = {'miss', 'posts'}
 for _, account in ipairs(celebs) do
   if account ~= '0' then
     local key = ARGV[5] .. account
-    if not exists(key) then return {'miss', 'posts', account} end
-    for _, entry in ipairs(window(key)) do candidates[#candidates + 1] = entry end
+    local entries = window(key, floor)
+    if #entries == 0 and not exists(key) then missing[#missing + 1] = account end
+    for _, entry in ipairs(entries) do candidates[#candidates + 1] = entry end
   end
 end
+if #missing > 2 then return missing end  -- every missing one at once: one rebuild round
 table.sort(candidates, function(a, b)
   if a[2] ~= b[2] then return a[2] > b[2] end
   return id_less(b[1], a[1])
 end)
-local out = {'ok'}
-local seen, count = {}, 0
+local page, seen = {}, {}
 local more = 0
 for _, entry in ipairs(candidates) do
   local id = entry[1]
   if not seen[id] then
     seen[id] = true
-    if count == limit then more = 1 break end
-    count = count + 1
+    if #page == limit then more = 1 break end
+    page[#page + 1] = id
+  end
+end
+local out = {'ok'}
+if #page > 0 then
+  local votes = redis.call('HMGET', KEYS[4], unpack(page))
+  for i, id in ipairs(page) do
     local post = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
     out[#out + 1] = id
     out[#out + 1] = post[1] or false
     out[#out + 1] = post[2] or false
     out[#out + 1] = post[3] or false
-    out[#out + 1] = redis.call('HGET', KEYS[4], id) or false
+    out[#out + 1] = votes[i] or false
   end
 end
 out[#out + 1] = tostring(more)

@@ -10,6 +10,7 @@ import jwt
 import pytest
 
 from feed.auth import Principal, Tokens
+from feed.errors import Unauthenticated
 from tests.conftest import fetch_all
 from tests.test_atomicity import snapshot
 
@@ -200,3 +201,26 @@ def test_a_disabled_account_can_be_unfollowed_but_not_followed(client, engine, w
 
     assert unfollow.status_code == 200 and unfollow.get_json() == {"following": False}
     assert follow.status_code == 404
+
+
+def test_a_remembered_token_still_expires_and_a_tampered_one_is_not_remembered():
+    """Verified tokens are remembered to skip the signature check, never past their expiry."""
+    tokens = Tokens("a-secret-key-long-enough-for-hs256", ttl_seconds=1)
+    token, _ = tokens.issue(Principal(7, False))
+    assert tokens.verify(token) == Principal(7, False)
+    assert tokens.verify(token) == Principal(7, False)  # from memory
+    header, payload, signature = token.split(".")
+    with pytest.raises(Unauthenticated):
+        tokens.verify(f"{header}.{payload}.{signature[:-2]}AA")
+    time.sleep(1.1)
+    with pytest.raises(Unauthenticated):
+        tokens.verify(token)
+
+
+def test_remembered_tokens_are_bounded():
+    tokens = Tokens("a-secret-key-long-enough-for-hs256", ttl_seconds=60)
+    tokens.VERIFIED_CACHE_SIZE = 3
+    issued = [tokens.issue(Principal(i, False))[0] for i in range(5)]
+    for token in issued:
+        tokens.verify(token)
+    assert list(tokens._verified) == issued[2:]

@@ -316,3 +316,66 @@ def test_pull_and_push_give_the_same_feed(settings, clean_state, threshold):
     assert [p["body"] for p in second["items"]] == ["s4", "s3", "s2"]
     assert bool(pulled) == (threshold == 1)
     app.extensions["feed"].close()
+
+
+def test_pre_rendered_posts_read_the_same_from_redis_and_postgres(
+    client, ada_and_fans, project_all
+):
+    """Pages are joined from each post's JSON as projected, counters spliced in: every body
+    (quotes, backslashes, non-ASCII, JSON-looking text) reads back exactly, from either model."""
+    ada, (fan, *_) = ada_and_fans
+    bodies = ['say "hi" \\ bye }', "ünïcödé ✓ 😀", '{"up": 99}', "line\nbreak\ttab"]
+    posted = [post(client, ada, body) for body in bodies]
+    client.put(f"/api/v1/posts/{posted[0]}/vote", json={"value": 1}, headers=fan.auth)
+    project_all()
+    home(client, fan)  # the feed is in Redis now, so the next post is not (until projected)
+    r = client.post("/api/v1/posts", json={"body": "unprojected"}, headers=fan.auth)
+    token = {"X-Consistency-Token": r.headers["X-Consistency-Token"]}
+
+    from_redis = client.get("/api/v1/timelines/home", headers=fan.auth)
+    from_postgres = client.get("/api/v1/timelines/home", headers={**fan.auth, **token})
+
+    assert from_redis.headers["X-Read-Model"] == "redis"
+    assert from_postgres.headers["X-Read-Model"] == "postgres"
+    redis_items = from_redis.get_json()["items"]
+    assert [p["body"] for p in redis_items] == list(reversed(bodies))
+    assert from_postgres.get_json()["items"][1:] == redis_items
+    voted = redis_items[-1]
+    assert (voted["up"], voted["down"], voted["score"], voted["my_vote"]) == (1, 0, 1, 1)
+    single = client.get(f"/api/v1/posts/{posted[0]}", headers=fan.auth).get_json()
+    assert single == voted
+
+
+def test_a_reader_of_many_pulled_authors_rebuilds_them_all_in_one_round(settings, clean_state):
+    """A home read that finds several pulled authors' post lists gone (Redis lost them) rebuilds
+    them all in one round, not one per read attempt: following more of them than the retry
+    budget must not turn into a 503."""
+    from feed.queries import MAX_REBUILDS
+
+    app = create_app(services=build_services(settings.with_overrides(feed_pull_threshold=1)))
+    client = app.test_client()
+    svc = app.extensions["feed"]
+
+    def account(handle: str) -> tuple[str, dict[str, str]]:
+        client.post("/api/v1/accounts", json={"handle": handle, "password": "12345678"})
+        session = client.post("/api/v1/sessions", json={"handle": handle, "password": "12345678"})
+        body = session.get_json()
+        return body["account"]["id"], {"Authorization": f"Bearer {body['token']}"}
+
+    _, reader = account("reader")
+    stars = [account(f"star_{i}") for i in range(MAX_REBUILDS + 2)]
+    for star_id, star_auth in stars:
+        client.post(f"/api/v1/accounts/{star_id}/follow", headers=reader)
+        client.post("/api/v1/posts", json={"body": f"from {star_id}"}, headers=star_auth)
+    drain(svc)
+    assert client.get("/api/v1/timelines/home", headers=reader).status_code == 200
+    assert all(svc.redis.sismember("celebs", star_id) for star_id, _ in stars)
+    svc.redis.delete(*(f"posts:{star_id}" for star_id, _ in stars))
+
+    page = client.get("/api/v1/timelines/home?limit=40", headers=reader)
+
+    assert page.status_code == 200, page.get_json()
+    assert sorted(p["body"] for p in page.get_json()["items"]) == sorted(
+        f"from {star_id}" for star_id, _ in stars
+    )
+    svc.close()

@@ -11,7 +11,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from feed.api import accounts, media, ops, posts, sagas, timelines
+from feed.api import accounts, baseline, media, ops, posts, sagas, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.problems import register_problem_handlers
@@ -66,6 +66,8 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(sagas.blp, url_prefix=API_PREFIX)
     api.register_blueprint(media.blp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.blp)
+    if app.extensions["feed"].settings.bench_baseline:
+        app.register_blueprint(baseline.blp)
 
 
 def _start_request() -> None:

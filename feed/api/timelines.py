@@ -77,7 +77,7 @@ def page_response(page: queries.Page, cursor: queries.Cursor) -> Response:
     if page.next_max_id:
         query = {"limit": cursor.limit, "max_id": page.next_max_id}
         headers["Link"] = f'<{request.base_url}?{urlencode(query)}>; rel="next"'
-    return json_response({"items": page.items, "next_max_id": page.next_max_id}, 200, headers)
+    return json_response(queries.render_page(page), 200, headers)
 
 
 @blp.route("/timelines/home")

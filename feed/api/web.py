@@ -79,8 +79,13 @@ def idempotency_key() -> str | None:
 
 
 def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response; ``None`` gives an empty body (204)."""
-    payload = "" if body is None else json.dumps(body)
+    """A JSON response; ``None`` gives an empty body (204), bytes are JSON already rendered."""
+    if body is None:
+        payload: str | bytes = ""
+    elif isinstance(body, bytes):
+        payload = body
+    else:
+        payload = json.dumps(body)
     response = Response(
         payload, status=status, mimetype=None if body is None else "application/json"
     )
