@@ -568,7 +568,8 @@ def main() -> int:
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     _plot(curves, RESULTS / "latency.png")
     table = render_table(report)
-    print("\n" + table)
+    print(f"\nload generator: {report['load_generator']}\nserver: {report['server']}\n")
+    print(table)
     _append_to_doc(report, table)
     print(
         f"\nwrote {RESULTS / 'latest.json'}, {RESULTS / 'latency.png'}, appended {PERFORMANCE_DOC}"
@@ -774,8 +775,10 @@ def _git_commit() -> str:
 
 def _server_description() -> str:
     workers = os.environ.get("WEB_CONCURRENCY", "2")
-    threads = os.environ.get("GUNICORN_THREADS", "8")
-    return f"gunicorn gthread {workers} workers x {threads} threads, relay, Dramatiq workers"
+    kind = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+    if kind == "gthread":
+        kind += f" x {os.environ.get('GUNICORN_THREADS', '8')} threads"
+    return f"gunicorn: {workers} {kind} workers; relay; Dramatiq workers"
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ def main() -> int:
             upgrade()
     conn = psycopg.connect(database_url, autocommit=False)
     with conn.cursor() as cursor:
+        # Index builds after the bulk loads sort in memory instead of in temporary files.
+        cursor.execute("SET maintenance_work_mem = '1GB'")
         cursor.execute(
             "TRUNCATE campaign_placements, campaigns, media, notifications, ledger_entries, "
             "wallets, processed_steps, participant_faults, saga_operator_actions, saga_steps, "

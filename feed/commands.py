@@ -145,7 +145,7 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
             "Unknown media.",
             errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
         )
-    (author,) = _lock_accounts(uow.conn, [cmd.author.account_id], actor=cmd.author)
+    author = counts = _bump_own_counts(uow.conn, cmd.author, posts_count=1)
     post = (
         uow.conn.execute(
             insert(posts).values(author_id=author["id"], body=cmd.body).returning(*posts.c)
@@ -153,7 +153,6 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
         .mappings()
         .one()
     )
-    counts = _bump_counts(uow.conn, author["id"], posts_count=1)
     uow.emit(
         PostPublished(
             post_id=str(post["id"]),
@@ -450,6 +449,28 @@ def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
         .mappings()
         .one()
     )
+
+
+def _bump_own_counts(conn: Connection, actor: Principal, **deltas: int) -> Row:
+    """``_lock_accounts`` and ``_bump_counts`` for the actor alone, in one statement: the row
+    is locked by the update, which also marks the account active. ``Unauthenticated`` when the
+    account is gone or disabled."""
+    values: dict[str, Any] = {name: accounts.c[name] + delta for name, delta in deltas.items()}
+    values["counts_version"] = accounts.c.counts_version + 1
+    values["last_active_at"] = func.now()
+    row = (
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == actor.account_id, accounts.c.status == "active")
+            .values(**values)
+            .returning(*accounts.c)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise Unauthenticated("This account is no longer active.")
+    return row
 
 
 def _bump_follow_counts(

@@ -1,4 +1,11 @@
-"""Gunicorn settings for the API: threads suit a service that waits on PostgreSQL and Redis."""
+"""Gunicorn settings for the API.
+
+gevent workers, one per core: a request spends most of its time waiting on Redis or PostgreSQL,
+and on 2 cores two single-threaded event loops serve more requests, with a shorter tail, than
+threads contending for each process's GIL (``make bench`` measured both; docs/performance.md).
+Argon2 runs on gevent's thread pool (feed.auth.off_the_event_loop), so logins do not stall a
+worker. GUNICORN_WORKER_CLASS=gthread (with GUNICORN_THREADS) is the alternative.
+"""
 
 import glob
 import os
@@ -6,7 +13,9 @@ import os
 from prometheus_client import multiprocess
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+# Requests in flight per gevent worker: beyond the database pool (20) they would only queue.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "50"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
 graceful_timeout = 10

@@ -20,6 +20,9 @@ from feed.api.web import StoredForm, authenticated, require_principal, run_comma
 from sagas.commands import delete_my_account
 
 blp = Blueprint("accounts", __name__, description="Accounts, sessions and follows")
+# Schemas are built once: building one per request copies every field.
+ACCOUNT_OUT = AccountOut()
+SESSION_OUT = SessionOut()
 
 
 @blp.route("/accounts")
@@ -36,7 +39,7 @@ class Accounts(MethodView):
             password_hash=services().passwords.hash(data["password"]),
             display_name=data.get("display_name"),
         )
-        return run_command(201, lambda uow: commands.register_account(uow, cmd), AccountOut().dump)
+        return run_command(201, lambda uow: commands.register_account(uow, cmd), ACCOUNT_OUT.dump)
 
 
 @blp.route("/sessions")
@@ -62,7 +65,7 @@ class Sessions(MethodView):
         return run_command(
             200,
             lambda uow: commands.start_session(uow, cmd, svc.passwords, svc.tokens),
-            SessionOut().dump,
+            SESSION_OUT.dump,
             stored_form=token_free,
         )
 

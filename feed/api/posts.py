@@ -11,6 +11,9 @@ from feed.api.web import authenticated, require_principal, run_command
 from sagas.commands import PublishWithMedia, publish_with_media
 
 blp = Blueprint("posts", __name__, description="Posts and votes")
+# Schemas are built once: building one per request copies every field.
+POST_OUT = PostOut()
+VOTE_OUT = VoteOut()
 
 
 @blp.route("/posts")
@@ -28,12 +31,12 @@ class Posts(MethodView):
             return run_command(
                 202,
                 lambda uow: publish_with_media(uow, with_media),
-                lambda post: {**PostOut().dump(post), "saga_id": post["saga_id"]},
+                lambda post: {**POST_OUT.dump(post), "saga_id": post["saga_id"]},
                 principal=principal,
             )
         cmd = commands.PublishPost(author=principal, body=data["body"])
         return run_command(
-            201, lambda uow: commands.publish_post(uow, cmd), PostOut().dump, principal=principal
+            201, lambda uow: commands.publish_post(uow, cmd), POST_OUT.dump, principal=principal
         )
 
 
@@ -63,5 +66,5 @@ class Vote(MethodView):
         principal = require_principal()
         cmd = commands.CastVote(voter=principal, post_id=post_id, value=data["value"])
         return run_command(
-            200, lambda uow: commands.cast_vote(uow, cmd), VoteOut().dump, principal=principal
+            200, lambda uow: commands.cast_vote(uow, cmd), VOTE_OUT.dump, principal=principal
         )
