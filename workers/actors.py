@@ -53,10 +53,19 @@ RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
 
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
 def project_event(message: dict) -> None:
-    """Project one outbox event; fan-out pages go out as ``fan_out_page`` messages."""
+    """Project one outbox event. A fan-out of a single page (an author with up to a page of
+    followers: nearly every post) is applied here; larger ones go out as ``fan_out_page``
+    messages, a page each, for every worker to share. Pages are safe to apply twice, so a retry
+    of this message after either is harmless."""
     envelope = Envelope(**message)
-
-    def send_page(page: FanOutPage) -> None:
+    pages: list[FanOutPage] = []
+    project(services().store, envelope, pages.append)
+    PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
+    log.info("event_projected", type=envelope.type, position=envelope.position)
+    if len(pages) == 1:
+        _apply_page(pages[0], envelope.created_at)
+        return
+    for page in pages:
         fan_out_page.send(
             {
                 **page.to_message(),
@@ -64,10 +73,6 @@ def project_event(message: dict) -> None:
                 "created_at": envelope.created_at,
             }
         )
-
-    project(services().store, envelope, send_page)
-    PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
-    log.info("event_projected", type=envelope.type, position=envelope.position)
 
 
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}sagas", **RETRY)
@@ -91,11 +96,14 @@ def participant_event(message: dict) -> None:
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", **RETRY)
 def fan_out_page(message: dict) -> None:
     """Apply one page of a fan-out (about a thousand followers) in one Redis script call."""
-    page = FanOutPage.from_message(message)
+    _apply_page(FanOutPage.from_message(message), message.get("created_at"))
+
+
+def _apply_page(page: FanOutPage, created_at: str | None) -> None:
     started = time.perf_counter()
     changed = apply_fan_out_page(services().store, page)
     FANOUT_PAGE_SIZE.observe(len(page.follower_ids))
     FANOUT_SECONDS.labels(page.op).observe(time.perf_counter() - started)
-    if message.get("created_at"):
-        PROJECTION_LAG.labels("fanout").observe(projection_lag_seconds(message["created_at"]))
+    if created_at:
+        PROJECTION_LAG.labels("fanout").observe(projection_lag_seconds(created_at))
     log.info("fan_out_page", op=page.op, followers=len(page.follower_ids), changed=changed)
