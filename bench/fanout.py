@@ -160,7 +160,7 @@ def main() -> int:
     with app.app_context():
         upgrade()
     client = services.redis
-    client.flushdb()
+    client.flushdb(asynchronous=True)
     configure_compact_encoding(client)
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / "fanout-workers.log"
@@ -234,7 +234,7 @@ def main() -> int:
         workers.wait(30)
         relay.wait(30)
     memory = bytes_per_feed_entry(client)
-    client.flushdb()
+    client.flushdb(asynchronous=True)
     services.close()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -732,8 +732,8 @@ def _plot(curves: dict[str, dict[float, float]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for label, curve in curves.items():
-        ps = sorted(curve)
-        xs = [1 / (1 - p / 100) if p < 100 else 1e5 for p in ps]
+        ps = [p for p in sorted(curve) if p < 100]  # the maximum has no place on this axis
+        xs = [1 / (1 - p / 100) for p in ps]
         axis.plot(xs, [curve[p] for p in ps], marker="o", markersize=3, label=label)
     ticks = [1, 2, 10, 100, 1000, 10000]
     axis.set_xscale("log")

@@ -29,7 +29,7 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300)
 PROJECTION_LAG = Histogram(
     "feed_projection_lag_seconds",
     "From an event's time to its projection into Redis (stage: event, or a fan-out page)",
