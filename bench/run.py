@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -425,7 +425,7 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=64, help="accounts logged in for wrk")
     parser.add_argument("--visible-seconds", type=int, default=15)
     parser.add_argument("--locust-users", type=int, default=50)
-    parser.add_argument("--locust-seconds", type=int, default=45)
+    parser.add_argument("--locust-seconds", type=int, default=60)
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--fanout-sizes", default="1000,10000,100000")
@@ -525,14 +525,30 @@ def main() -> int:
             f"phase 4: Locust mix, {args.locust_users} users for {args.locust_seconds} s",
             flush=True,
         )
-        before = histogram(base, "feed_projection_lag_seconds")
-        locust = _locust(base, args.locust_users, args.locust_seconds)
+        # Two windows: the whole run, and the steady mix once every user has logged in (50
+        # Argon2 logins at once hold both cores for seconds; that is a ramp-up, not the mix).
+        lag = "feed_projection_lag_seconds"
+        at_start = histogram(base, lag)
+        logins_before = _logins(base)
+        snapshots: dict[str, dict[float, float]] = {}
+
+        def once_logged_in() -> None:
+            deadline = time.monotonic() + args.locust_seconds / 2
+            while _logins(base) < logins_before + args.locust_users:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            snapshots["steady"] = histogram(base, lag)
+
+        locust = _locust(base, args.locust_users, args.locust_seconds, once_logged_in)
         wait_until_drained(engine, client)
-        after = histogram(base, "feed_projection_lag_seconds")
+        after = histogram(base, lag)
+        steady = snapshots["steady"]
         report.update(
-            projection_lag_p50_s=_round(quantile(0.5, before, after)),
-            projection_lag_p99_s=_round(quantile(0.99, before, after)),
-            projection_lag_events=int(after.get(float("inf"), 0) - before.get(float("inf"), 0)),
+            projection_lag_p50_s=_round(quantile(0.5, steady, after)),
+            projection_lag_p99_s=_round(quantile(0.99, steady, after)),
+            projection_lag_events=int(after.get(float("inf"), 0) - steady.get(float("inf"), 0)),
+            projection_lag_p99_s_with_logins=_round(quantile(0.99, at_start, after)),
             locust=locust,
         )
 
@@ -619,10 +635,11 @@ def render_table(r: dict[str, Any]) -> str:
             verdict(r["post_visible_p99_s"] < 1),
         ),
         (
-            "projection lag, Locust mix",
+            "projection lag, Locust mix (after its logins)",
             "no events"
             if lag is None
-            else f"p50 {r['projection_lag_p50_s'] * 1000:.0f} ms, p99 {lag * 1000:.0f} ms",
+            else f"p50 {r['projection_lag_p50_s'] * 1000:.0f} ms, p99 {lag * 1000:.0f} ms "
+            f"(p99 {(r['projection_lag_p99_s_with_logins'] or 0) * 1000:.0f} ms with them)",
             "p99 < 1 s",
             verdict(lag is not None and lag < 1),
         ),
@@ -681,9 +698,23 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _locust(base: str, users: int, seconds: int) -> dict[str, Any]:
+def _logins(base: str) -> float:
+    """Successful logins the service has answered so far (from /metrics)."""
+    total = 0.0
+    for line in requests.get(base + "/metrics", timeout=10).text.splitlines():
+        login = "/api/v1/sessions" in line and 'status="200"' in line
+        if line.startswith("feed_http_requests_total{") and login:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _locust(
+    base: str, users: int, seconds: int, while_running: Callable[[], None]
+) -> dict[str, Any]:
+    """Locust's ``FeedUser`` mix, headless, as a separate process; ``while_running`` is called
+    once it has started. Returns its statistics per request type."""
     prefix = RESULTS / "bench-locust"
-    completed = subprocess.run(
+    process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "locust"),
             "-f",
@@ -703,10 +734,13 @@ def _locust(base: str, users: int, seconds: int) -> dict[str, Any]:
             "FeedUser",
         ],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "LOAD_MAX_P99_MS": "100000"},
     )
+    while_running()
+    stdout, stderr = process.communicate(timeout=seconds + 120)
     stats = {}
     with open(f"{prefix}_stats.csv") as source:
         for row in csv.DictReader(source):
@@ -717,10 +751,8 @@ def _locust(base: str, users: int, seconds: int) -> dict[str, Any]:
                 "p50_ms": float(row["50%"] or 0),
                 "p99_ms": float(row["99%"] or 0),
             }
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"locust failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}"
-        )
+    if process.returncode != 0:
+        raise RuntimeError(f"locust failed:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     return stats
 
 

@@ -61,6 +61,7 @@ class Page:
     next_max_id: str | None
     source: str = READ_MODEL
     rebuilt: list[str] = field(default_factory=list)
+    rendered: bytes | None = None  # the whole page's JSON, when the page script rendered it
 
 
 @dataclass
@@ -93,11 +94,15 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
                 store.settings.feed_ttl_seconds,
                 "posts:",
                 *_cursor_args(cursor)[3:],
+                "1",
             ],
         )
         if reply[0] == b"miss":
             rebuilt.append(_rebuild_missing(store, me, reply[1:]))
             continue
+        if reply[0] == b"json":  # the script rendered the page: every post was cached
+            next_max_id = None if reply[2] == b"null" else reply[2][1:-1].decode()
+            return Page([], next_max_id, rendered=reply[1], rebuilt=rebuilt)
         page = _assemble(store, reply, with_vote=True, home_of=me)
         page.rebuilt = rebuilt
         return page
@@ -210,6 +215,8 @@ def _render(document: bytes | str, up: Any, down: Any, vote: Any, with_vote: boo
 
 def render_page(page: Page) -> bytes:
     """The JSON of a page of posts, joined from the posts' pre-rendered JSON."""
+    if page.rendered is not None:
+        return page.rendered
     next_max_id = b'"%s"' % page.next_max_id.encode() if page.next_max_id else b"null"
     return b'{"items":[' + b",".join(page.items) + b'],"next_max_id":' + next_max_id + b"}"
 

@@ -233,10 +233,13 @@ return 1
 
 # KEYS: [1] feed, [2] following, [3] celebs, [4] my votes.
 # ARGV: [1] max id ('' for none), [2] min id ('' for none), [3] limit, [4] feed ttl seconds,
-#       [5] the posts key prefix ('posts:'), [6] max id's score, [7] min id's score.
+#       [5] the posts key prefix ('posts:'), [6] max id's score, [7] min id's score,
+#       [8] '1' to have the page answered as JSON when every post is cached.
 # One round trip for a home-feed page: the feed's entries between the cursors, merged with the
 # posts of followed celebrities, newest first, and for each post its cached hash and my vote.
-# Answers {'miss', what} when a key that must be complete is missing.
+# Answers {'miss', what} when a key that must be complete is missing; {'json', page JSON,
+# next max id JSON} when asked and every post was cached; else {'ok', id, json, up, down, vote,
+# ..., more} for the caller to fill the posts that are not cached.
 READ_HOME_PAGE = (
     _LUA_HELPERS
     + """
@@ -311,6 +314,7 @@ for _, entry in ipairs(candidates) do
   end
 end
 local out = {'ok'}
+local parts, complete = {}, true
 if #page > 0 then
   local votes = redis.call('HMGET', KEYS[4], unpack(page))
   for i, id in ipairs(page) do
@@ -320,7 +324,24 @@ if #page > 0 then
     out[#out + 1] = post[2] or false
     out[#out + 1] = post[3] or false
     out[#out + 1] = votes[i] or false
+    if post[1] then
+      -- the post's JSON with its counters spliced in, as feed.queries._render does
+      local up, down = tonumber(post[2] or '0'), tonumber(post[3] or '0')
+      local vote = 0
+      if votes[i] then vote = tonumber(string.match(votes[i], '^(%-?%d+)')) end
+      parts[#parts + 1] = string.sub(post[1], 1, -2) .. ',"up":' .. up .. ',"down":' .. down
+        .. ',"score":' .. (up - down) .. ',"my_vote":' .. vote .. '}'
+    else
+      complete = false
+    end
   end
+end
+if complete and ARGV[8] == '1' then
+  -- every post was cached: answer the page's JSON itself
+  local next_max_id = 'null'
+  if more == 1 then next_max_id = '"' .. page[#page] .. '"' end
+  return {'json', '{"items":[' .. table.concat(parts, ',') .. '],"next_max_id":' .. next_max_id
+    .. '}', next_max_id}
 end
 out[#out + 1] = tostring(more)
 return out
