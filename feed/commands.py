@@ -436,9 +436,15 @@ def _lock_post(conn: Connection, post_id: int, *, statuses: tuple[str, ...]) -> 
     return row
 
 
-def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
+def _counter_changes(deltas: dict[str, int]) -> dict[str, Any]:
+    """SET clauses adding ``deltas`` to an account's counters, with a new counts version."""
     values: dict[str, Any] = {name: accounts.c[name] + delta for name, delta in deltas.items()}
     values["counts_version"] = accounts.c.counts_version + 1
+    return values
+
+
+def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
+    values = _counter_changes(deltas)
     return (
         conn.execute(
             update(accounts)
@@ -455,9 +461,7 @@ def _bump_own_counts(conn: Connection, actor: Principal, **deltas: int) -> Row:
     """``_lock_accounts`` and ``_bump_counts`` for the actor alone, in one statement: the row
     is locked by the update, which also marks the account active. ``Unauthenticated`` when the
     account is gone or disabled."""
-    values: dict[str, Any] = {name: accounts.c[name] + delta for name, delta in deltas.items()}
-    values["counts_version"] = accounts.c.counts_version + 1
-    values["last_active_at"] = func.now()
+    values = {**_counter_changes(deltas), "last_active_at": func.now()}
     row = (
         conn.execute(
             update(accounts)
