@@ -313,35 +313,35 @@ for _, entry in ipairs(candidates) do
     page[#page + 1] = id
   end
 end
-local out = {'ok'}
-local parts, complete = {}, true
-if #page > 0 then
-  local votes = redis.call('HMGET', KEYS[4], unpack(page))
-  for i, id in ipairs(page) do
-    local post = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
-    out[#out + 1] = id
-    out[#out + 1] = post[1] or false
-    out[#out + 1] = post[2] or false
-    out[#out + 1] = post[3] or false
-    out[#out + 1] = votes[i] or false
-    if post[1] then
-      -- the post's JSON with its counters spliced in, as feed.queries._render does
-      local up, down = tonumber(post[2] or '0'), tonumber(post[3] or '0')
-      local vote = 0
-      if votes[i] then vote = tonumber(string.match(votes[i], '^(%-?%d+)')) end
-      parts[#parts + 1] = string.sub(post[1], 1, -2) .. ',"up":' .. up .. ',"down":' .. down
-        .. ',"score":' .. (up - down) .. ',"my_vote":' .. vote .. '}'
-    else
-      complete = false
-    end
-  end
+local votes, posts, complete = {}, {}, true
+if #page > 0 then votes = redis.call('HMGET', KEYS[4], unpack(page)) end
+for i, id in ipairs(page) do
+  posts[i] = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
+  if not posts[i][1] then complete = false end
 end
 if complete and ARGV[8] == '1' then
-  -- every post was cached: answer the page's JSON itself
+  -- every post was cached: answer the page's JSON itself, each post's JSON with its counters
+  -- spliced in as feed.queries._render does
+  local parts = {}
+  for i, post in ipairs(posts) do
+    local up, down = tonumber(post[2] or '0'), tonumber(post[3] or '0')
+    local vote = 0
+    if votes[i] then vote = tonumber(string.match(votes[i], '^(%-?%d+)')) end
+    parts[i] = string.sub(post[1], 1, -2) .. ',"up":' .. up .. ',"down":' .. down
+      .. ',"score":' .. (up - down) .. ',"my_vote":' .. vote .. '}'
+  end
   local next_max_id = 'null'
   if more == 1 then next_max_id = '"' .. page[#page] .. '"' end
   return {'json', '{"items":[' .. table.concat(parts, ',') .. '],"next_max_id":' .. next_max_id
     .. '}', next_max_id}
+end
+local out = {'ok'}
+for i, id in ipairs(page) do
+  out[#out + 1] = id
+  out[#out + 1] = posts[i][1] or false
+  out[#out + 1] = posts[i][2] or false
+  out[#out + 1] = posts[i][3] or false
+  out[#out + 1] = votes[i] or false
 end
 out[#out + 1] = tostring(more)
 return out
