@@ -5,16 +5,18 @@ Nothing connects at import time; tests build their own ``Services`` from their s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import select
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 
 from feed.auth import Passwords, Tokens
 from feed.config import Settings, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
-from feed.readmodel import Store
+from feed.readmodel import FeedKeepAlive, Store
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Services:
     tokens: Tokens
     consistency: ConsistencyTokens
     store: Store
+    keep_alive: FeedKeepAlive = field(default_factory=FeedKeepAlive)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -36,12 +39,16 @@ class Services:
 
 
 def build_engine(database_url: str, *, pool_size: int = 10) -> Engine:
-    """A SQLAlchemy engine on psycopg 3 with a bounded pool and short connect timeout."""
-    return create_engine(
+    """A SQLAlchemy engine on psycopg 3 with a bounded pool and short connect timeout.
+
+    A pooled connection the server has closed (a restart, an idle timeout, a terminated
+    backend) is replaced when it is checked out, by ``drop_if_closed_by_server``: the same
+    protection as ``pool_pre_ping`` without its round trip on every checkout.
+    """
+    engine = create_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_timeout=5,
         # A stuck lock or query fails (503) instead of holding request threads forever.
         connect_args={
@@ -49,6 +56,23 @@ def build_engine(database_url: str, *, pool_size: int = 10) -> Engine:
             "options": "-c lock_timeout=5000 -c statement_timeout=30000",
         },
     )
+    event.listen(engine, "checkout", drop_if_closed_by_server)
+    return engine
+
+
+def drop_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Refuse a pooled connection the server has hung up on; the pool then opens a new one.
+
+    An idle connection in the pool has nothing to read. When its socket is readable all the
+    same, the server has said goodbye (PostgreSQL sends "terminating connection" before it
+    closes) or the socket is closed; a local check, no round trip. (SQLAlchemy's "pessimistic
+    disconnect handling, custom" pattern: raising ``DisconnectionError`` in ``checkout``.)
+    """
+    if dbapi_connection.closed:
+        raise exc.DisconnectionError("the pooled connection is closed")
+    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    if readable:
+        raise exc.DisconnectionError("the server closed the pooled connection")
 
 
 def build_redis(redis_url: str) -> redis.Redis:

@@ -10,7 +10,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from feed.auth import Passwords, Principal, Tokens
@@ -145,14 +157,15 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
             "Unknown media.",
             errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
         )
-    author = counts = _bump_own_counts(uow.conn, cmd.author, posts_count=1)
-    post = (
-        uow.conn.execute(
-            insert(posts).values(author_id=author["id"], body=cmd.body).returning(*posts.c)
-        )
+    row = (
+        uow.conn.execute(PUBLISH_POST, {"author_id": cmd.author.account_id, "body": cmd.body})
         .mappings()
-        .one()
+        .first()
     )
+    if row is None:
+        raise Unauthenticated("This account is no longer active.")
+    author = counts = {c.name: row[f"author_{c.name}"] for c in accounts.c}
+    post = {c.name: row[f"post_{c.name}"] for c in posts.c}
     uow.emit(
         PostPublished(
             post_id=str(post["id"]),
@@ -457,24 +470,32 @@ def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
     )
 
 
-def _bump_own_counts(conn: Connection, actor: Principal, **deltas: int) -> Row:
-    """``_lock_accounts`` and ``_bump_counts`` for the actor alone, in one statement: the row
-    is locked by the update, which also marks the account active. ``Unauthenticated`` when the
-    account is gone or disabled."""
-    values = {**_counter_changes(deltas), "last_active_at": func.now()}
-    row = (
-        conn.execute(
-            update(accounts)
-            .where(accounts.c.id == actor.account_id, accounts.c.status == "active")
-            .values(**values)
-            .returning(*accounts.c)
-        )
-        .mappings()
-        .first()
+def _publish_post_statement() -> Select:
+    """The author's counters bumped (posts_count + 1, a new counts version, marked active) and
+    the post inserted, in one statement and one round trip. The update locks the author's row;
+    the insert reads the author from it, so a gone or disabled author inserts nothing and the
+    statement returns no row. Columns come back as ``author_*`` and ``post_*``.
+    """
+    author = (
+        update(accounts)
+        .where(accounts.c.id == bindparam("author_id"), accounts.c.status == "active")
+        .values(**_counter_changes({"posts_count": 1}), last_active_at=func.now())
+        .returning(*accounts.c)
+        .cte("author")
     )
-    if row is None:
-        raise Unauthenticated("This account is no longer active.")
-    return row
+    post = (
+        insert(posts)
+        .from_select(["author_id", "body"], select(author.c.id, bindparam("body", type_=Text)))
+        .returning(*posts.c)
+        .cte("post")
+    )
+    return select(
+        *(column.label(f"author_{column.name}") for column in author.c),
+        *(column.label(f"post_{column.name}") for column in post.c),
+    ).select_from(author.join(post, true()))
+
+
+PUBLISH_POST = _publish_post_statement()
 
 
 def _bump_follow_counts(

@@ -14,7 +14,8 @@ from feed.events import Event, decode
 from feed.failpoints import failpoint
 from feed.schema import outbox
 
-#: The channel the relay LISTENs on; a NOTIFY is delivered only when the transaction commits.
+#: The channel the relay LISTENs on. The outbox's insert trigger (migration 0004) sends the
+#: NOTIFY; it is delivered only when the transaction commits.
 OUTBOX_CHANNEL = "outbox"
 
 
@@ -39,7 +40,6 @@ def append_events(
     if not rows:
         return 0
     positions = conn.execute(insert(outbox).returning(outbox.c.position), rows).scalars().all()
-    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
     return max(positions)
 
 

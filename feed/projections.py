@@ -222,12 +222,13 @@ HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
 }
 
 
-def apply_fan_out_page(store: Store, page: FanOutPage) -> int:
+def apply_fan_out_page(store: Store, page: FanOutPage, *, just_read: bool = False) -> int:
     """Apply one page of fan-out in one Redis script call; returns the entries changed.
 
     Safe twice: adding or removing the same members again changes nothing. Before adding, the
     followers are checked against PostgreSQL once, so a page that arrives after an unfollow
-    does not put the post back.
+    does not put the post back; ``just_read`` skips that for a page the caller has read from
+    PostgreSQL a moment ago (the projecting worker applying a single page itself).
     """
     if page.op == "remove":
         return int(
@@ -235,7 +236,11 @@ def apply_fan_out_page(store: Store, page: FanOutPage) -> int:
                 keys=[feed_key(f) for f in page.follower_ids], args=list(page.post_ids)
             )
         )
-    followers = still_following(store, page.author_id, page.follower_ids)
+    followers = (
+        list(page.follower_ids)
+        if just_read
+        else still_following(store, page.author_id, page.follower_ids)
+    )
     if not followers:
         return 0
     if page.op == "merge_author":
@@ -263,7 +268,7 @@ def follower_pages(store: Store, author_id: int) -> Iterator[tuple[int, ...]]:
     """The author's followers from PostgreSQL, a page (``fanout_page_size``) at a time."""
     size = store.settings.fanout_page_size
     after = 0
-    with store.engine.connect() as conn:
+    with store.reader.connect() as conn:
         while True:
             page = tuple(
                 conn.execute(
@@ -284,7 +289,7 @@ def follower_pages(store: Store, author_id: int) -> Iterator[tuple[int, ...]]:
 
 def still_following(store: Store, author_id: int, follower_ids: tuple[int, ...]) -> list[int]:
     """The subset of ``follower_ids`` that follow ``author_id`` now."""
-    with store.engine.connect() as conn:
+    with store.reader.connect() as conn:
         return list(
             conn.execute(
                 text(
@@ -329,7 +334,7 @@ def _ensure_posts(store: Store, account_id: str | int) -> None:
 
 
 def _is_published(store: Store, post_id: int) -> bool:
-    with store.engine.connect() as conn:
+    with store.reader.connect() as conn:
         status = conn.execute(
             text("SELECT status FROM posts WHERE id = :id"), {"id": post_id}
         ).scalar_one_or_none()

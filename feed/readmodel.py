@@ -29,6 +29,7 @@ listpack, which keeps a feed entry near 20 bytes.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -395,6 +396,32 @@ return out
 )
 
 
+class FeedKeepAlive:
+    """When this process last refreshed each account's feed lifetime, so that an account's
+    requests refresh it (a Redis ``EXPIRE``) at most once per ``interval_s``, not on each one.
+
+    A feed lives for days without its owner (``feed_ttl_seconds``), so a refresh a minute late
+    changes nothing. Bounded: forgets everything past ``max_accounts`` (the next request of each
+    refreshes again).
+    """
+
+    def __init__(self, interval_s: float = 60.0, max_accounts: int = 100_000) -> None:
+        self.interval_s = interval_s
+        self.max_accounts = max_accounts
+        self._last: dict[int, float] = {}
+
+    def due(self, account_id: int) -> bool:
+        """True (and remembered as done now) when the account's feed should be refreshed."""
+        now = time.monotonic()
+        last = self._last.get(account_id)
+        if last is not None and now - last < self.interval_s:
+            return False
+        if len(self._last) >= self.max_accounts:
+            self._last.clear()
+        self._last[account_id] = now
+        return True
+
+
 class Scripts:
     """The Lua scripts, registered once per Redis client (sent by SHA, loaded on demand)."""
 
@@ -472,12 +499,19 @@ def account_document(
 
 @dataclass
 class Store:
-    """What the read side works with: Redis, its scripts, and PostgreSQL to rebuild from."""
+    """What the read side works with: Redis, its scripts, and PostgreSQL to rebuild from.
+
+    ``reader`` is ``engine`` in autocommit, for single reads that need no transaction: no
+    ``BEGIN`` before the query and no ``ROLLBACK`` when the connection goes back to the pool,
+    one round trip instead of three (it shares ``engine``'s pool).
+    """
 
     redis: redis.Redis
     engine: Engine
     settings: Settings
     scripts: Scripts = field(init=False)
+    reader: Engine = field(init=False)
 
     def __post_init__(self) -> None:
         self.scripts = Scripts(self.redis)
+        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
+from feed.outbox import OUTBOX_CHANNEL
 from feed.unit_of_work import UnitOfWork
 from tests.conftest import TABLES, fetch_all
 
@@ -98,3 +100,35 @@ def test_without_a_failure_the_same_commands_write_rows_and_events(command, clie
     after = snapshot(engine)
     assert len(after["outbox"]) == len(before["outbox"]) + 1
     assert after != before
+
+
+@pytest.fixture
+def listener(settings):
+    """A connection LISTENing where the relay does."""
+    conn = psycopg.connect(
+        settings.database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    )
+    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+    yield conn
+    conn.close()
+
+
+def notified(conn, seconds: float = 2.0) -> bool:
+    return any(True for _ in conn.notifies(timeout=seconds, stop_after=1))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_committed_command_wakes_the_relay_and_a_failed_one_does_not(
+    command, client, world, listener, monkeypatch
+):
+    def crash_before_commit(uow: UnitOfWork) -> None:
+        uow.flush_events()  # the events are inserted (the trigger has fired)...
+        raise RuntimeError("process died before COMMIT")  # ...but nothing commits
+
+    with monkeypatch.context() as patch:
+        patch.setattr(UnitOfWork, "commit", crash_before_commit)
+        assert COMMANDS[command](client, world).status_code == 500
+    assert not notified(listener, 0.5)
+
+    assert COMMANDS[command](client, world).status_code in (200, 201, 204)
+    assert notified(listener)

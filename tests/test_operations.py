@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_services
+from feed.bootstrap import build_engine, build_services
 
 CONTRACT = Path(__file__).resolve().parent.parent.parent / "shared" / "API.md"
 # The commands this service implements so far, as the contract writes them.
@@ -55,6 +57,29 @@ def test_a_command_with_postgres_down_is_503_with_retry_after(settings, clean_st
     assert r.status_code == 503
     assert r.mimetype == "application/problem+json"
     assert r.headers["Retry-After"]
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error(settings, engine):
+    pool = build_engine(settings.database_url, pool_size=1)
+    try:
+        with pool.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with pool.connect() as conn:  # a live connection is reused, not replaced
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == first
+        with engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": first}).scalar()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until the backend is gone
+            with engine.connect() as admin:
+                if not admin.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": first}
+                ).scalar():
+                    break
+            time.sleep(0.02)
+        with pool.connect() as conn:  # the dead one is dropped at checkout; no error here
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first
+    finally:
+        pool.dispose()
 
 
 def test_metrics_are_prometheus_text(client):

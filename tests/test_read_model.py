@@ -8,8 +8,8 @@ import pytest
 from app import create_app
 from feed.bootstrap import build_services
 from feed.outbox import claim_batch
-from feed.projections import apply_fan_out_page, project
-from feed.readmodel import feed_key
+from feed.projections import FanOutPage, apply_fan_out_page, project
+from feed.readmodel import FeedKeepAlive, feed_key
 from tests.conftest import drain
 
 
@@ -118,6 +118,25 @@ def test_unfollow_removes_and_follow_merges_posts(client, ada_and_fans, project_
     client.post(f"/api/v1/accounts/{ada.id}/follow", headers=fan.auth)
     project_all()
     assert ids(home(client, fan)) == list(reversed(hers))
+
+
+def test_a_fan_out_page_that_arrives_after_an_unfollow_skips_that_follower(
+    app, client, ada_and_fans, project_all
+):
+    ada, (gone, stays, _) = ada_and_fans
+    hers = post(client, ada, "late page")
+    client.delete(f"/api/v1/accounts/{ada.id}/follow", headers=gone.auth)
+    project_all()
+    store = app.extensions["feed"].store
+    late = FanOutPage("add", int(ada.id), (int(gone.id), int(stays.id)), (int(hers),))
+    store.redis.zrem(feed_key(stays.id), hers)
+
+    apply_fan_out_page(store, late)  # a page read before the unfollow, applied after it
+
+    assert ids(home(client, gone)) == [] and ids(home(client, stays)) == [hers]
+    # A page its caller read from PostgreSQL a moment ago is applied as it is.
+    apply_fan_out_page(store, late, just_read=True)
+    assert ids(home(client, gone)) == [hers]
 
 
 def test_a_deleted_post_leaves_every_feed_and_the_cache(client, ada_and_fans, project_all):
@@ -261,6 +280,34 @@ def test_an_inactive_account_gets_no_fan_out_and_is_rebuilt_when_it_reads(
 
     assert ids(page) == [post_id]
     assert redis.ttl(feed_key(fan.id)) > 13 * 24 * 3600
+
+
+def test_a_command_keeps_its_callers_feed_alive_at_most_once_a_minute(app, client, ada_and_fans):
+    ada, _ = ada_and_fans
+    redis = app.extensions["feed"].redis
+    home(client, ada)  # the feed exists
+    app.extensions["feed"].keep_alive = FeedKeepAlive()  # nothing refreshed yet
+    redis.expire(feed_key(ada.id), 100)
+
+    post(client, ada)
+    assert redis.ttl(feed_key(ada.id)) > 13 * 24 * 3600
+
+    redis.expire(feed_key(ada.id), 100)
+    post(client, ada)  # within the minute: no second EXPIRE
+    assert redis.ttl(feed_key(ada.id)) <= 100
+
+
+def test_feed_keep_alive_is_due_again_after_its_interval_and_stays_bounded(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("feed.readmodel.time.monotonic", lambda: now[0])
+    keep_alive = FeedKeepAlive(interval_s=60, max_accounts=2)
+    assert keep_alive.due(1) and not keep_alive.due(1)
+    now[0] += 59
+    assert not keep_alive.due(1)
+    now[0] += 1
+    assert keep_alive.due(1)
+    assert keep_alive.due(2) and keep_alive.due(3)  # full at 2: forgets, then remembers 3
+    assert keep_alive.due(1) and not keep_alive.due(3)
 
 
 def test_a_feed_is_capped(app, client, make_account, project_all):

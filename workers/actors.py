@@ -62,8 +62,8 @@ def project_event(message: dict) -> None:
     project(services().store, envelope, pages.append)
     PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
     log.info("event_projected", type=envelope.type, position=envelope.position)
-    if len(pages) == 1:
-        _apply_page(pages[0], envelope.created_at)
+    if len(pages) == 1:  # its followers were read from PostgreSQL just now
+        _apply_page(pages[0], envelope.created_at, just_read=True)
         return
     for page in pages:
         fan_out_page.send(
@@ -99,9 +99,9 @@ def fan_out_page(message: dict) -> None:
     _apply_page(FanOutPage.from_message(message), message.get("created_at"))
 
 
-def _apply_page(page: FanOutPage, created_at: str | None) -> None:
+def _apply_page(page: FanOutPage, created_at: str | None, *, just_read: bool = False) -> None:
     started = time.perf_counter()
-    changed = apply_fan_out_page(services().store, page)
+    changed = apply_fan_out_page(services().store, page, just_read=just_read)
     FANOUT_PAGE_SIZE.observe(len(page.follower_ids))
     FANOUT_SECONDS.labels(page.op).observe(time.perf_counter() - started)
     if created_at:

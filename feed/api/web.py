@@ -154,7 +154,10 @@ def run_command(
 
 def touch_activity(svc: Services, account_id: int) -> None:
     """An authenticated request keeps the caller's feed alive (inactive feeds expire and get
-    no fan-out). Best effort: a Redis outage must not fail a command that committed."""
+    no fan-out), refreshed at most once a minute per account. Best effort: a Redis outage must
+    not fail a command that committed."""
     g.activity_touched = True
+    if not svc.keep_alive.due(account_id):
+        return
     with contextlib.suppress(RedisError):
         svc.redis.expire(feed_key(account_id), svc.settings.feed_ttl_seconds)
