@@ -8,6 +8,7 @@ import uuid
 
 import structlog
 from flask import Flask, Response, g, request
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
 
@@ -31,8 +32,20 @@ class FeedApi(Api):
         pass
 
 
+class CookieSessionsOutsideTheApi(SecureCookieSessionInterface):
+    """The JSON API authenticates by bearer token and never uses a cookie session, so its
+    requests get none (Flask would otherwise build a signing serializer and check the session
+    cookie on every request); the operators' page keeps Flask's signed-cookie session."""
+
+    def open_session(self, app: Flask, request) -> SessionMixin | None:
+        if request.path.startswith(API_PREFIX + "/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+
 def init_api(app: Flask) -> None:
     """Register converters, hooks, error handlers and blueprints on ``app``."""
+    app.session_interface = CookieSessionsOutsideTheApi()
     app.url_map.converters["id"] = IdConverter
     app.url_map.strict_slashes = False
     app.config.update(
