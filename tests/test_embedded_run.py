@@ -125,7 +125,7 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
             "feed_relay_lag_seconds",
             'feed_projection_lag_seconds_bucket{le="1.0",stage="event"}',
             'feed_projection_lag_seconds_bucket{le="1.0",stage="fanout"}',
-            'feed_actor_messages_total{actor="project_event",outcome="processed"}',
+            'feed_actor_messages_total{actor="project_events",outcome="processed"}',
             "feed_fanout_page_followers_bucket",
             'feed_fanout_page_seconds_count{op="add"}',
             "feed_relay_published_total",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from tests.processes import eventually
 
@@ -55,3 +56,38 @@ def test_two_relays_at_once_publish_every_event_once(client, make_account, setti
         delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])
     positions = [r["position"] for r in processes.log_events("workers", "event_projected")]
     assert len(positions) == 301 and len(set(positions)) == 301  # each event exactly once
+
+
+def test_an_event_that_fails_is_retried_alone_and_the_rest_of_its_message_applies(
+    client, make_account, engine, settings, tmp_path
+):
+    from tests.processes import Processes, delete_queues, process_env
+
+    env = process_env(settings.database_url, settings.redis_url, settings.broker_url)
+    processes = Processes(env, tmp_path)
+    author, fan = make_account(), make_account()
+    client.post(f"/api/v1/accounts/{author.id}/follow", headers=fan.auth)
+    home_ids(client, fan)
+    first = client.post("/api/v1/posts", json={"body": "1"}, headers=author.auth).get_json()["id"]
+    with engine.begin() as conn:  # an event no projection can decode, between two good ones
+        bad = conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, type, version, aggregate_id, payload) "
+                "VALUES (gen_random_uuid(), 'PostPublished', 1, '0', '{}') RETURNING position"
+            )
+        ).scalar_one()
+    second = client.post("/api/v1/posts", json={"body": "2"}, headers=author.auth).get_json()["id"]
+    try:
+        processes.start("workers")  # the relay starts with every event waiting: one message
+        processes.start("relay")
+        eventually(lambda: home_ids(client, fan) == [second, first])
+        deferred = eventually(lambda: processes.log_events("workers", "event_projection_deferred"))
+        assert [record["position"] for record in deferred] == [bad]
+        # ...and it is retried on its own, as a project_event message
+        alone = f"Failed to process message project_event({{'position': {bad},"
+        eventually(lambda: alone in processes.log("workers"))
+    finally:
+        processes.stop_all()
+        delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])
+    projected = [r["position"] for r in processes.log_events("workers", "event_projected")]
+    assert bad not in projected and len(projected) == len(set(projected))

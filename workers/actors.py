@@ -52,11 +52,36 @@ RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
 
 
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
+def project_events(message: dict) -> None:
+    """Project a run of outbox events in outbox order: the relay sends them several to a message,
+    one broker round trip for many. An event that fails here goes on as a ``project_event``
+    message of its own, with its own retries and dead letter, and the rest carry on: projections
+    are safe in any order and twice. Should the worker die midway, the whole message comes back
+    and the events already done are applied again, harmlessly."""
+    for event in message["events"]:
+        structlog.contextvars.bind_contextvars(correlation_id=event.get("correlation_id"))
+        try:
+            _project(event)
+        except Exception as error:  # noqa: BLE001 - retried alone, with its own backoff
+            log.warning(
+                "event_projection_deferred",
+                position=event["position"],
+                error=f"{type(error).__name__}: {error}",
+            )
+            project_event.send(event)
+
+
+@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
 def project_event(message: dict) -> None:
-    """Project one outbox event. A fan-out of a single page (an author with up to a page of
+    """Project one outbox event (one that failed in a ``project_events`` run)."""
+    _project(message)
+
+
+def _project(message: dict) -> None:
+    """Project one event. A fan-out of a single page (an author with up to a page of
     followers: nearly every post) is applied here; larger ones go out as ``fan_out_page``
     messages, a page each, for every worker to share. Pages are safe to apply twice, so a retry
-    of this message after either is harmless."""
+    after either is harmless."""
     envelope = Envelope(**message)
     pages: list[FanOutPage] = []
     project(services().store, envelope, pages.append)

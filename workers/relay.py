@@ -1,10 +1,11 @@
 """The outbox relay process: ``python -m workers.relay``.
 
 Wakes on PostgreSQL ``NOTIFY outbox`` (sent when a command commits) and polls once a second as a
-fallback; publishes each batch in order through Dramatiq (RabbitMQ with publisher confirms) and
-marks it published only after that. Several relays may run: a batch is locked with
-``FOR UPDATE SKIP LOCKED``, so no two relays publish the same rows. With the broker down,
-commands still commit; events wait in the outbox and go out when it is back.
+fallback; publishes each batch in order through Dramatiq (RabbitMQ with publisher confirms),
+the projections' events several to a message, and marks the batch published only after that.
+Several relays may run: a batch is locked with ``FOR UPDATE SKIP LOCKED``, so no two relays
+publish the same rows. With the broker down, commands still commit; events wait in the outbox
+and go out when it is back.
 """
 
 from __future__ import annotations
@@ -23,20 +24,41 @@ from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
 from feed.outbox import OUTBOX_CHANNEL, Envelope, relay_once
 from sagas.engine import SAGA_EVENTS, sweep
 from sagas.runtime import SUBSCRIBED_EVENTS
-from workers.actors import SETTINGS, broker, participant_event, project_event, saga_message
+from workers.actors import (
+    SETTINGS,
+    broker,
+    participant_event,
+    project_event,
+    project_events,
+    saga_message,
+)
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = float(os.environ.get("RELAY_MAX_BACKOFF_SECONDS", "10"))
 
 
+#: Events per ``project_events`` message: one message (and one broker confirm) for many events,
+#: in chunks small enough that a burst is shared among the workers' threads.
+PROJECTION_CHUNK = int(os.environ.get("PROJECTION_CHUNK", "50"))
+
+
 def publish(batch: list[Envelope]) -> None:
-    """Enqueue each event for its actor (saga messages to the saga actor, everything else to
-    the projections); returns once the broker confirmed all."""
+    """Enqueue the batch for its actors and return once the broker confirmed all: events for the
+    projections in order, in chunks of ``PROJECTION_CHUNK`` per ``project_events`` message; saga
+    messages and participants' events one message each."""
+    projected: list[Envelope] = []
     for envelope in batch:
         for actor in routes(envelope.type):
+            if actor is project_event:
+                projected.append(envelope)
+                continue
             message = actor.message(envelope.to_message())
             broker.enqueue(message.copy(message_id=f"{envelope.event_id}:{actor.actor_name}"))
+    for start in range(0, len(projected), PROJECTION_CHUNK):
+        chunk = projected[start : start + PROJECTION_CHUNK]
+        message = project_events.message({"events": [e.to_message() for e in chunk]})
+        broker.enqueue(message.copy(message_id=f"{chunk[0].event_id}:{project_events.actor_name}"))
     RELAY_PUBLISHED.inc(len(batch))
 
 

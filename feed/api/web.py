@@ -121,10 +121,12 @@ def run_command(
     key = idempotency_key()
     # Anonymous commands (register, log in) are scoped to the client's address.
     scope = str(principal.account_id) if principal else f"anon:{request.remote_addr or ''}"
-    body_seen = request_body if request_body is not None else request.get_json(silent=True)
-    request_fingerprint = idempotency.fingerprint(
-        svc.settings.secret_key, request.method, request.path, body_seen
-    )
+    request_fingerprint = ""
+    if key is not None:  # what a replay must match: only needed with a key
+        body_seen = request_body if request_body is not None else request.get_json(silent=True)
+        request_fingerprint = idempotency.fingerprint(
+            svc.settings.secret_key, request.method, request.path, body_seen
+        )
     with UnitOfWork(svc.engine, correlation_id=g.get("request_id")) as uow:
         if key is not None:
             stored = idempotency.claim(
