@@ -32,6 +32,14 @@ COMMANDS = {
 }
 
 
+def spawn(command: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """``command`` from the repository root in a session of its own (so the whole process group
+    can be signalled), its output to ``log``."""
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
 def eventually(check: Callable[[], object], timeout: float = 20, interval: float = 0.05):
     """Call ``check`` until it returns something truthy or stops raising; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -59,14 +67,7 @@ class Processes:
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("a")
-        process = subprocess.Popen(
-            COMMANDS[name],
-            cwd=ROOT,
-            env={**self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process = spawn(COMMANDS[name], {**self.env, **(extra_env or {})}, log)
         self.running[name] = process
         return process
 
@@ -132,3 +133,20 @@ def delete_queues(broker_url: str, prefix: str) -> None:
         for suffix in ("", ".DQ", ".XQ"):
             channel.queue_delete(queue=f"{prefix}{base}{suffix}")
     connection.close()
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the service at ``base`` answers ``/readyz``; fails if ``process`` exits first."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the service exited with {process.returncode}")
+        try:
+            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or busy starting
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the service did not become ready")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.processes import spawn, wait_until_healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_VARS = ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "SECRET_KEY", "PORT")
 
@@ -22,34 +24,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"make run exited with {process.returncode}")
-        try:
-            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:  # not listening yet, or busy starting
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the service did not become ready")
-
-
 @pytest.mark.slow
 def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
     env.update(PORT=str(port), FEED_DATA_DIR=str(tmp_path / "data"), WEB_CONCURRENCY="1")
     log = (tmp_path / "run.log").open("w")
-    process = subprocess.Popen(
-        ["make", "--no-print-directory", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = spawn(["make", "--no-print-directory", "run"], env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base, process)

@@ -1,0 +1,120 @@
+"""Where the CPU goes: wrk rounds against the service, with each process's CPU per second.
+
+    python -m bench.cpu [reads|posts ...] [--rounds 3] [--seconds 8]
+
+Starts the service as ``make bench`` does (``bench.run.service``) on the seeded data, then runs
+rounds of feed reads (with the constant-JSON baseline round before each) and/or posting at 16
+connections, and prints what each kind of process (gunicorn, Dramatiq, the relay, PostgreSQL,
+Redis, RabbitMQ) used, in CPU-seconds per second of the round, read from ``/proc``. Divided by
+the round's requests per second, that is each process's CPU per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import os
+import sys
+import time
+
+import redis
+import requests
+from sqlalchemy import create_engine
+
+from bench.run import (
+    DATABASE_URL,
+    HOME,
+    REDIS_URL,
+    RESULTS,
+    ensure_wrk,
+    log_in,
+    service,
+    wait_until_drained,
+    wrk,
+)
+from feed.config import sqlalchemy_url
+
+KINDS = {
+    "gunicorn": "gunicorn",
+    "dramatiq": "dramatiq",
+    "workers.relay": "relay",
+    "postgres": "postgres",
+    "redis-server": "redis",
+    "beam": "rabbitmq",
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> collections.Counter:
+    """CPU seconds (user + system) used so far by each kind of process on the machine."""
+    used: collections.Counter = collections.Counter()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as source:
+                command = source.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as source:
+                fields = source.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        kind = next((name for key, name in KINDS.items() if key in command), None)
+        if kind:
+            used[kind] += (int(fields[11]) + int(fields[12])) / TICKS
+    return used
+
+
+def measured(run) -> tuple[dict, dict[str, float]]:
+    """``run()``'s result and each kind's CPU-seconds per second while it ran."""
+    before, started = cpu_seconds(), time.monotonic()
+    result = run()
+    elapsed = time.monotonic() - started
+    after = cpu_seconds()
+    return result, {kind: round((after[kind] - before[kind]) / elapsed, 2) for kind in after}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kinds", nargs="*", default=["reads", "posts"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+    ensure_wrk()
+    with (RESULTS / "credentials.csv").open() as source:
+        accounts = list(csv.DictReader(source))[:64]
+    engine = create_engine(sqlalchemy_url(DATABASE_URL))
+    client = redis.Redis.from_url(REDIS_URL)
+    with service(args.port, RESULTS / "cpu-service.log") as base:
+        tokens = RESULTS / "tokens.txt"
+        tokens.write_text("\n".join(log_in(base, accounts)) + "\n")
+        size = 0
+        for token in tokens.read_text().split():
+            page = requests.get(base + HOME, headers={"Authorization": f"Bearer {token}"})
+            size = len(page.content)
+        constant = f"/bench/constant?bytes={size}"
+        wait_until_drained(engine, client)
+        for _ in range(args.rounds):
+            if "reads" in args.kinds:
+                baseline = wrk(base, "GET", constant, None, args.seconds, 16)
+                reads, cpu = measured(lambda: wrk(base, "GET", HOME, tokens, args.seconds, 16))
+                print(
+                    f"reads {reads['rps']:.0f}/s ({reads['rps'] / baseline['rps']:.0%} of "
+                    f"{baseline['rps']:.0f}) p50 {reads['p50_ms']:.1f} ms "
+                    f"p99 {reads['p99_ms']:.1f} ms; CPU/s {cpu}",
+                    flush=True,
+                )
+            if "posts" in args.kinds:
+                wait_until_drained(engine, client)
+                posts, cpu = measured(
+                    lambda: wrk(base, "POST", "/api/v1/posts", tokens, args.seconds, 16)
+                )
+                print(
+                    f"posts {posts['rps']:.0f}/s p50 {posts['p50_ms']:.1f} ms "
+                    f"p99 {posts['p99_ms']:.1f} ms; CPU/s {cpu}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The API under the production server: gunicorn with one gevent worker, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.processes import ROOT, spawn, wait_until_healthy
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+# Slow enough hashing that a login stalling the event loop could not be missed.
+ARGON2 = {"ARGON2_TIME_COST": "16", "ARGON2_MEMORY_COST": "65536", "ARGON2_PARALLELISM": "1"}
+
+
+@pytest.fixture
+def gunicorn(settings, clean_state, tmp_path):
+    """gunicorn serving ``app:create_app()`` on the test database, one gevent worker."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **ARGON2,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "BROKER_URL": settings.broker_url,
+        "SECRET_KEY": settings.secret_key,
+        "RATE_LIMITS_ENABLED": "false",
+        "WEB_CONCURRENCY": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    log = (tmp_path / "gunicorn.log").open("w")
+    config = str(ROOT / "feed" / "gunicorn_conf.py")
+    command = [sys.executable, "-m", "gunicorn", "--config", config, "--bind", f"127.0.0.1:{port}"]
+    process = spawn([*command, "app:create_app()"], env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base, process, timeout=60)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_a_login_does_not_stall_the_other_requests_of_its_worker(gunicorn):
+    """Argon2 runs on gevent's thread pool: while a login hashes for a second, the worker's
+    event loop keeps answering (on the loop itself it would stall every request for as long)."""
+    credentials = {"handle": "ada_l", "password": "analytical"}
+    assert requests.post(f"{gunicorn}/api/v1/accounts", json=credentials, timeout=30).ok
+    login: dict[str, float] = {}
+
+    def log_in() -> None:
+        started = time.perf_counter()
+        response = requests.post(f"{gunicorn}/api/v1/sessions", json=credentials, timeout=30)
+        assert response.status_code == 200, response.text
+        login["seconds"] = time.perf_counter() - started
+
+    thread = threading.Thread(target=log_in)
+    thread.start()
+    time.sleep(0.05)  # the login is in flight
+    waits = []
+    with requests.Session() as session:
+        while thread.is_alive():
+            started = time.perf_counter()
+            assert session.get(f"{gunicorn}/healthz", timeout=30).status_code == 200
+            waits.append(time.perf_counter() - started)
+    thread.join()
+
+    assert login["seconds"] > 0.25, login  # the hash took long enough to show a stall
+    assert len(waits) > 5
+    assert max(waits) < login["seconds"] / 3, (max(waits), login)
