@@ -70,8 +70,9 @@ def drop_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> 
     """
     if dbapi_connection.closed:
         raise exc.DisconnectionError("the pooled connection is closed")
-    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
-    if readable:
+    poller = select.poll()  # not select.select: no limit on the descriptor's number
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
         raise exc.DisconnectionError("the server closed the pooled connection")
 
 
