@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from feed.clock import rfc3339
@@ -20,6 +21,17 @@ OUTBOX_CHANNEL = "outbox"
 
 
 _APPEND = insert(outbox).returning(outbox.c.position)
+
+
+def listen_connection(database_url: str) -> psycopg.Connection:
+    """A connection of its own (not pooled) that LISTENs for committed outbox inserts."""
+    conn = psycopg.connect(
+        database_url.replace("postgresql+psycopg://", "postgresql://"),
+        autocommit=True,
+        connect_timeout=5,
+    )
+    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+    return conn
 
 
 def append_events(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from sqlalchemy import text
 
-from feed.outbox import OUTBOX_CHANNEL
+from feed.outbox import listen_connection
 from feed.unit_of_work import UnitOfWork
 from tests.conftest import TABLES, fetch_all
 
@@ -105,10 +104,7 @@ def test_without_a_failure_the_same_commands_write_rows_and_events(command, clie
 @pytest.fixture
 def listener(settings):
     """A connection LISTENing where the relay does."""
-    conn = psycopg.connect(
-        settings.database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
-    )
-    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+    conn = listen_connection(settings.database_url)
     yield conn
     conn.close()
 

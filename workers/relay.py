@@ -21,7 +21,7 @@ import structlog
 from feed.bootstrap import build_engine
 from feed.config import Settings
 from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
-from feed.outbox import OUTBOX_CHANNEL, Envelope, relay_once
+from feed.outbox import Envelope, listen_connection, relay_once
 from sagas.engine import SAGA_EVENTS, sweep
 from sagas.runtime import SUBSCRIBED_EVENTS
 from workers.actors import (
@@ -70,16 +70,6 @@ def routes(event_type: str) -> list:
     if event_type in SUBSCRIBED_EVENTS:
         return [project_event, participant_event]
     return [project_event]
-
-
-def listen_connection(database_url: str) -> psycopg.Connection:
-    conn = psycopg.connect(
-        database_url.replace("postgresql+psycopg://", "postgresql://"),
-        autocommit=True,
-        connect_timeout=5,
-    )
-    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
-    return conn
 
 
 _last_sweep = 0.0
