@@ -6,7 +6,8 @@ Starts the service as ``make bench`` does (``bench.run.service``) on the seeded 
 rounds of feed reads (with the constant-JSON baseline round before each) and/or posting at 16
 connections, and prints what each kind of process (gunicorn, Dramatiq, the relay, PostgreSQL,
 Redis, RabbitMQ) used, in CPU-seconds per second of the round, read from ``/proc``. Divided by
-the round's requests per second, that is each process's CPU per request.
+the round's requests per second, that is each process's CPU per request. For posting it also
+prints how many events the relay put in each ``project_events`` message (from ``/metrics``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 import redis
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from bench.run import (
@@ -72,6 +74,19 @@ def measured(run) -> tuple[dict, dict[str, float]]:
     return result, {kind: round((after[kind] - before[kind]) / elapsed, 2) for kind in after}
 
 
+def events_and_messages(base: str) -> tuple[float, float]:
+    """Events projected and ``project_events`` messages processed so far (``/metrics``)."""
+    events = messages = 0.0
+    for family in text_string_to_metric_families(requests.get(base + "/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "feed_projection_lag_seconds_count" and labels["stage"] == "event":
+                events += sample.value
+            elif sample.name == "feed_actor_messages_total" and labels["actor"] == "project_events":
+                messages += sample.value
+    return events, messages
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kinds", nargs="*", default=["reads", "posts"])
@@ -105,12 +120,17 @@ def main() -> int:
                 )
             if "posts" in args.kinds:
                 wait_until_drained(engine, client)
+                events, messages = events_and_messages(base)
                 posts, cpu = measured(
                     lambda: wrk(base, "POST", "/api/v1/posts", tokens, args.seconds, 16)
                 )
+                wait_until_drained(engine, client)
+                events_after, messages_after = events_and_messages(base)
+                per_message = (events_after - events) / max(1.0, messages_after - messages)
                 print(
                     f"posts {posts['rps']:.0f}/s p50 {posts['p50_ms']:.1f} ms "
-                    f"p99 {posts['p99_ms']:.1f} ms; CPU/s {cpu}",
+                    f"p99 {posts['p99_ms']:.1f} ms; {per_message:.1f} events a message; "
+                    f"CPU/s {cpu}",
                     flush=True,
                 )
     return 0

@@ -28,7 +28,13 @@ from feed import commands
 from feed.auth import Principal
 from feed.bootstrap import build_services
 from feed.config import Settings, sqlalchemy_url
-from feed.readmodel import SENTINEL, SENTINEL_SCORE, configure_compact_encoding, feed_key
+from feed.readmodel import (
+    SENTINEL,
+    SENTINEL_SCORE,
+    configure_compact_encoding,
+    feed_key,
+    score_of,
+)
 from feed.unit_of_work import UnitOfWork
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +75,7 @@ def seed_author(engine, client: redis.Redis, followers: int) -> int:
             text("UPDATE accounts SET followers_count = :n, counts_version = 1 WHERE id = :a"),
             {"n": followers, "a": author},
         )
-    filler = {str((1_000_000 + i) << 22): (1_000_000 + i) for i in range(20)}
+    filler = {str((1_000_000 + i) << 22): score_of((1_000_000 + i) << 22) for i in range(20)}
     for start in range(0, len(ids), 5000):
         pipe = client.pipeline(transaction=False)
         for follower in ids[start : start + 5000]:
@@ -127,7 +133,7 @@ def bytes_per_feed_entry(client: redis.Redis) -> dict[str, float]:
         client.delete(key)
         base = 119_470_000_000_000_000
         client.zadd(
-            key, {str(base + i * 4_194_304): (base + i * 4_194_304) >> 22 for i in range(800)}
+            key, {str(base + i * 4_194_304): score_of(base + i * 4_194_304) for i in range(800)}
         )
         results[name] = client.memory_usage(key, samples=0) / 800
         client.delete(key)

@@ -48,7 +48,7 @@ from sqlalchemy import create_engine, text
 
 from bench.seed import DEFAULT_DATABASE, DEFAULT_REDIS, PASSWORD
 from feed.config import sqlalchemy_url
-from feed.readmodel import SENTINEL, SENTINEL_SCORE, feed_key
+from feed.readmodel import FEED_PREFIX, SENTINEL, SENTINEL_SCORE, feed_key
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -417,7 +417,7 @@ def quantile(q: float, before: dict[float, float], after: dict[float, float]) ->
 def bytes_per_feed_entry(client: redis.Redis, sample: int = 200) -> dict[str, float]:
     """MEMORY USAGE over ZCARD of seeded home feeds (keys and their overhead included)."""
     used = entries = feeds = 0
-    for key in client.scan_iter(match="feed:*", count=1000):
+    for key in client.scan_iter(match=f"{FEED_PREFIX}*", count=1000):
         size = client.zcard(key)
         if size < 100:
             continue

@@ -193,7 +193,11 @@ def project_vote_cast(store: Store, event: VoteCast, send: SendPage) -> None:
     # Safe twice and reordered: the post's counts and the voter's vote carry votes_version and
     # only a newer version replaces them; nothing is incremented.
     store.scripts.apply_vote(
-        keys=[post_key(event.post_id), my_votes_key(event.account_id)],
+        keys=[
+            post_key(event.post_id),
+            my_votes_key(event.account_id),
+            tombstone_key(event.post_id),
+        ],
         args=[event.up, event.down, event.votes_version, event.post_id, event.value],
     )
 

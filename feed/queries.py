@@ -19,6 +19,7 @@ from feed.clock import rfc3339
 from feed.errors import DependencyDown, NotFound
 from feed.readmodel import (
     CELEBS_KEY,
+    POSTS_PREFIX,
     Store,
     account_key,
     applied_key,
@@ -92,7 +93,7 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
             args=[
                 *_cursor_args(cursor)[:3],
                 store.settings.feed_ttl_seconds,
-                "posts:",
+                POSTS_PREFIX,
                 *_cursor_args(cursor)[3:],
                 "1",
             ],

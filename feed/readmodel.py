@@ -2,10 +2,10 @@
 
 Keys (``{id}`` is a decimal account or post id):
 
-    feed:{account}       home feed, sorted set of post ids, capped at ``FEED_SIZE``; expires after
+    home:{account}       home feed, sorted set of post ids, capped at ``FEED_SIZE``; expires after
                          ``FEED_ACTIVE_DAYS`` without an authenticated request (an inactive account
                          gets no fan-out and is rebuilt from PostgreSQL when it comes back)
-    posts:{account}      the account's own published posts, sorted set (not capped)
+    authored:{account}   the account's own published posts, sorted set (not capped)
     following:{account}  set of the accounts it follows
     fver:{account}       follow-edge versions: followee -> version (negative after an unfollow),
                          and ``_floor``: events at or below it predate the last rebuild
@@ -16,14 +16,24 @@ Keys (``{id}`` is a decimal account or post id):
     myvotes:{account}    hash: post -> "value:version" (and the sentinel field "0")
     applied:{position}   set once the outbox event at that position is projected (read-your-writes)
 
-Every sorted set and set that is rebuilt lazily carries the sentinel member ``"0"`` (score -1):
-its presence says "this key is complete", so an empty feed is told apart from a missing one.
+Every sorted set and set that is rebuilt lazily carries the sentinel member ``"0"``: its presence
+says "this key is complete", so an empty feed is told apart from a missing one. In a sorted set
+its score (1) is above every post's, so it is always the last member.
 
-Scores: a sorted-set score is a double, and post ids pass 2^53, so the score is the id's
-millisecond part (``id >> 22``, exact in a double) and ties within one millisecond are ordered by
-the member, the id as a decimal string (ids of one millisecond have the same number of digits,
-so string order is number order). Members that are integers are stored as integers in a
+Scores: a sorted-set score is a double, and post ids pass 2^53, so the score is built from the
+id's millisecond part (``id >> 22``, exact in a double); ties within one millisecond are ordered
+by the member, the id as a decimal string (ids of one millisecond have the same number of
+digits, so string order is number order). Members that are integers are stored as integers in a
 listpack, which keeps a feed entry near 20 bytes.
+
+The score is *minus* the millisecond: the newest post has the lowest score, so it is the first
+member. A listpack is one array that ``ZADD`` scans from its head for the insertion point; a new
+post, newer than the feed, is found a place at once instead of after walking the whole feed, and
+trimming the oldest cuts the tail instead of moving every entry. That halves the cost of a
+fan-out into full feeds (``docs/performance.md``). Since the layout changed (scores were the
+millisecond itself) the keys were renamed from ``feed:``/``posts:``, so a server holding the old
+layout is never read with the new scripts; the old ``feed:`` keys expire, old ``posts:`` keys can
+be deleted.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from sqlalchemy import Engine
 from feed.config import Settings
 
 SENTINEL = "0"
-SENTINEL_SCORE = -1
+SENTINEL_SCORE = 1
 ID_SHIFT = 22
 TOMBSTONE_SECONDS = 7 * 24 * 3600
 APPLIED_SECONDS = 24 * 3600
@@ -47,16 +57,21 @@ LISTPACK_ENTRIES = 1024
 
 
 def score_of(post_id: int | str) -> int:
-    """The sorted-set score of a post id: its millisecond timestamp (exact in a double)."""
-    return int(post_id) >> ID_SHIFT
+    """The sorted-set score of a post id: minus its millisecond timestamp (exact in a double),
+    so the newest post is a set's first member."""
+    return -(int(post_id) >> ID_SHIFT)
+
+
+FEED_PREFIX = "home:"
+POSTS_PREFIX = "authored:"
 
 
 def feed_key(account_id: int | str) -> str:
-    return f"feed:{account_id}"
+    return f"{FEED_PREFIX}{account_id}"
 
 
 def posts_key(account_id: int | str) -> str:
-    return f"posts:{account_id}"
+    return f"{POSTS_PREFIX}{account_id}"
 
 
 def following_key(account_id: int | str) -> str:
@@ -97,9 +112,45 @@ local function id_less(a, b)
   return a < b
 end
 local function trim(key, size)
-  -- rank 0 is the sentinel (score -1); keep it and the newest `size` posts
-  local extra = redis.call('ZCARD', key) - 1 - size
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 1, extra) end
+  -- keep the newest `size` posts (ranks 0 to size - 1) and the sentinel (the last rank)
+  if redis.call('ZCARD', key) - 1 > size then
+    redis.call('ZREMRANGEBYRANK', key, size, -2)
+  end
+end
+-- newest first: the lower score, then the larger id
+local function newer(a, b)
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return id_less(b[1], a[1])
+end
+-- The newest posts of sorted set `key` with ids strictly between `min_id` and `max_id` ('' for
+-- no bound) and scores in [lo, hi]: at least `want` of them when there are that many, as
+-- {id, score} pairs, newest first. Redis returns the posts of one millisecond in ascending id
+-- order, oldest first, so the last millisecond reached is taken whole before sorting.
+local function newest(key, lo, hi, want, max_id, min_id)
+  local function wanted(id)
+    if id == '0' then return false end
+    if max_id ~= '' and not id_less(id, max_id) then return false end
+    if min_id ~= '' and not id_less(min_id, id) then return false end
+    return true
+  end
+  local out, offset = {}, 0
+  while #out < want do
+    local batch = redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES', 'LIMIT', offset, want)
+    if #batch == 0 then break end
+    for i = 1, #batch, 2 do
+      if wanted(batch[i]) then out[#out + 1] = {batch[i], tonumber(batch[i + 1])} end
+    end
+    offset = offset + #batch / 2
+  end
+  if #out >= want then
+    local last = out[#out][2]
+    while #out > 0 and out[#out][2] == last do out[#out] = nil end
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, last, last)) do
+      if wanted(id) then out[#out + 1] = {id, last} end
+    end
+  end
+  table.sort(out, newer)
+  return out
 end
 """
 
@@ -136,11 +187,11 @@ MERGE_POSTS_INTO_FEED = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local size = tonumber(ARGV[1])
-local newest = redis.call('ZREVRANGE', KEYS[2], 0, size - 1, 'WITHSCORES')
+local latest = redis.call('ZRANGE', KEYS[2], 0, size - 1, 'WITHSCORES')
 local added = 0
-for i = 1, #newest, 2 do
-  if newest[i] ~= '0' then
-    added = added + redis.call('ZADD', KEYS[1], newest[i + 1], newest[i])
+for i = 1, #latest, 2 do
+  if latest[i] ~= '0' then
+    added = added + redis.call('ZADD', KEYS[1], latest[i + 1], latest[i])
   end
 end
 trim(KEYS[1], size)
@@ -151,9 +202,9 @@ return added
 # KEYS: [1] feed, [2] source posts key. Removes every post of the source from the feed.
 UNMERGE_POSTS_FROM_FEED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local oldest = redis.call('ZRANGE', KEYS[1], 1, 1, 'WITHSCORES')
+local oldest = redis.call('ZRANGE', KEYS[1], -2, -2, 'WITHSCORES')  -- the last before the sentinel
 if #oldest == 0 then return 0 end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], oldest[2], '+inf')
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', oldest[2])
 local removed = 0
 for _, id in ipairs(ids) do
   if id ~= '0' then removed = removed + redis.call('ZREM', KEYS[1], id) end
@@ -196,11 +247,13 @@ end
 return 1
 """
 
-# KEYS: [1] post hash, [2] voter's votes hash. ARGV: up, down, version, post id, vote value.
-# Keeps the post's counts with the highest version, and the voter's vote likewise.
+# KEYS: [1] post hash, [2] voter's votes hash, [3] the post's tombstone.
+# ARGV: up, down, version, post id, vote value.
+# Keeps the post's counts with the highest version, and the voter's vote likewise. A vote that
+# arrives after its post was deleted leaves no counters-only hash behind.
 APPLY_VOTE = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
-if current < tonumber(ARGV[3]) then
+if current < tonumber(ARGV[3]) and redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HSET', KEYS[1], 'up', ARGV[1], 'down', ARGV[2], 'v', ARGV[3])
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
@@ -234,7 +287,7 @@ return 1
 
 # KEYS: [1] feed, [2] following, [3] celebs, [4] my votes.
 # ARGV: [1] max id ('' for none), [2] min id ('' for none), [3] limit, [4] feed ttl seconds,
-#       [5] the posts key prefix ('posts:'), [6] max id's score, [7] min id's score,
+#       [5] the posts key prefix ('authored:'), [6] max id's score, [7] min id's score,
 #       [8] '1' to have the page answered as JSON when every post is cached.
 # One round trip for a home-feed page: the feed's entries between the cursors, merged with the
 # posts of followed celebrities, newest first, and for each post its cached hash and my vote.
@@ -252,38 +305,17 @@ if not exists(KEYS[3]) then return {'miss', 'celebs'} end
 if not exists(KEYS[4]) then return {'miss', 'myvotes'} end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 
-local function in_range(id)
-  if id == '0' then return false end
-  if max_id ~= '' and not id_less(id, max_id) then return false end
-  if min_id ~= '' and not id_less(min_id, id) then return false end
-  return true
-end
+-- the window's bounds: a post newer than max id scores below max id's score
+local lo, hi = '-inf', '+inf'
+if max_id ~= '' then lo = ARGV[6] end
+if min_id ~= '' then hi = ARGV[7] end
 
--- the newest `limit + 1` members of `key` within the cursors, none scored below `floor`
-local function window(key, floor)
-  local out = {}
-  local max_score = '+inf'
-  if max_id ~= '' then max_score = ARGV[6] end
-  local min_score = '-inf'
-  if min_id ~= '' then min_score = ARGV[7] end
-  if floor and (min_score == '-inf' or floor > tonumber(min_score)) then min_score = floor end
-  local offset = 0
-  while #out <= limit do
-    local batch = redis.call('ZREVRANGEBYSCORE', key, max_score, min_score, 'WITHSCORES',
-                             'LIMIT', offset, limit + 1)
-    if #batch == 0 then break end
-    for i = 1, #batch, 2 do
-      if in_range(batch[i]) then out[#out + 1] = {batch[i], tonumber(batch[i + 1])} end
-    end
-    offset = offset + #batch / 2
-  end
-  return out
+local candidates = newest(KEYS[1], lo, hi, limit + 1, max_id, min_id)
+-- A pulled post scored above the feed's own (limit + 1)-th entry (older) cannot make this page.
+if #candidates > limit then
+  local ceiling = candidates[limit + 1][2]
+  if hi == '+inf' or ceiling < tonumber(hi) then hi = ceiling end
 end
-
-local candidates = window(KEYS[1], nil)
--- A pulled post scored below the feed's own (limit + 1)-th entry cannot make this page.
-local floor = nil
-if #candidates > limit then floor = candidates[limit + 1][2] end
 local celebs = {}
 if exists(KEYS[2]) then
   celebs = redis.call('SINTER', KEYS[2], KEYS[3])
@@ -294,16 +326,13 @@ local missing = {'miss', 'posts'}
 for _, account in ipairs(celebs) do
   if account ~= '0' then
     local key = ARGV[5] .. account
-    local entries = window(key, floor)
+    local entries = newest(key, lo, hi, limit + 1, max_id, min_id)
     if #entries == 0 and not exists(key) then missing[#missing + 1] = account end
     for _, entry in ipairs(entries) do candidates[#candidates + 1] = entry end
   end
 end
 if #missing > 2 then return missing end  -- every missing one at once: one rebuild round
-table.sort(candidates, function(a, b)
-  if a[2] ~= b[2] then return a[2] > b[2] end
-  return id_less(b[1], a[1])
-end)
+table.sort(candidates, newer)
 local page, seen = {}, {}
 local more = 0
 for _, entry in ipairs(candidates) do
@@ -361,33 +390,23 @@ local want_votes = ARGV[6] == '1'
 if want_votes and redis.call('EXISTS', KEYS[2]) == 0 then return {'miss', 'myvotes'} end
 local limit = tonumber(ARGV[3])
 local max_id, min_id = ARGV[1], ARGV[2]
-local max_score, min_score = '+inf', '-inf'
-if max_id ~= '' then max_score = ARGV[4] end
-if min_id ~= '' then min_score = ARGV[5] end
-local out, count, offset, more = {'ok'}, 0, 0, 0
-while more == 0 do
-  local batch = redis.call('ZREVRANGEBYSCORE', KEYS[1], max_score, min_score,
-                           'LIMIT', offset, limit + 1)
-  if #batch == 0 then break end
-  offset = offset + #batch
-  for _, id in ipairs(batch) do
-    local keep = id ~= '0'
-    if keep and max_id ~= '' and not id_less(id, max_id) then keep = false end
-    if keep and min_id ~= '' and not id_less(min_id, id) then keep = false end
-    if keep then
-      if count == limit then more = 1 break end
-      count = count + 1
-      local post = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
-      out[#out + 1] = id
-      out[#out + 1] = post[1] or false
-      out[#out + 1] = post[2] or false
-      out[#out + 1] = post[3] or false
-      if want_votes then
-        out[#out + 1] = redis.call('HGET', KEYS[2], id) or false
-      else
-        out[#out + 1] = false
-      end
-    end
+local lo, hi = '-inf', '+inf'
+if max_id ~= '' then lo = ARGV[4] end
+if min_id ~= '' then hi = ARGV[5] end
+local entries = newest(KEYS[1], lo, hi, limit + 1, max_id, min_id)
+local out, more = {'ok'}, 0
+for i, entry in ipairs(entries) do
+  if i > limit then more = 1 break end
+  local id = entry[1]
+  local post = redis.call('HMGET', 'post:' .. id, 'json', 'up', 'down')
+  out[#out + 1] = id
+  out[#out + 1] = post[1] or false
+  out[#out + 1] = post[2] or false
+  out[#out + 1] = post[3] or false
+  if want_votes then
+    out[#out + 1] = redis.call('HGET', KEYS[2], id) or false
+  else
+    out[#out + 1] = false
   end
 end
 out[#out + 1] = tostring(more)

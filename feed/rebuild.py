@@ -62,7 +62,7 @@ def _fill_sorted_set(store: Store, key: str, post_ids: Iterable[int], cap: int |
     pipe = store.redis.pipeline(transaction=True)
     pipe.zadd(key, mapping)
     if cap is not None:
-        pipe.zremrangebyrank(key, 1, -(cap + 1))
+        pipe.zremrangebyrank(key, cap, -2)  # the oldest, before the sentinel (last)
     pipe.execute()
 
 
@@ -227,7 +227,7 @@ def post_document_of(row: Any) -> str:
 def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
     pipe.hset(post_key(row["id"]), "json", post_document_of(row))
     store.scripts.apply_vote(
-        keys=[post_key(row["id"]), "myvotes:-"],
+        keys=[post_key(row["id"]), "myvotes:-", tombstone_key(row["id"])],
         args=[row["up"], row["down"], row["votes_version"], row["id"], 0],
         client=pipe,
     )
@@ -277,7 +277,7 @@ def rebuild_account(store: Store, account_id: int) -> None:
         rebuild_following(store, account_id, conn)
         rebuild_my_votes(store, account_id, conn)
         rebuild_feed(store, account_id, conn)
-        post_ids = store.redis.zrange(feed_key(account_id), 1, -1)
+        post_ids = store.redis.zrange(feed_key(account_id), 0, -2)
         cache_posts(store, [int(i) for i in post_ids], conn)
 
 

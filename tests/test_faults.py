@@ -296,7 +296,8 @@ def test_redis_killed_and_back_empty_the_read_models_come_back_right(
         eventually(
             lambda: assert_counters_equal_postgres(api, engine, accounts) or True, timeout=60
         )
-        assert score_of(posted[0]) < score_of(posted[-1]) or posted[0] < posted[-1]
+        # a later post is newer: a larger id, a score no higher (newest first)
+        assert posted[0] < posted[-1] and score_of(posted[0]) >= score_of(posted[-1])
     finally:
         processes.stop_all()
         delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])

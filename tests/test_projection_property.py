@@ -10,6 +10,14 @@ from sqlalchemy import text
 
 from feed.outbox import relay_once
 from feed.projections import apply_fan_out_page, project
+from feed.readmodel import (
+    FEED_PREFIX,
+    POSTS_PREFIX,
+    account_key,
+    feed_key,
+    following_key,
+    my_votes_key,
+)
 from tests.conftest import TABLES
 
 ACCOUNTS = 3
@@ -57,14 +65,14 @@ def redis_state(redis) -> dict:
     state = {}
     for raw in redis.keys("*"):
         key = raw.decode()
-        kind = key.split(":")[0]
-        if kind in ("feed", "posts"):
+        kind = key.split(":")[0] + ":"
+        if kind in (FEED_PREFIX, POSTS_PREFIX):
             state[key] = redis.zrange(key, 0, -1, withscores=True)
-        elif kind in ("following", "celebs"):
+        elif kind in ("following:", "celebs:"):
             state[key] = sorted(redis.smembers(key))
-        elif kind in ("post", "acct"):
+        elif kind in ("post:", "acct:"):
             state[key] = redis.hgetall(key)
-        elif kind == "myvotes":
+        elif kind == "myvotes:":
             votes = {k: v.split(b":")[0] for k, v in redis.hgetall(key).items()}
             state[key] = {k: v for k, v in votes.items() if v != b"0"}
     return state
@@ -165,8 +173,8 @@ def test_incremental_read_models_equal_a_rebuild(app, engine, steps, order):
     rebuilt = read_state(client, accounts)
 
     for me in accounts:
-        for kind in ("feed", "following", "acct", "myvotes"):
-            assert f"{kind}:{me['id']}" in incremental_keys
+        for key_of in (feed_key, following_key, account_key, my_votes_key):
+            assert key_of(me["id"]) in incremental_keys
     # Keys built lazily (an author's posts nobody asked for yet) may be absent incrementally;
     # every key that exists must equal the rebuilt one.
     assert {k: rebuilt_keys.get(k) for k in incremental_keys} == incremental_keys

@@ -383,7 +383,7 @@ def test_repair_from_the_cli(app, client, engine, scene):
     app.extensions["feed"].redis.zrem(feed_key(scene["readers"][1].id), scene["post_id"])
 
     dry = runner.invoke(args=["sagas", "retry", saga_id, "--repair", "--dry-run"])
-    assert "(dry run)" in dry.output and f"feed:{scene['readers'][1].id}" in dry.output
+    assert "(dry run)" in dry.output and f"home:{scene['readers'][1].id}" in dry.output
     fixed = runner.invoke(args=["sagas", "retry", saga_id, "--repair", "--operator", "cli:ops"])
     assert fixed.exit_code == 0, fixed.output
     settle(app)

@@ -9,7 +9,21 @@ from app import create_app
 from feed.bootstrap import build_services
 from feed.outbox import claim_batch
 from feed.projections import FanOutPage, apply_fan_out_page, project
-from feed.readmodel import FeedKeepAlive, feed_key
+from feed.readmodel import (
+    CELEBS_KEY,
+    ID_SHIFT,
+    POSTS_PREFIX,
+    SENTINEL,
+    SENTINEL_SCORE,
+    FeedKeepAlive,
+    account_key,
+    feed_key,
+    following_key,
+    my_votes_key,
+    post_key,
+    posts_key,
+    score_of,
+)
 from tests.conftest import drain
 
 
@@ -200,6 +214,27 @@ def test_every_handler_is_harmless_twice_and_out_of_order(app, client, ada_and_f
     assert (seen["up"], seen["down"], seen["my_vote"]) == (0, 1, -1)
     assert client.get(f"/api/v1/posts/{second}").status_code == 404
     assert client.get(f"/api/v1/accounts/{ada.id}").get_json()["followers_count"] == 2
+
+
+def test_a_vote_projected_after_its_posts_deletion_leaves_no_hash(
+    app, client, ada_and_fans, engine
+):
+    """The vote's counters must not bring back a hash for a deleted post (a rebuild would not
+    have it, and nothing would ever remove it)."""
+    ada, (fan, _, _) = ada_and_fans
+    home(client, fan)  # the fan's votes are in Redis from now on
+    doomed = post(client, ada, "soon gone")
+    client.put(f"/api/v1/posts/{doomed}/vote", json={"value": 1}, headers=fan.auth)
+    client.delete(f"/api/v1/posts/{doomed}", headers=ada.auth)
+    store = app.extensions["feed"].store
+    with engine.begin() as conn:
+        published, vote, deleted = claim_batch(conn, 1000)
+    for envelope in (published, deleted, vote):
+        project(store, envelope, lambda page: apply_fan_out_page(store, page))
+
+    assert vote.type == "VoteCast" and deleted.type == "PostDeleted"
+    assert not store.redis.exists(post_key(doomed))
+    assert store.redis.hget(my_votes_key(fan.id), doomed).startswith(b"1:")
 
 
 def test_a_read_with_a_consistency_token_sees_the_write_before_projection(client, ada_and_fans):
@@ -417,7 +452,7 @@ def test_a_reader_of_many_pulled_authors_rebuilds_them_all_in_one_round(settings
     drain(svc)
     assert client.get("/api/v1/timelines/home", headers=reader).status_code == 200
     assert all(svc.redis.sismember("celebs", star_id) for star_id, _ in stars)
-    svc.redis.delete(*(f"posts:{star_id}" for star_id, _ in stars))
+    svc.redis.delete(*(posts_key(star_id) for star_id, _ in stars))
 
     page = client.get("/api/v1/timelines/home?limit=40", headers=reader)
 
@@ -426,3 +461,59 @@ def test_a_reader_of_many_pulled_authors_rebuilds_them_all_in_one_round(settings
         f"from {star_id}" for star_id, _ in stars
     )
     svc.close()
+
+
+def test_posts_of_one_millisecond_page_newest_first_across_a_page_break(app):
+    """Ids of one millisecond share a score, and Redis returns them oldest first; a page that
+    ends inside such a millisecond must still take its newest ones first, in the feed and in a
+    pulled author's posts, so that paging by max id neither skips nor repeats a post."""
+    svc = app.extensions["feed"]
+    redis, scripts = svc.redis, svc.store.scripts
+    ms = 400_000_000_000
+
+    def ids_at(milli: int, seqs: range) -> list[int]:
+        return [(milli << ID_SHIFT) | seq for seq in seqs]
+
+    mine = ids_at(ms + 1, range(5)) + ids_at(ms, range(30)) + ids_at(ms - 1, range(5))
+    pulled = ids_at(ms + 1, range(50, 52)) + ids_at(ms, range(100, 110))
+    reader, star = 7, 8
+    redis.zadd(feed_key(reader), {SENTINEL: SENTINEL_SCORE, **{str(i): score_of(i) for i in mine}})
+    redis.zadd(posts_key(star), {SENTINEL: SENTINEL_SCORE, **{str(i): score_of(i) for i in pulled}})
+    redis.sadd(following_key(reader), SENTINEL, star)
+    redis.sadd(CELEBS_KEY, SENTINEL, star)
+    redis.hset(my_votes_key(reader), SENTINEL, "0:0")
+    redis.hset(account_key(star), "json", "{}")
+
+    def page_ids(reply) -> tuple[list[int], bool]:
+        assert reply[0] == b"ok", reply
+        return [int(i) for i in reply[1:-1:5]], reply[-1] == b"1"
+
+    def home_page(max_id: int | None, limit: int):
+        bound = "" if max_id is None else str(max_id)
+        score = "" if max_id is None else score_of(max_id)
+        return page_ids(
+            scripts.read_home_page(
+                keys=[feed_key(reader), following_key(reader), CELEBS_KEY, my_votes_key(reader)],
+                args=[bound, "", limit, 60, POSTS_PREFIX, score, "", "0"],
+            )
+        )
+
+    def posts_page(max_id: int | None, limit: int):
+        bound = "" if max_id is None else str(max_id)
+        score = "" if max_id is None else score_of(max_id)
+        return page_ids(
+            scripts.read_posts_page(
+                keys=[posts_key(star), my_votes_key(reader), account_key(star)],
+                args=[bound, "", limit, score, "", "1"],
+            )
+        )
+
+    for read, everything in ((home_page, mine + pulled), (posts_page, pulled)):
+        for limit in (1, 4, 7):
+            seen, max_id, more = [], None, True
+            while more:
+                got, more = read(max_id, limit)
+                assert len(got) == limit or not more
+                seen += got
+                max_id = got[-1] if got else None
+            assert seen == sorted(everything, reverse=True), (read.__name__, limit)

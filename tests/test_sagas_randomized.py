@@ -11,6 +11,7 @@ import random
 
 from sqlalchemy import text
 
+from feed.readmodel import FEED_PREFIX
 from sagas.services import inject_fault
 from tests.conftest import fetch_all
 from tests.test_promote_saga import assert_ledger_invariants, settle
@@ -149,7 +150,7 @@ def test_two_hundred_random_sagas_keep_every_invariant(app, client, engine, make
     # no rejected post, and no post of a deleted account, in any feed or cache
     redis = app.extensions["feed"].redis
     visible = set()
-    for key in redis.scan_iter("feed:*"):
+    for key in redis.scan_iter(f"{FEED_PREFIX}*"):
         visible |= {int(m) for m in redis.zrange(key, 0, -1) if m != b"0"}
     for key in redis.scan_iter("post:*"):
         if redis.hexists(key, "json"):
