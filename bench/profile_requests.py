@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
-from bench.run import BROKER_URL, DATABASE_URL, HOME, REDIS_URL, RESULTS
+from bench.run import HOME, RESULTS, use_bench_servers
 
 
 def timed(label: str, call: Callable[[int], object], n: int) -> None:
@@ -39,15 +38,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--profile", choices=["home", "post"])
     args = parser.parse_args()
-    os.environ.update(
-        DATABASE_URL=DATABASE_URL,
-        REDIS_URL=REDIS_URL,
-        BROKER_URL=BROKER_URL,
-        SECRET_KEY="profile-secret-key-not-for-production",
-        RATE_LIMITS_ENABLED="false",
-        BENCH_BASELINE="true",
-        LOG_JSON="true",
-    )
+    use_bench_servers(RATE_LIMITS_ENABLED="false", BENCH_BASELINE="true")
     from app import create_app
 
     client = create_app().test_client()

@@ -61,6 +61,18 @@ QUEUE_PREFIX = "bench-"
 HOME = "/api/v1/timelines/home?limit=20"
 
 
+def use_bench_servers(**extra: str) -> None:
+    """Point this process's settings at the bench's servers and data (for in-process tools)."""
+    os.environ.update(
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL=REDIS_URL,
+        BROKER_URL=BROKER_URL,
+        SECRET_KEY="profile-secret-key-not-for-production",
+        LOG_JSON="true",
+        **extra,
+    )
+
+
 # --- the service under test -----------------------------------------------------------------
 
 

@@ -111,15 +111,19 @@ def project_post_published(store: Store, event: PostPublished, send: SendPage) -
     # Safe twice: ZADD of the same member and score changes nothing; a deleted post (tombstone
     # or PostgreSQL status) is never cached or added again.
     post_id = int(event.post_id)
-    if not _is_published(store, post_id):
+    push = event.author_counts["followers_count"] < store.settings.feed_pull_threshold
+    published, first_page = _post_state(store, post_id, with_followers=push)
+    if not published:
         store.redis.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
         return
-    store.scripts.cache_published_post(
+    counted = store.scripts.cache_published_post(
         keys=[
             post_key(post_id),
             tombstone_key(post_id),
             posts_key(event.author_id),
             feed_key(event.author_id),
+            account_key(event.author_id),
+            CELEBS_KEY,
         ],
         args=[
             post_document(
@@ -134,12 +138,13 @@ def project_post_published(store: Store, event: PostPublished, send: SendPage) -
             post_id,
             score_of(post_id),
             store.settings.feed_size,
+            *_counts_args(store, event.author_id, event.author_counts),
         ],
     )
-    _apply_counts(store, event.author_id, event.author_counts, send)
-    if event.author_counts["followers_count"] >= store.settings.feed_pull_threshold:
+    _after_counts(store, event.author_id, counted, send)
+    if not push:
         return  # a high-follower author: followers pull its posts at read time
-    for followers in follower_pages(store, int(event.author_id)):
+    for followers in follower_pages(store, int(event.author_id), first=first_page):
         send(FanOutPage("add", int(event.author_id), followers, (post_id,)))
 
 
@@ -268,24 +273,43 @@ def apply_fan_out_page(store: Store, page: FanOutPage, *, just_read: bool = Fals
     return changed
 
 
-def follower_pages(store: Store, author_id: int) -> Iterator[tuple[int, ...]]:
-    """The author's followers from PostgreSQL, a page (``fanout_page_size``) at a time."""
+# A page of followers comes back as one int8[] value (decoded in C), not as a row per follower.
+_FOLLOWER_PAGE = (
+    "ARRAY(SELECT f.follower_id FROM follows f WHERE f.followee_id = {author} "
+    "AND f.follower_id > :after ORDER BY f.follower_id LIMIT :n)"
+)
+FOLLOWER_PAGE = text("SELECT " + _FOLLOWER_PAGE.format(author=":author"))
+# A post's status and, when asked, its author's first page of followers: one round trip.
+POST_STATE = text(
+    "SELECT p.status = 'published' AS published, CASE WHEN :with_followers THEN "
+    + _FOLLOWER_PAGE.format(author="p.author_id")
+    + " END AS followers FROM posts p WHERE p.id = :id"
+)
+STILL_FOLLOWING = text(
+    "SELECT follower_id FROM follows WHERE followee_id = :author AND follower_id = ANY(:ids)"
+)
+
+
+def follower_pages(
+    store: Store, author_id: int, *, first: list[int] | None = None
+) -> Iterator[tuple[int, ...]]:
+    """The author's followers from PostgreSQL, a page (``fanout_page_size``) at a time;
+    ``first`` is the first page when the caller has read it already (``_post_state``)."""
     size = store.settings.fanout_page_size
-    after = 0
+    if first is not None:
+        if first:
+            yield tuple(first)
+        if len(first) < size:
+            return
+    after = first[-1] if first else 0
     with store.reader.connect() as conn:
         while True:
-            page = tuple(
-                conn.execute(
-                    text(
-                        "SELECT follower_id FROM follows WHERE followee_id = :author "
-                        "AND follower_id > :after ORDER BY follower_id LIMIT :n"
-                    ),
-                    {"author": author_id, "after": after, "n": size},
-                ).scalars()
-            )
+            page = conn.execute(
+                FOLLOWER_PAGE, {"author": author_id, "after": after, "n": size}
+            ).scalar_one()
             if not page:
                 return
-            yield page
+            yield tuple(page)
             if len(page) < size:
                 return
             after = page[-1]
@@ -296,11 +320,7 @@ def still_following(store: Store, author_id: int, follower_ids: tuple[int, ...])
     with store.reader.connect() as conn:
         return list(
             conn.execute(
-                text(
-                    "SELECT follower_id FROM follows WHERE followee_id = :author "
-                    "AND follower_id = ANY(:ids)"
-                ),
-                {"author": author_id, "ids": list(follower_ids)},
+                STILL_FOLLOWING, {"author": author_id, "ids": list(follower_ids)}
             ).scalars()
         )
 
@@ -311,20 +331,29 @@ def projection_lag_seconds(created_at: str) -> float:
     return max(0.0, time.time() - created.timestamp())
 
 
+def _counts_args(store: Store, account_id: str | int, counts: dict[str, int]) -> list[Any]:
+    """The arguments of the scripts' ``apply_counts``."""
+    return [
+        counts["followers_count"],
+        counts["following_count"],
+        counts["posts_count"],
+        counts["counts_version"],
+        account_id,
+        store.settings.feed_pull_threshold,
+    ]
+
+
 def _apply_counts(
     store: Store, account_id: str | int, counts: dict[str, int], send: SendPage
 ) -> None:
     result = store.scripts.apply_account_counts(
-        keys=[account_key(account_id), CELEBS_KEY],
-        args=[
-            counts["followers_count"],
-            counts["following_count"],
-            counts["posts_count"],
-            counts["counts_version"],
-            account_id,
-            store.settings.feed_pull_threshold,
-        ],
+        keys=[account_key(account_id), CELEBS_KEY], args=_counts_args(store, account_id, counts)
     )
+    _after_counts(store, account_id, result, send)
+
+
+def _after_counts(store: Store, account_id: str | int, result: Any, send: SendPage) -> None:
+    """What ``apply_counts`` answered: -1 is an account that just left the celebrities."""
     if int(result) == -1:
         # The account left the high-follower set: push its posts to its followers' feeds now.
         log.info("account_demoted_from_pull", account_id=str(account_id))
@@ -337,9 +366,21 @@ def _ensure_posts(store: Store, account_id: str | int) -> None:
         rebuild_posts(store, int(account_id))
 
 
-def _is_published(store: Store, post_id: int) -> bool:
+def _post_state(
+    store: Store, post_id: int, *, with_followers: bool
+) -> tuple[bool, list[int] | None]:
+    """Whether the post is published in PostgreSQL and, if asked, its author's first page of
+    followers (``None`` when not asked)."""
     with store.reader.connect() as conn:
-        status = conn.execute(
-            text("SELECT status FROM posts WHERE id = :id"), {"id": post_id}
-        ).scalar_one_or_none()
-    return status == "published"
+        row = conn.execute(
+            POST_STATE,
+            {
+                "id": post_id,
+                "with_followers": with_followers,
+                "after": 0,
+                "n": store.settings.fanout_page_size,
+            },
+        ).first()
+    if row is None:
+        return False, None
+    return bool(row.published), row.followers

@@ -124,8 +124,9 @@ local function newer(a, b)
 end
 -- The newest posts of sorted set `key` with ids strictly between `min_id` and `max_id` ('' for
 -- no bound) and scores in [lo, hi]: at least `want` of them when there are that many, as
--- {id, score} pairs, newest first. Redis returns the posts of one millisecond in ascending id
--- order, oldest first, so the last millisecond reached is taken whole before sorting.
+-- {id, score} pairs by ascending score. Within one millisecond (one score) Redis orders them by
+-- ascending id, oldest first, so the last millisecond reached is taken whole, and the caller
+-- sorts (`newer`) what it keeps.
 local function newest(key, lo, hi, want, max_id, min_id)
   local function wanted(id)
     if id == '0' then return false end
@@ -149,7 +150,6 @@ local function newest(key, lo, hi, want, max_id, min_id)
       if wanted(id) then out[#out + 1] = {id, last} end
     end
   end
-  table.sort(out, newer)
   return out
 end
 """
@@ -229,23 +229,33 @@ end
 return 1
 """
 
-# KEYS: [1] account hash, [2] celebs. ARGV: followers, following, posts, version, account id,
-# pull threshold. Keeps the counters with the highest version; returns -1 when the account just
-# left the celebrities (its followers need its posts pushed), else 1 if applied, 0 if stale.
-APPLY_ACCOUNT_COUNTS = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
-if current >= tonumber(ARGV[4]) then return 0 end
-redis.call('HSET', KEYS[1], 'followers', ARGV[1], 'following', ARGV[2], 'posts', ARGV[3],
-           'v', ARGV[4])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  if tonumber(ARGV[1]) >= tonumber(ARGV[6]) then
-    redis.call('SADD', KEYS[2], ARGV[5])
-  elseif redis.call('SREM', KEYS[2], ARGV[5]) == 1 then
-    return -1
+# Keeps an account's counters with the highest version; returns -1 when the account just left
+# the celebrities (its followers need its posts pushed), else 1 if applied, 0 if stale.
+_LUA_APPLY_COUNTS = """
+local function apply_counts(account, celebs, followers, following, posts, version, id, threshold)
+  local current = tonumber(redis.call('HGET', account, 'v') or '-1')
+  if current >= tonumber(version) then return 0 end
+  redis.call('HSET', account, 'followers', followers, 'following', following, 'posts', posts,
+             'v', version)
+  if redis.call('EXISTS', celebs) == 1 then
+    if tonumber(followers) >= tonumber(threshold) then
+      redis.call('SADD', celebs, id)
+    elseif redis.call('SREM', celebs, id) == 1 then
+      return -1
+    end
   end
+  return 1
 end
-return 1
 """
+
+# KEYS: [1] account hash, [2] celebs. ARGV: followers, following, posts, version, account id,
+# pull threshold. Returns as ``apply_counts``.
+APPLY_ACCOUNT_COUNTS = (
+    _LUA_APPLY_COUNTS
+    + """
+return apply_counts(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+)
 
 # KEYS: [1] post hash, [2] voter's votes hash, [3] the post's tombstone.
 # ARGV: up, down, version, post id, vote value.
@@ -266,12 +276,18 @@ end
 return 1
 """
 
-# KEYS: [1] post hash, [2] tombstone, [3] author's posts, [4] author's feed.
-# ARGV: post json, id, score, feed size. Caches a published post unless it was deleted.
+# KEYS: [1] post hash, [2] tombstone, [3] author's posts, [4] author's feed, [5] author's
+# account hash, [6] celebs. ARGV: post json, id, score, feed size, then the author's followers,
+# following, posts, counts version, id and the pull threshold.
+# Caches a published post unless it was deleted, and applies its author's counters (which the
+# post changed) as ``apply_counts``, whose answer it returns: one round trip for both.
 CACHE_PUBLISHED_POST = (
     _LUA_HELPERS
+    + _LUA_APPLY_COUNTS
     + """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local counted = apply_counts(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+                             ARGV[10])
+if redis.call('EXISTS', KEYS[2]) == 1 then return counted end
 redis.call('HSET', KEYS[1], 'json', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'up', 0)
 redis.call('HSETNX', KEYS[1], 'down', 0)
@@ -281,7 +297,7 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
   trim(KEYS[4], tonumber(ARGV[4]))
 end
-return 1
+return counted
 """
 )
 
@@ -394,6 +410,7 @@ local lo, hi = '-inf', '+inf'
 if max_id ~= '' then lo = ARGV[4] end
 if min_id ~= '' then hi = ARGV[5] end
 local entries = newest(KEYS[1], lo, hi, limit + 1, max_id, min_id)
+table.sort(entries, newer)
 local out, more = {'ok'}, 0
 for i, entry in ipairs(entries) do
   if i > limit then more = 1 break end

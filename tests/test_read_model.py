@@ -517,3 +517,59 @@ def test_posts_of_one_millisecond_page_newest_first_across_a_page_break(app):
                 seen += got
                 max_id = got[-1] if got else None
             assert seen == sorted(everything, reverse=True), (read.__name__, limit)
+
+
+@pytest.mark.parametrize("count", [0, 7, 20, 45])
+def test_a_posts_state_and_follower_pages_name_every_follower_once(app, engine, count):
+    """The projection reads a post's status and its author's first page of followers in one
+    query, then the other pages; the pages hold every follower once, none is empty."""
+    from sqlalchemy import text
+
+    from feed.projections import _post_state, follower_pages
+
+    services = build_services(app.extensions["feed"].settings.with_overrides(fanout_page_size=20))
+    with engine.begin() as conn:
+        author = conn.execute(
+            text(
+                "INSERT INTO accounts (handle, display_name, password_hash) "
+                "VALUES ('paged', 'Paged', 'x') RETURNING id"
+            )
+        ).scalar_one()
+        fans = (
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (handle, display_name, password_hash) "
+                    "SELECT 'pf' || g, 'Fan', 'x' FROM generate_series(1, :n) g RETURNING id"
+                ),
+                {"n": count},
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            text(
+                "INSERT INTO follows (follower_id, followee_id) "
+                "SELECT unnest(CAST(:ids AS bigint[])), :a"
+            ),
+            {"ids": list(fans), "a": author},
+        )
+        post_id = conn.execute(
+            text("INSERT INTO posts (author_id, body) VALUES (:a, 'x') RETURNING id"),
+            {"a": author},
+        ).scalar_one()
+    try:
+        published, first = _post_state(services.store, post_id, with_followers=True)
+        paged = list(follower_pages(services.store, author, first=first))
+        unread = list(follower_pages(services.store, author))
+        assert published and _post_state(services.store, post_id, with_followers=False) == (
+            True,
+            None,
+        )
+        assert paged == unread
+        assert [len(page) for page in paged] == [20] * (count // 20) + (
+            [count % 20] if count % 20 else []
+        )
+        assert sorted(f for page in paged for f in page) == sorted(fans)
+        assert _post_state(services.store, -1, with_followers=True) == (False, None)
+    finally:
+        services.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pika
 import pytest
 from sqlalchemy import text
 
@@ -91,3 +92,50 @@ def test_an_event_that_fails_is_retried_alone_and_the_rest_of_its_message_applie
         delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])
     projected = [r["position"] for r in processes.log_events("workers", "event_projected")]
     assert bad not in projected and len(projected) == len(set(projected))
+
+
+def test_commits_within_the_relays_linger_go_out_in_one_message(
+    client, make_account, engine, settings, tmp_path
+):
+    """The relay waits RELAY_LINGER_MS after a commit's notification before it reads the
+    outbox, so a burst of commits shares one batch and one project_events message (and the
+    notifications the burst sent wake it no further)."""
+    from tests.processes import Processes, delete_queues, process_env
+
+    env = process_env(settings.database_url, settings.redis_url, settings.broker_url)
+    processes = Processes(env, tmp_path)
+    author = make_account()
+    processes.start("relay", {"RELAY_LINGER_MS": "1000"})
+    queue = f"{env['FEED_QUEUE_PREFIX']}projections"
+    try:
+        eventually(lambda: processes.log_events("relay", "relay_started"))
+        eventually(lambda: not unpublished(engine))  # the account's registration went out
+        before = queued(settings.broker_url, queue)
+        for i in range(10):
+            client.post("/api/v1/posts", json={"body": f"burst {i}"}, headers=author.auth)
+        eventually(lambda: not unpublished(engine))
+        # one message; two when the relay's once-a-second poll fell inside the burst
+        assert queued(settings.broker_url, queue) - before <= 2
+    finally:
+        processes.stop_all()
+        delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])
+
+
+def unpublished(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        ).scalar_one()
+
+
+def queued(broker_url: str, queue: str) -> int:
+    """Messages waiting in ``queue`` (0 before the relay declared it)."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        channel = connection.channel()
+        return channel.queue_declare(queue=queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()

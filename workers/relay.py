@@ -1,8 +1,9 @@
 """The outbox relay process: ``python -m workers.relay``.
 
 Wakes on PostgreSQL ``NOTIFY outbox`` (sent when a command commits) and polls once a second as a
-fallback; publishes each batch in order through Dramatiq (RabbitMQ with publisher confirms),
-the projections' events several to a message, and marks the batch published only after that.
+fallback; lingers a few milliseconds so that commits arriving together go out together;
+publishes each batch in order through Dramatiq (RabbitMQ with publisher confirms), the
+projections' events several to a message, and marks the batch published only after that.
 Several relays may run: a batch is locked with ``FOR UPDATE SKIP LOCKED``, so no two relays
 publish the same rows. With the broker down, commands still commit; events wait in the outbox
 and go out when it is back.
@@ -41,6 +42,10 @@ MAX_BACKOFF_SECONDS = float(os.environ.get("RELAY_MAX_BACKOFF_SECONDS", "10"))
 #: Events per ``project_events`` message: one message (and one broker confirm) for many events,
 #: in chunks small enough that a burst is shared among the workers' threads.
 PROJECTION_CHUNK = int(os.environ.get("PROJECTION_CHUNK", "50"))
+#: How long the relay waits after a commit's notification before it reads the outbox, so that
+#: the commits of those milliseconds share one batch, one broker round trip and one message.
+LINGER_SECONDS = float(os.environ.get("RELAY_LINGER_MS", "5")) / 1000
+BATCH_SIZE = 500
 
 
 def publish(batch: list[Envelope]) -> None:
@@ -104,13 +109,21 @@ def run(settings: Settings) -> None:
         try:
             if listener is None or listener.closed:
                 listener = listen_connection(settings.database_url)
-            while not stop_event.is_set() and relay_once(engine, publish):
+            # A full batch may have left more behind; after a partial one, every later commit
+            # notifies.
+            while (
+                not stop_event.is_set()
+                and relay_once(engine, publish, batch_size=BATCH_SIZE) == BATCH_SIZE
+            ):
                 pass
             backoff = 0.5
             sweep_sagas(engine)
-            # Sleep until a commit notifies us, or the poll interval passes.
-            for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1):
-                pass
+            # Sleep until a commit notifies us, or the poll interval passes; then linger, and
+            # take the notifications of the commits that the next batch will hold.
+            if any(True for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1)):
+                stop_event.wait(LINGER_SECONDS)
+                for _ in listener.notifies(timeout=0):
+                    pass
         except Exception as error:  # broker or database down: keep the events, retry later
             RELAY_ERRORS.inc()
             log.warning("relay_retrying", error=f"{type(error).__name__}: {error}", in_s=backoff)
