@@ -1,0 +1,62 @@
+"""How long a post takes to reach all of 100 followers' feeds, at rates you choose.
+
+    python -m bench.visibility RATE [RATE ...] [--seconds 15]
+
+``make bench`` times visibility at half the posting rate it measured in that run, so the rate
+moves with the machine's load; this runs the same phase (``bench.run``: a new author whose 100
+followers have live feeds, open-loop posting, Redis polled every 2 ms) at fixed rates, for
+comparing one change with the next. Prints p50/p99/max per rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import redis
+from sqlalchemy import create_engine
+
+from bench.run import (
+    DATABASE_URL,
+    REDIS_URL,
+    RESULTS,
+    VisibilityProbe,
+    _pct,
+    log_in,
+    make_cohort,
+    post_at_rate,
+    service,
+    wait_until_drained,
+)
+from feed.config import sqlalchemy_url
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("rates", nargs="+", type=float)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+    engine = create_engine(sqlalchemy_url(DATABASE_URL))
+    client = redis.Redis.from_url(REDIS_URL)
+    with service(args.port, RESULTS / "visibility-service.log") as base:
+        for rate in args.rates:
+            wait_until_drained(engine, client)
+            author, keys = make_cohort(engine, client, 100)
+            token = log_in(base, [author])[0]
+            with VisibilityProbe(client, keys) as probe:
+                sent = post_at_rate(base, token, rate, args.seconds, probe)
+            seen = sorted(probe.seconds)
+            if sent["failed"] or sent["never_visible"] or not seen:
+                raise RuntimeError(f"posting at {rate}/s lost posts: {sent}")
+            print(
+                f"{rate:.0f} posts/s: p50 {_pct(seen, 50) * 1000:.0f} ms, "
+                f"p99 {_pct(seen, 99) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms "
+                f"({len(seen)} posts, {sent['late_sends']} sent late)",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
