@@ -15,6 +15,11 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw in (None, ""):
@@ -63,6 +68,9 @@ class Settings:
     fanout_page_size: int = 1000
     read_wait_ms: int = 500
     queue_prefix: str = ""
+    projection_chunk: int = 50
+    relay_linger_ms: float = 5.0
+    relay_max_backoff_seconds: float = 10.0
     media_max_bytes: int = 5 * 1024 * 1024
     media_quota_bytes: int = 50 * 1024 * 1024
     moderation_banned_words: tuple[str, ...] = ("spamword", "scamlink")
@@ -102,6 +110,11 @@ class Settings:
             fanout_page_size=_int(env, "FANOUT_PAGE_SIZE", defaults.fanout_page_size),
             read_wait_ms=_int(env, "READ_WAIT_MS", defaults.read_wait_ms),
             queue_prefix=env.get("FEED_QUEUE_PREFIX", ""),
+            projection_chunk=max(1, _int(env, "PROJECTION_CHUNK", defaults.projection_chunk)),
+            relay_linger_ms=_float(env, "RELAY_LINGER_MS", defaults.relay_linger_ms),
+            relay_max_backoff_seconds=_float(
+                env, "RELAY_MAX_BACKOFF_SECONDS", defaults.relay_max_backoff_seconds
+            ),
             media_quota_bytes=_int(env, "MEDIA_QUOTA_BYTES", defaults.media_quota_bytes),
             moderation_banned_words=tuple(
                 w.strip().lower()
@@ -111,7 +124,7 @@ class Settings:
                 if w.strip()
             ),
             moderation_latency_ms=_int(env, "MODERATION_LATENCY_MS", 0),
-            moderation_failure_rate=float(env.get("MODERATION_FAILURE_RATE") or 0.0),
+            moderation_failure_rate=_float(env, "MODERATION_FAILURE_RATE", 0.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import dramatiq
 import structlog
 
-from feed.bootstrap import Services, build_services
+from feed.bootstrap import Services, build_services, freeze_heap
 from feed.config import Settings
 from feed.observability import (
     FANOUT_PAGE_SIZE,
@@ -44,6 +44,7 @@ def services() -> Services:
         if _services is None:
             _services = build_services(SETTINGS)
             configure_compact_encoding(_services.redis)
+            freeze_heap()
         return _services
 
 

@@ -11,7 +11,6 @@ and go out when it is back.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ import time
 import psycopg
 import structlog
 
-from feed.bootstrap import build_engine
+from feed.bootstrap import build_engine, freeze_heap
 from feed.config import Settings
 from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
 from feed.outbox import Envelope, listen_connection, relay_once
@@ -36,15 +35,10 @@ from workers.actors import (
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
-MAX_BACKOFF_SECONDS = float(os.environ.get("RELAY_MAX_BACKOFF_SECONDS", "10"))
-
-
-#: Events per ``project_events`` message: one message (and one broker confirm) for many events,
-#: in chunks small enough that a burst is shared among the workers' threads.
-PROJECTION_CHUNK = int(os.environ.get("PROJECTION_CHUNK", "50"))
-#: How long the relay waits after a commit's notification before it reads the outbox, so that
-#: the commits of those milliseconds share one batch, one broker round trip and one message.
-LINGER_SECONDS = float(os.environ.get("RELAY_LINGER_MS", "5")) / 1000
+#: Events per ``project_events`` message (``PROJECTION_CHUNK``): one message (and one broker
+#: confirm) for many events, in chunks small enough that a burst is shared among the workers'
+#: threads.
+PROJECTION_CHUNK = SETTINGS.projection_chunk
 BATCH_SIZE = 500
 
 
@@ -93,8 +87,12 @@ def sweep_sagas(engine) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Relay until SIGTERM or SIGINT."""
+    """Relay until SIGTERM or SIGINT. After a commit's notification it lingers
+    ``settings.relay_linger_ms`` before reading the outbox, so that the commits of those
+    milliseconds share one batch, one broker round trip and one message."""
+    linger = settings.relay_linger_ms / 1000
     engine = build_engine(settings.database_url, pool_size=2)
+    freeze_heap()
     stop_event = threading.Event()
 
     def stop(signum, frame):
@@ -121,7 +119,7 @@ def run(settings: Settings) -> None:
             # Sleep until a commit notifies us, or the poll interval passes; then linger, and
             # take the notifications of the commits that the next batch will hold.
             if any(True for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1)):
-                stop_event.wait(LINGER_SECONDS)
+                stop_event.wait(linger)
                 for _ in listener.notifies(timeout=0):
                     pass
         except Exception as error:  # broker or database down: keep the events, retry later
@@ -131,7 +129,7 @@ def run(settings: Settings) -> None:
                 listener.close()
                 listener = None
             stop_event.wait(backoff)  # a stop signal ends the wait at once
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            backoff = min(backoff * 2, settings.relay_max_backoff_seconds)
     engine.dispose()
     log.info("relay_stopped")
 

@@ -1,0 +1,43 @@
+"""Settings read from the environment: defaults when a variable is unset or empty, and the
+relay's knobs (read by ``workers.relay`` through ``Settings``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from feed.config import Settings
+
+
+def test_unset_and_empty_variables_take_the_defaults(tmp_path):
+    for env in ({}, {"PROJECTION_CHUNK": "", "RELAY_LINGER_MS": "", "FEED_SIZE": ""}):
+        settings = Settings.from_env({"FEED_DATA_DIR": str(tmp_path), **env})
+        assert settings.projection_chunk == 50
+        assert settings.relay_linger_ms == 5.0
+        assert settings.relay_max_backoff_seconds == 10.0
+        assert settings.feed_size == 800
+
+
+def test_relay_knobs_come_from_the_environment(tmp_path):
+    settings = Settings.from_env(
+        {
+            "FEED_DATA_DIR": str(tmp_path),
+            "PROJECTION_CHUNK": "7",
+            "RELAY_LINGER_MS": "0.5",
+            "RELAY_MAX_BACKOFF_SECONDS": "1",
+            "MODERATION_FAILURE_RATE": "0.25",
+        }
+    )
+    assert settings.projection_chunk == 7
+    assert settings.relay_linger_ms == 0.5
+    assert settings.relay_max_backoff_seconds == 1.0
+    assert settings.moderation_failure_rate == 0.25
+
+
+def test_a_chunk_below_one_event_is_one_event(tmp_path):
+    settings = Settings.from_env({"FEED_DATA_DIR": str(tmp_path), "PROJECTION_CHUNK": "0"})
+    assert settings.projection_chunk == 1
+
+
+def test_a_malformed_number_stops_the_start(tmp_path):
+    with pytest.raises(ValueError):
+        Settings.from_env({"FEED_DATA_DIR": str(tmp_path), "RELAY_LINGER_MS": "soon"})
