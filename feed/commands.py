@@ -164,7 +164,7 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
     )
     if row is None:
         raise Unauthenticated("This account is no longer active.")
-    author = counts = {c.name: row[f"author_{c.name}"] for c in accounts.c}
+    author = counts = {c.name: row[f"author_{c.name}"] for c in _POST_AUTHOR_COLUMNS}
     post = {c.name: row[f"post_{c.name}"] for c in posts.c}
     uow.emit(
         PostPublished(
@@ -470,6 +470,21 @@ def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
     )
 
 
+# What a published post's event and response need of its author (not, say, the password hash).
+_POST_AUTHOR_COLUMNS = [
+    accounts.c[name]
+    for name in (
+        "id",
+        "handle",
+        "display_name",
+        "followers_count",
+        "following_count",
+        "posts_count",
+        "counts_version",
+    )
+]
+
+
 def _publish_post_statement() -> Select:
     """The author's counters bumped (posts_count + 1, a new counts version, marked active) and
     the post inserted, in one statement and one round trip. The update locks the author's row;
@@ -480,7 +495,7 @@ def _publish_post_statement() -> Select:
         update(accounts)
         .where(accounts.c.id == bindparam("author_id"), accounts.c.status == "active")
         .values(**_counter_changes({"posts_count": 1}), last_active_at=func.now())
-        .returning(*accounts.c)
+        .returning(*_POST_AUTHOR_COLUMNS)
         .cte("author")
     )
     post = (

@@ -16,6 +16,7 @@ functions registered in ``UPCASTERS`` before it is decoded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,8 +35,27 @@ class Event:
         raise NotImplementedError
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON object stored in the outbox."""
-        return dataclasses.asdict(self)
+        """The JSON object stored in the outbox (sequences as lists). Unlike
+        ``dataclasses.asdict`` it does not deep-copy every value, a tenth of a post's CPU."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready dicts and lists, sharing its immutable leaves."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if dataclasses.is_dataclass(value):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
 
 
 def account_counts(row: Any) -> dict[str, int]:

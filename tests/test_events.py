@@ -36,6 +36,19 @@ def test_every_event_round_trips_through_json(name):
         event.__setattr__(dataclasses.fields(cls)[0].name, "2")
 
 
+@pytest.mark.parametrize("name", sorted(EVENT_TYPES))
+def test_a_payload_is_what_dataclasses_asdict_gives_and_shares_no_container(name):
+    event = sample(EVENT_TYPES[name])
+    payload = event.to_payload()
+    assert json.dumps(payload, sort_keys=True) == json.dumps(
+        dataclasses.asdict(event), sort_keys=True
+    )
+    for field in dataclasses.fields(event):
+        value = getattr(event, field.name)
+        if isinstance(value, dict | list | tuple):  # a copy: changing it leaves the event alone
+            assert payload[field.name] is not value
+
+
 def test_an_old_payload_is_upcast_before_decoding(monkeypatch):
     monkeypatch.setattr(PostPublished, "version", 2)
     monkeypatch.setitem(UPCASTERS, ("PostPublished", 1), lambda p: {**p, "body": p["body"].upper()})

@@ -27,7 +27,7 @@ SESSION_OUT = SessionOut()
 
 @blp.route("/accounts")
 class Accounts(MethodView):
-    @blp.arguments(RegisterAccountIn)
+    @blp.arguments(RegisterAccountIn())
     @blp.response(201, AccountOut)
     @blp.alt_response(409, schema=ProblemOut, description="The handle is taken")
     @blp.alt_response(422, schema=ProblemOut, description="A field is not valid")
@@ -49,7 +49,7 @@ class Sessions(MethodView):
         limiter.limit(handle_limit, key_func=handle_key),
     ]
 
-    @blp.arguments(StartSessionIn)
+    @blp.arguments(StartSessionIn())
     @blp.response(200, SessionOut)
     @blp.alt_response(401, schema=ProblemOut, description="Wrong handle or password")
     @blp.alt_response(429, schema=ProblemOut, description="Too many attempts")

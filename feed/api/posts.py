@@ -19,7 +19,7 @@ VOTE_OUT = VoteOut()
 @blp.route("/posts")
 class Posts(MethodView):
     @authenticated
-    @blp.arguments(PublishPostIn)
+    @blp.arguments(PublishPostIn())
     @blp.response(201, PostOut)
     @blp.alt_response(401, schema=ProblemOut, description="Not logged in")
     @blp.alt_response(422, schema=ProblemOut, description="A field is not valid")
@@ -58,7 +58,7 @@ class Post(MethodView):
 @blp.route("/posts/<id:post_id>/vote")
 class Vote(MethodView):
     @authenticated
-    @blp.arguments(CastVoteIn)
+    @blp.arguments(CastVoteIn())
     @blp.response(200, VoteOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such post")
     def put(self, data, post_id):

@@ -96,7 +96,7 @@ def render_saga(
 @blp.route("/posts/<id:post_id>/promote")
 class Promote(MethodView):
     @authenticated
-    @blp.arguments(CreditsIn)
+    @blp.arguments(CreditsIn())
     @blp.response(202)
     def post(self, data, post_id):
         """Promote your post: a saga pays from your wallet and places the post in feeds."""
@@ -141,7 +141,7 @@ def render_wallet(wallet: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/admin/wallets/<id:account_id>/credit")
 class AdminCredit(MethodView):
     @authenticated
-    @blp.arguments(CreditsIn)
+    @blp.arguments(CreditsIn())
     @blp.response(200)
     def post(self, data, account_id):
         """Credit an account's wallet (admin)."""
