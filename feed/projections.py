@@ -8,7 +8,7 @@ redelivered, duplicated or reordered message leaves the same read model.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,7 +84,7 @@ def project(store: Store, envelope: Envelope, send_page: SendPage) -> None:
     """Apply one event to every read model it touches, then mark its position applied."""
     event = envelope.event()
     HANDLERS[type(event)](store, event, send_page)
-    store.redis.set(applied_key(envelope.position), 1, ex=APPLIED_SECONDS)
+    mark_applied(store, [envelope.position])
 
 
 def project_account_registered(store: Store, event: AccountRegistered, send: SendPage) -> None:
@@ -108,44 +108,109 @@ def project_account_registered(store: Store, event: AccountRegistered, send: Sen
 
 
 def project_post_published(store: Store, event: PostPublished, send: SendPage) -> None:
-    # Safe twice: ZADD of the same member and score changes nothing; a deleted post (tombstone
-    # or PostgreSQL status) is never cached or added again.
-    post_id = int(event.post_id)
-    push = event.author_counts["followers_count"] < store.settings.feed_pull_threshold
-    published, first_page = _post_state(store, post_id, with_followers=push)
-    if not published:
-        store.redis.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
-        return
-    counted = store.scripts.cache_published_post(
-        keys=[
-            post_key(post_id),
-            tombstone_key(post_id),
-            posts_key(event.author_id),
-            feed_key(event.author_id),
-            account_key(event.author_id),
-            CELEBS_KEY,
-        ],
-        args=[
-            post_document(
-                post_id=post_id,
-                author_id=event.author_id,
-                author_handle=event.author_handle,
-                author_display_name=event.author_display_name,
-                body=event.body,
-                media=event.media,
-                created_at=event.created_at,
-            ),
-            post_id,
-            score_of(post_id),
-            store.settings.feed_size,
-            *_counts_args(store, event.author_id, event.author_counts),
-        ],
+    (projected,) = project_posts_published(store, [event])
+    for page in projected.pages:
+        send(page)
+
+
+@dataclass(frozen=True)
+class PostProjected:
+    """What projecting one published post did: the followers whose feeds it was written to at
+    once (``0`` unless the author has followers, fewer than a page), how many feeds that
+    changed, and the pages left for ``fan_out_page`` messages (an author with more followers
+    than a page; an author who just left the high-follower set)."""
+
+    followers: int = 0
+    changed: int = 0
+    pages: tuple[FanOutPage, ...] = ()
+
+
+def project_posts_published(store: Store, events: Sequence[PostPublished]) -> list[PostProjected]:
+    """Project published posts, a message's worth at once: one PostgreSQL query for their
+    statuses and their authors' first pages of followers, one Redis pipeline for their caches,
+    their authors' counters and, for authors with fewer followers than a page (nearly all),
+    the fan-out itself. Returns what each post's projection did, in order.
+
+    Safe twice: ZADD of the same member and score changes nothing; a deleted post (tombstone or
+    PostgreSQL status) is never cached or added again.
+    """
+    settings = store.settings
+    page_size = settings.fanout_page_size
+    threshold = settings.feed_pull_threshold  # authors above it are pulled, not pushed
+    states = _posts_state(
+        store, [(int(e.post_id), e.author_counts["followers_count"] < threshold) for e in events]
     )
-    _after_counts(store, event.author_id, counted, send)
-    if not push:
-        return  # a high-follower author: followers pull its posts at read time
-    for followers in follower_pages(store, int(event.author_id), first=first_page):
-        send(FanOutPage("add", int(event.author_id), followers, (post_id,)))
+    pipe = store.redis.pipeline(transaction=False)
+    plans: list[tuple[PostPublished, list[int] | None, bool] | None] = []
+    for event in events:
+        post_id = int(event.post_id)
+        published, first_page = states[post_id]
+        if not published:
+            pipe.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
+            plans.append(None)
+            continue
+        store.scripts.cache_published_post(
+            keys=[
+                post_key(post_id),
+                tombstone_key(post_id),
+                posts_key(event.author_id),
+                feed_key(event.author_id),
+                account_key(event.author_id),
+                CELEBS_KEY,
+            ],
+            args=[
+                post_document(
+                    post_id=post_id,
+                    author_id=event.author_id,
+                    author_handle=event.author_handle,
+                    author_display_name=event.author_display_name,
+                    body=event.body,
+                    media=event.media,
+                    created_at=event.created_at,
+                ),
+                post_id,
+                score_of(post_id),
+                settings.feed_size,
+                *_counts_args(store, event.author_id, event.author_counts),
+            ],
+            client=pipe,
+        )
+        # The whole fan-out is in the first page: write it now, followers just read.
+        at_once = first_page is not None and 0 < len(first_page) < page_size
+        if at_once:
+            store.scripts.add_to_feeds(
+                keys=[feed_key(f) for f in first_page],
+                args=[post_id, score_of(post_id), settings.feed_size, tombstone_key(post_id)],
+                client=pipe,
+            )
+        plans.append((event, first_page, at_once))
+    answers = iter(pipe.execute())
+    projected = []
+    for plan in plans:
+        counted = next(answers)  # the tombstone's SET, or the cache script's counters
+        if plan is None:
+            projected.append(PostProjected())
+            continue
+        event, first_page, at_once = plan
+        pages: list[FanOutPage] = []
+        _after_counts(store, event.author_id, counted, pages.append)
+        if at_once:
+            projected.append(PostProjected(len(first_page), int(next(answers)), tuple(pages)))
+            continue
+        if first_page:  # a full first page: more may follow, a message per page
+            author_id, post_ids = int(event.author_id), (int(event.post_id),)
+            for followers in follower_pages(store, author_id, first=first_page):
+                pages.append(FanOutPage("add", author_id, followers, post_ids))
+        projected.append(PostProjected(pages=tuple(pages)))
+    return projected
+
+
+def mark_applied(store: Store, positions: Sequence[int]) -> None:
+    """Mark outbox positions applied to the read model (a consistency token's wait ends)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for position in positions:
+        pipe.set(applied_key(position), 1, ex=APPLIED_SECONDS)
+    pipe.execute()
 
 
 def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> None:
@@ -279,11 +344,14 @@ _FOLLOWER_PAGE = (
     "AND f.follower_id > :after ORDER BY f.follower_id LIMIT :n)"
 )
 FOLLOWER_PAGE = text("SELECT " + _FOLLOWER_PAGE.format(author=":author"))
-# A post's status and, when asked, its author's first page of followers: one round trip.
-POST_STATE = text(
-    "SELECT p.status = 'published' AS published, CASE WHEN :with_followers THEN "
+# Posts' statuses and, where asked, their authors' first pages of followers: one round trip for
+# a message's posts. A post not in PostgreSQL comes back unpublished.
+POSTS_STATE = text(
+    "SELECT x.id, p.status IS NOT DISTINCT FROM 'published' AS published, "
+    "CASE WHEN x.with_followers THEN "
     + _FOLLOWER_PAGE.format(author="p.author_id")
-    + " END AS followers FROM posts p WHERE p.id = :id"
+    + " END AS followers FROM unnest(CAST(:ids AS int8[]), CAST(:with_followers AS bool[]))"
+    " AS x(id, with_followers) LEFT JOIN posts p ON p.id = x.id"
 )
 STILL_FOLLOWING = text(
     "SELECT follower_id FROM follows WHERE followee_id = :author AND follower_id = ANY(:ids)"
@@ -294,7 +362,7 @@ def follower_pages(
     store: Store, author_id: int, *, first: list[int] | None = None
 ) -> Iterator[tuple[int, ...]]:
     """The author's followers from PostgreSQL, a page (``fanout_page_size``) at a time;
-    ``first`` is the first page when the caller has read it already (``_post_state``)."""
+    ``first`` is the first page when the caller has read it already (``_posts_state``)."""
     size = store.settings.fanout_page_size
     if first is not None:
         if first:
@@ -366,21 +434,19 @@ def _ensure_posts(store: Store, account_id: str | int) -> None:
         rebuild_posts(store, int(account_id))
 
 
-def _post_state(
-    store: Store, post_id: int, *, with_followers: bool
-) -> tuple[bool, list[int] | None]:
-    """Whether the post is published in PostgreSQL and, if asked, its author's first page of
-    followers (``None`` when not asked)."""
+def _posts_state(
+    store: Store, posts: Sequence[tuple[int, bool]]
+) -> dict[int, tuple[bool, list[int] | None]]:
+    """For each ``(post_id, with_followers)``: whether the post is published in PostgreSQL
+    and, if asked, its author's first page of followers (``None`` when not asked). One query."""
     with store.reader.connect() as conn:
-        row = conn.execute(
-            POST_STATE,
+        rows = conn.execute(
+            POSTS_STATE,
             {
-                "id": post_id,
-                "with_followers": with_followers,
+                "ids": [post_id for post_id, _ in posts],
+                "with_followers": [asked for _, asked in posts],
                 "after": 0,
                 "n": store.settings.fanout_page_size,
             },
-        ).first()
-    if row is None:
-        return False, None
-    return bool(row.published), row.followers
+        ).all()
+    return {row.id: (bool(row.published), row.followers) for row in rows}

@@ -253,10 +253,11 @@ def _assemble(
     items = []
     for post_id, document, up, down, vote in rows:
         if document is None:
-            values = refreshed.get(int(post_id))
-            if values is None:
+            # Not published any more; or lost again between its caching and this read (Redis
+            # flushed or restarted in between): left out of this page, cached by the next read.
+            document, up, down = refreshed.get(int(post_id)) or (None, None, None)
+            if document is None:
                 continue
-            document, up, down = values
         items.append(_render(document, up, down, vote, with_vote))
     next_max_id = rows[-1][0].decode() if more and rows else None
     return Page(items, next_max_id)

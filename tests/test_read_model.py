@@ -289,6 +289,31 @@ def test_after_flushall_reads_are_right_again(app, client, ada_and_fans, project
     assert {f.id: home(client, f) for f in fans} == before
 
 
+def test_a_post_lost_again_while_it_is_cached_is_left_out_not_a_500(
+    app, client, ada_and_fans, project_all, monkeypatch
+):
+    """Redis flushed between a read's re-caching of a missing post and its reading of it: the
+    page leaves that post out (the next read caches it again) instead of failing."""
+    from feed import queries
+
+    ada, (fan, *_) = ada_and_fans
+    kept, lost = post(client, ada, "kept"), post(client, ada, "lost")
+    project_all()
+    redis = app.extensions["feed"].redis
+    redis.delete(post_key(lost))
+    cache_posts = queries.cache_posts
+
+    def cache_then_lose(store, post_ids):
+        cached = cache_posts(store, post_ids)
+        redis.delete(*(post_key(p) for p in post_ids))
+        return cached
+
+    monkeypatch.setattr(queries, "cache_posts", cache_then_lose)
+    assert ids(home(client, fan)) == [kept]
+    monkeypatch.setattr(queries, "cache_posts", cache_posts)
+    assert ids(home(client, fan)) == [lost, kept]
+
+
 def test_rebuild_of_one_account(app, client, ada_and_fans, project_all):
     ada, (fan, *_) = ada_and_fans
     post(client, ada)
@@ -521,11 +546,11 @@ def test_posts_of_one_millisecond_page_newest_first_across_a_page_break(app):
 
 @pytest.mark.parametrize("count", [0, 7, 20, 45])
 def test_a_posts_state_and_follower_pages_name_every_follower_once(app, engine, count):
-    """The projection reads a post's status and its author's first page of followers in one
+    """The projection reads posts' statuses and their authors' first pages of followers in one
     query, then the other pages; the pages hold every follower once, none is empty."""
     from sqlalchemy import text
 
-    from feed.projections import _post_state, follower_pages
+    from feed.projections import _posts_state, follower_pages
 
     services = build_services(app.extensions["feed"].settings.with_overrides(fanout_page_size=20))
     with engine.begin() as conn:
@@ -558,18 +583,74 @@ def test_a_posts_state_and_follower_pages_name_every_follower_once(app, engine, 
             {"a": author},
         ).scalar_one()
     try:
-        published, first = _post_state(services.store, post_id, with_followers=True)
+        states = _posts_state(services.store, [(post_id, True), (-1, True)])
+        published, first = states[post_id]
         paged = list(follower_pages(services.store, author, first=first))
         unread = list(follower_pages(services.store, author))
-        assert published and _post_state(services.store, post_id, with_followers=False) == (
-            True,
-            None,
-        )
+        assert published and _posts_state(services.store, [(post_id, False)]) == {
+            post_id: (True, None)
+        }
         assert paged == unread
         assert [len(page) for page in paged] == [20] * (count // 20) + (
             [count % 20] if count % 20 else []
         )
         assert sorted(f for page in paged for f in page) == sorted(fans)
-        assert _post_state(services.store, -1, with_followers=True) == (False, None)
+        assert states[-1] == (False, [])  # not in PostgreSQL: not published
     finally:
         services.close()
+
+
+def test_a_messages_posts_are_projected_together(app, client, make_account, engine, project_all):
+    """A worker projects a message's published posts together (one query, one pipeline): a
+    post of an author with fewer followers than a page reaches their feeds at once, a larger
+    fan-out comes back as pages, a post deleted before its projection is only a tombstone, and
+    a post delivered twice in one message is harmless."""
+    from feed.projections import PostProjected, project_posts_published
+
+    ada, bob, cy = make_account("ada_b"), make_account("bob_b"), make_account("cy_b")
+    ada_fans = [make_account(f"ada_fan_{i}") for i in range(3)]
+    bob_fan = make_account("bob_fan")
+    for fan in ada_fans:
+        client.post(f"/api/v1/accounts/{ada.id}/follow", headers=fan.auth)
+    client.post(f"/api/v1/accounts/{bob.id}/follow", headers=bob_fan.auth)
+    project_all()
+    for reader in [*ada_fans, bob_fan]:
+        home(client, reader)  # live feeds: they get fan-out
+    hers, bobs, gone, cys = (
+        post(client, ada, "a"),
+        post(client, bob, "b"),
+        post(client, bob, "soon gone"),
+        post(client, cy, "c"),
+    )
+    client.delete(f"/api/v1/posts/{gone}", headers=bob.auth)
+    with engine.begin() as conn:
+        batch = claim_batch(conn, 1000)
+    published = [envelope.event() for envelope in batch if envelope.type == "PostPublished"]
+    services = build_services(app.extensions["feed"].settings.with_overrides(fanout_page_size=2))
+    try:
+        store = services.store
+        projected = project_posts_published(store, [*published, published[1]])
+
+        assert [event.post_id for event in published] == [hers, bobs, gone, cys]
+        ada_pages, bob_post, gone_post, cy_post, bob_again = projected
+        assert ada_pages.followers == 0 and [len(p.follower_ids) for p in ada_pages.pages] == [
+            2,
+            1,
+        ]
+        assert {f for p in ada_pages.pages for f in p.follower_ids} == {int(f.id) for f in ada_fans}
+        assert all(p.op == "add" and p.post_ids == (int(hers),) for p in ada_pages.pages)
+        assert bob_post == PostProjected(followers=1, changed=1)
+        assert bob_again == PostProjected(followers=1, changed=0)
+        assert gone_post == cy_post == PostProjected()
+        assert not store.redis.exists(post_key(gone))
+        for page in ada_pages.pages:
+            apply_fan_out_page(store, page)
+        for envelope in batch:  # the rest (the deletion) one by one, and every post again
+            project(store, envelope, lambda page: apply_fan_out_page(store, page))
+    finally:
+        services.close()
+
+    assert all(ids(home(client, fan)) == [hers] for fan in ada_fans)
+    assert ids(home(client, bob_fan)) == [bobs]
+    assert ids(home(client, cy)) == [cys]
+    assert client.get(f"/api/v1/posts/{gone}").status_code == 404

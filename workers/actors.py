@@ -16,6 +16,7 @@ import structlog
 
 from feed.bootstrap import Services, build_services, freeze_heap
 from feed.config import Settings
+from feed.events import PostPublished
 from feed.observability import (
     FANOUT_PAGE_SIZE,
     FANOUT_SECONDS,
@@ -23,7 +24,14 @@ from feed.observability import (
     configure_logging,
 )
 from feed.outbox import Envelope
-from feed.projections import FanOutPage, apply_fan_out_page, project, projection_lag_seconds
+from feed.projections import (
+    FanOutPage,
+    apply_fan_out_page,
+    mark_applied,
+    project,
+    project_posts_published,
+    projection_lag_seconds,
+)
 from feed.readmodel import configure_compact_encoding
 from sagas.runtime import handle_saga_event, react_to_event
 from workers.broker import setup_broker
@@ -54,12 +62,26 @@ RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
 
 @dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
 def project_events(message: dict) -> None:
-    """Project a run of outbox events in outbox order: the relay sends them several to a message,
-    one broker round trip for many. An event that fails here goes on as a ``project_event``
-    message of its own, with its own retries and dead letter, and the rest carry on: projections
-    are safe in any order and twice. Should the worker die midway, the whole message comes back
-    and the events already done are applied again, harmlessly."""
-    for event in message["events"]:
+    """Project a run of outbox events: the relay sends them several to a message, one broker
+    round trip for many. Its published posts are projected together (one query, one Redis
+    pipeline); should that fail, each goes alone with the rest. An event that fails alone goes
+    on as a ``project_event`` message of its own, with its own retries and dead letter, and the
+    rest carry on: projections are safe in any order and twice. Should the worker die midway,
+    the whole message comes back and the events already done are applied again, harmlessly."""
+    events = message["events"]
+    posts = [event for event in events if event["type"] == PostPublished.name]
+    if len(posts) > 1:
+        try:
+            _project_posts(posts)
+        except Exception as error:  # noqa: BLE001 - each post is projected alone below
+            log.warning(
+                "posts_projected_one_by_one",
+                count=len(posts),
+                error=f"{type(error).__name__}: {error}",
+            )
+        else:
+            events = [event for event in events if event["type"] != PostPublished.name]
+    for event in events:
         structlog.contextvars.bind_contextvars(correlation_id=event.get("correlation_id"))
         try:
             _project(event)
@@ -79,16 +101,48 @@ def project_event(message: dict) -> None:
 
 
 def _project(message: dict) -> None:
-    """Project one event. A fan-out of a single page (an author with up to a page of
-    followers: nearly every post) is applied here; larger ones go out as ``fan_out_page``
-    messages, a page each, for every worker to share. Pages are safe to apply twice, so a retry
-    after either is harmless."""
+    """Project one event."""
+    if message["type"] == PostPublished.name:
+        _project_posts([message])
+        return
     envelope = Envelope(**message)
     pages: list[FanOutPage] = []
     project(services().store, envelope, pages.append)
     PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
     log.info("event_projected", type=envelope.type, position=envelope.position)
-    if len(pages) == 1:  # its followers were read from PostgreSQL just now
+    _fan_out(pages, envelope)
+
+
+def _project_posts(messages: list[dict]) -> None:
+    """Project ``PostPublished`` events together; posts whose authors have fewer followers than
+    a page (nearly all) reach their followers' feeds in the same Redis pipeline."""
+    store = services().store
+    envelopes = [Envelope(**message) for message in messages]
+    projected = project_posts_published(store, [envelope.event() for envelope in envelopes])
+    mark_applied(store, [envelope.position for envelope in envelopes])
+    for envelope, post in zip(envelopes, projected, strict=True):
+        lag = projection_lag_seconds(envelope.created_at)
+        PROJECTION_LAG.labels("event").observe(lag)
+        if post.followers:
+            FANOUT_PAGE_SIZE.observe(post.followers)
+            PROJECTION_LAG.labels("fanout").observe(lag)
+        log.info(
+            "event_projected",
+            type=envelope.type,
+            position=envelope.position,
+            correlation_id=envelope.correlation_id,
+            followers=post.followers,
+            changed=post.changed,
+        )
+        _fan_out(list(post.pages), envelope)
+
+
+def _fan_out(pages: list[FanOutPage], envelope: Envelope) -> None:
+    """The pages an event's projection left: a single page (its followers were read from
+    PostgreSQL just now) is applied here; more go out as ``fan_out_page`` messages, a page each,
+    for every worker to share. Pages are safe to apply twice, so a retry after either is
+    harmless."""
+    if len(pages) == 1:
         _apply_page(pages[0], envelope.created_at, just_read=True)
         return
     for page in pages:
