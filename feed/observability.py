@@ -43,7 +43,7 @@ FANOUT_PAGE_SIZE = Histogram(
 )
 FANOUT_SECONDS = Histogram(
     "feed_fanout_page_seconds",
-    "Time to apply one fan-out page to Redis",
+    "Time to apply one fan-out page to Redis (pages applied on their own)",
     ["op"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )

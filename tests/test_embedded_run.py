@@ -108,7 +108,7 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
             'feed_projection_lag_seconds_bucket{le="1.0",stage="fanout"}',
             'feed_actor_messages_total{actor="project_events",outcome="processed"}',
             "feed_fanout_page_followers_bucket",
-            'feed_fanout_page_seconds_count{op="add"}',
+            'feed_actor_seconds_count{actor="project_events"}',
             "feed_relay_published_total",
             "feed_http_requests_total",
         ):
@@ -128,7 +128,10 @@ def test_make_run_with_no_configuration_serves_commands(tmp_path: Path):
     # one correlation id from the HTTP request through the outbox to the projection and its
     # fan-out (a single page, applied by the projecting worker itself)
     traced = [line for line in output.splitlines() if '"trace-me-42"' in line]
-    assert any('"event_projected"' in line for line in traced), traced
-    assert any('"fan_out_page"' in line for line in traced), traced
+    # the post's projection, its one-page fan-out into the fan's feed with it (changed: 1)
+    assert any(
+        '"event_projected"' in line and '"PostPublished"' in line and '"changed": 1' in line
+        for line in traced
+    ), traced
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=2)
