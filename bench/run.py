@@ -243,39 +243,52 @@ def ensure_wrk() -> None:
 # --- posting: time until a post is in all of its author's followers' feeds --------------------
 
 
-def make_cohort(engine, client: redis.Redis, followers: int) -> tuple[dict[str, str], list[str]]:
-    """A new author (with the load-test password) and ``followers`` accounts following it, each
-    with a live feed; returns the author's credentials and its followers' feed keys."""
+def make_cohort(
+    engine, client: redis.Redis, followers: int, authors: int = 1
+) -> tuple[list[dict[str, str]], list[str]]:
+    """New authors (with the load-test password) and ``followers`` accounts following every one
+    of them, each with a live feed; returns the authors' credentials and the followers' feed
+    keys."""
     tag = uuid.uuid4().hex[:8]
     password_hash = PasswordHasher().hash(PASSWORD)
+    handles = [f"bench_{tag}_{i}" for i in range(authors)]
     with engine.begin() as conn:
-        author = conn.execute(
-            text(
-                "INSERT INTO accounts (handle, display_name, password_hash, followers_count, "
-                "counts_version) VALUES (:h, 'Bench author', :p, :n, 1) RETURNING id"
-            ),
-            {"h": f"bench_{tag}", "p": password_hash, "n": followers},
-        ).scalar_one()
+        author_ids = list(
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (handle, display_name, password_hash, "
+                    "followers_count, counts_version) "
+                    "SELECT unnest(CAST(:handles AS text[])), 'Bench author', :p, :n, 1 "
+                    "RETURNING id"
+                ),
+                {"handles": handles, "p": password_hash, "n": followers},
+            ).scalars()
+        )
         ids = list(
             conn.execute(
                 text(
                     "INSERT INTO accounts (handle, display_name, password_hash, following_count, "
-                    "counts_version) SELECT 'bf' || g || '_' || :tag, 'Bench follower', 'x', 1, 1 "
-                    "FROM generate_series(1, :n) g RETURNING id"
+                    "counts_version) SELECT 'bf' || g || '_' || :tag, 'Bench follower', 'x', "
+                    ":authors, 1 FROM generate_series(1, :n) g RETURNING id"
                 ),
-                {"tag": tag, "n": followers},
+                {"tag": tag, "n": followers, "authors": authors},
             ).scalars()
         )
         conn.execute(
-            text("INSERT INTO follows (follower_id, followee_id) SELECT unnest(:ids), :a"),
-            {"ids": ids, "a": author},
+            text(
+                "INSERT INTO follows (follower_id, followee_id) "
+                "SELECT f, a FROM unnest(CAST(:ids AS int8[])) f, "
+                "unnest(CAST(:authors AS int8[])) a"
+            ),
+            {"ids": ids, "authors": author_ids},
         )
     pipe = client.pipeline(transaction=False)
     for follower in ids:
         pipe.zadd(feed_key(follower), {SENTINEL: SENTINEL_SCORE})
         pipe.expire(feed_key(follower), 3600)
     pipe.execute()
-    return {"handle": f"bench_{tag}", "password": PASSWORD}, [feed_key(f) for f in ids]
+    credentials = [{"handle": handle, "password": PASSWORD} for handle in handles]
+    return credentials, [feed_key(f) for f in ids]
 
 
 class VisibilityProbe:
@@ -334,22 +347,38 @@ class VisibilityProbe:
         self.thread.join()
 
 
-def post_at_rate(
-    base: str, token: str, rate: float, seconds: float, probe: VisibilityProbe
-) -> dict[str, Any]:
-    """Open-loop posting at ``rate`` per second; each accepted post goes to the probe.
+#: Authors of the visibility phase's posts, in turn, all followed by the same 100 accounts. One
+#: author posting hundreds of times a second (the service allows an account 2 a second) measures
+#: the pile-up on that account's row, not the fan-out: ``bench.visibility --authors 1`` shows it.
+VISIBILITY_AUTHORS = 16
+#: Threads sending the visibility phase's posts: enough that a post answered in ~60 ms does not
+#: hold up the next ones at ~250 posts/s.
+SENDERS = 48
 
-    Each of 16 threads keeps one HTTP/1.1 connection (``http.client``: a fraction of the CPU
-    ``requests`` spends per call, which on 2 cores is taken from the service being measured).
+
+def post_at_rate(
+    base: str, tokens: list[str], rate: float, seconds: float, probe: VisibilityProbe
+) -> dict[str, Any]:
+    """Open-loop posting at ``rate`` per second, the authors of ``tokens`` in turn; each accepted
+    post goes to the probe.
+
+    Each of ``SENDERS`` threads keeps one HTTP/1.1 connection (``http.client``: a fraction of the
+    CPU ``requests`` spends per call, which on 2 cores is taken from the service being measured).
+    Returns, besides failures, how many posts went out more than 50 ms after their time and the
+    rate achieved (posts over the time from the first send to the last): with too few senders
+    for the service's latency, sends fall behind and the rate asked is not the rate measured.
     """
     total = int(rate * seconds)
     late: list[float] = []
+    sent_times: list[float] = []
     failures: list[int] = []
     local = threading.local()
     address = urlsplit(base)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    headers = [
+        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"} for token in tokens
+    ]
 
-    def post(body: bytes) -> tuple[int, bytes]:
+    def post(body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         connection = getattr(local, "connection", None)
         if connection is None:
             connection = local.connection = http.client.HTTPConnection(
@@ -371,14 +400,16 @@ def post_at_rate(
         else:
             late.append(-delay)
         sent_at = time.perf_counter()
-        status, body = post(json.dumps({"body": f"visible {i}"}).encode())
+        sent_times.append(sent_at)
+        body = json.dumps({"body": f"visible {i}"}).encode()
+        status, body = post(body, headers[i % len(headers)])
         if status == 201:
             probe.add(json.loads(body)["id"], sent_at)
         else:
             failures.append(status)
 
     start = time.perf_counter() + 0.2
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(SENDERS) as pool:
         for future in [pool.submit(send, i, start + i / rate) for i in range(total)]:
             future.result()  # a request that failed outright fails the run
     deadline = time.monotonic() + 30
@@ -389,6 +420,7 @@ def post_at_rate(
         "failed": len(failures),
         "never_visible": len(probe.pending),
         "late_sends": sum(1 for x in late if x > 0.05),
+        "achieved_rate": (total - 1) / max(1e-9, max(sent_times) - min(sent_times)),
     }
 
 
@@ -534,21 +566,27 @@ def main() -> int:
         report["drain_after_posting_s"] = round(wait_until_drained(engine, client), 1)
 
         rate = report["post_rps"] / 2
-        print(f"phase 3: posting at {rate:.0f}/s to 100 followers, timing visibility", flush=True)
-        author, keys = make_cohort(engine, client, 100)
-        token = log_in(base, [author])[0]
+        print(
+            f"phase 3: posting at {rate:.0f}/s by {VISIBILITY_AUTHORS} authors with the same 100 "
+            "followers, timing visibility",
+            flush=True,
+        )
+        authors, keys = make_cohort(engine, client, 100, VISIBILITY_AUTHORS)
+        tokens = log_in(base, authors)
         with VisibilityProbe(client, keys) as probe:
-            sent = post_at_rate(base, token, rate, args.visible_seconds, probe)
+            sent = post_at_rate(base, tokens, rate, args.visible_seconds, probe)
         seen = sorted(probe.seconds)
         if sent["failed"] or sent["never_visible"]:
             raise RuntimeError(f"posting at half rate lost posts: {sent}")
         report.update(
             post_visible_rate=round(rate, 1),
+            post_visible_authors=VISIBILITY_AUTHORS,
             post_visible_count=len(seen),
             post_visible_p50_s=round(_pct(seen, 50), 4),
             post_visible_p99_s=round(_pct(seen, 99), 4),
             post_visible_max_s=round(seen[-1], 4),
             post_visible_late_sends=sent["late_sends"],
+            post_visible_achieved_rate=round(sent["achieved_rate"], 1),
         )
         wait_until_drained(engine, client)
 
@@ -659,11 +697,16 @@ def render_table(r: dict[str, Any]) -> str:
             verdict(r["post_ratio"] >= 0.25),
         ),
         (
-            f"post in 100 followers' feeds at {r['post_visible_rate']:.0f}/s",
+            f"post in 100 followers' feeds at {r['post_visible_rate']:.0f}/s "
+            f"({r['post_visible_achieved_rate']:.0f}/s achieved)",
             f"p50 {r['post_visible_p50_s'] * 1000:.0f} ms, "
             f"p99 {r['post_visible_p99_s'] * 1000:.0f} ms",
             "p99 < 1 s",
-            verdict(r["post_visible_p99_s"] < 1),
+            # a rate the senders did not reach did not test the target
+            verdict(
+                r["post_visible_p99_s"] < 1
+                and r["post_visible_achieved_rate"] >= 0.95 * r["post_visible_rate"]
+            ),
         ),
         (
             "projection lag, Locust mix (after its logins)",
