@@ -374,7 +374,7 @@ def post_at_rate(
     failures: list[int] = []
     local = threading.local()
     address = urlsplit(base)
-    headers = [
+    by_author = [
         {"Authorization": f"Bearer {token}", "Content-Type": "application/json"} for token in tokens
     ]
 
@@ -402,7 +402,7 @@ def post_at_rate(
         sent_at = time.perf_counter()
         sent_times.append(sent_at)
         body = json.dumps({"body": f"visible {i}"}).encode()
-        status, body = post(body, headers[i % len(headers)])
+        status, body = post(body, by_author[i % len(by_author)])
         if status == 201:
             probe.add(json.loads(body)["id"], sent_at)
         else:

@@ -61,3 +61,20 @@ def test_unknown_types_and_versions_are_refused():
         decode("Nope", 1, {})
     with pytest.raises(UnknownEvent):
         events.decode("PostPublished", 99, {})
+
+
+def test_an_envelope_travels_as_its_fields_and_comes_back_equal():
+    from feed.outbox import Envelope
+
+    envelope = Envelope(
+        position=7,
+        event_id="0b6f0c1e-0000-4000-8000-000000000007",
+        type=PostPublished.name,
+        version=PostPublished.version,
+        payload=sample(PostPublished).to_payload(),
+        correlation_id="req-1",
+        created_at="2026-11-27T08:00:00.000000Z",
+    )
+    message = envelope.to_message()
+    assert message == dataclasses.asdict(envelope)
+    assert Envelope(**json.loads(json.dumps(message))) == envelope
