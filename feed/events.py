@@ -36,7 +36,7 @@ class Event:
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON object stored in the outbox (sequences as lists). Unlike
-        ``dataclasses.asdict`` it does not deep-copy every value, a tenth of a post's CPU."""
+        ``dataclasses.asdict`` it does not deep-copy every value (~5% of a post's API CPU)."""
         return _plain(self)
 
 
