@@ -9,8 +9,9 @@ FastHttpUser, also separate, for the mixed load):
 1. feed reads: ``GET /api/v1/timelines/home?limit=20`` for logged-in seeded accounts, against
    ``GET /bench/constant`` answering a constant JSON body of the same size (the framework's
    ceiling), interleaved round by round;
-2. posting: ``POST /api/v1/posts`` as fast as it is accepted, then at half that rate by an author
-   with 100 followers, timing each post until it is in all 100 followers' feeds;
+2. posting: ``POST /api/v1/posts`` as fast as it is accepted, then at half that rate by 16
+   authors in turn, all followed by the same 100 accounts, timing each post until it is in all
+   100 followers' feeds (and reporting the rate the senders achieved);
 3. projection lag under the Locust mix, from the ``/metrics`` histogram;
 4. Redis bytes per feed entry on the seeded feeds;
 5. fan-out to 1k/10k/100k followers against raw pipelined ZADD (``bench.fanout``).

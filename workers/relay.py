@@ -11,6 +11,7 @@ and go out when it is back.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -35,17 +36,15 @@ from workers.actors import (
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
-#: Events per ``project_events`` message (``PROJECTION_CHUNK``): one message (and one broker
-#: confirm) for many events, in chunks small enough that a burst is shared among the workers'
-#: threads.
-PROJECTION_CHUNK = SETTINGS.projection_chunk
 BATCH_SIZE = 500
 
 
-def publish(batch: list[Envelope]) -> None:
+def publish(batch: list[Envelope], *, chunk: int) -> None:
     """Enqueue the batch for its actors and return once the broker confirmed all: events for the
-    projections in order, in chunks of ``PROJECTION_CHUNK`` per ``project_events`` message; saga
-    messages and participants' events one message each."""
+    projections in order, ``chunk`` per ``project_events`` message (``PROJECTION_CHUNK``: one
+    message and one broker confirm for many events, in chunks small enough that a burst is
+    shared among the workers' threads); saga messages and participants' events one message
+    each."""
     projected: list[Envelope] = []
     for envelope in batch:
         for actor in routes(envelope.type):
@@ -54,10 +53,10 @@ def publish(batch: list[Envelope]) -> None:
                 continue
             message = actor.message(envelope.to_message())
             broker.enqueue(message.copy(message_id=f"{envelope.event_id}:{actor.actor_name}"))
-    for start in range(0, len(projected), PROJECTION_CHUNK):
-        chunk = projected[start : start + PROJECTION_CHUNK]
-        message = project_events.message({"events": [e.to_message() for e in chunk]})
-        broker.enqueue(message.copy(message_id=f"{chunk[0].event_id}:{project_events.actor_name}"))
+    for start in range(0, len(projected), chunk):
+        run = projected[start : start + chunk]
+        message = project_events.message({"events": [e.to_message() for e in run]})
+        broker.enqueue(message.copy(message_id=f"{run[0].event_id}:{project_events.actor_name}"))
     RELAY_PUBLISHED.inc(len(batch))
 
 
@@ -91,6 +90,7 @@ def run(settings: Settings) -> None:
     ``settings.relay_linger_ms`` before reading the outbox, so that the commits of those
     milliseconds share one batch, one broker round trip and one message."""
     linger = settings.relay_linger_ms / 1000
+    send = functools.partial(publish, chunk=settings.projection_chunk)
     engine = build_engine(settings.database_url, pool_size=2)
     freeze_heap()
     stop_event = threading.Event()
@@ -111,7 +111,7 @@ def run(settings: Settings) -> None:
             # notifies.
             while (
                 not stop_event.is_set()
-                and relay_once(engine, publish, batch_size=BATCH_SIZE) == BATCH_SIZE
+                and relay_once(engine, send, batch_size=BATCH_SIZE) == BATCH_SIZE
             ):
                 pass
             backoff = 0.5
