@@ -78,7 +78,8 @@ def use_bench_servers(**extra: str) -> None:
 
 
 def ensure_seeded(seed_args: list[str]) -> None:
-    """Run ``bench.seed`` when the bench database or its credentials file is missing."""
+    """Run ``bench.seed`` when the bench database or its credentials file is missing, or only
+    its read-model phase when Redis has lost them."""
     credentials = RESULTS / "credentials.csv"
     seeded = False
     try:
@@ -88,10 +89,24 @@ def ensure_seeded(seed_args: list[str]) -> None:
         engine.dispose()
     except Exception:  # no database yet, or no tables
         seeded = False
+    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}
     if seeded and credentials.exists():
+        with credentials.open() as source:
+            sample = [row["id"] for row in csv.DictReader(source)]
+        first = sample[0]
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            if client.exists(feed_key(first)):
+                return
+        finally:
+            client.close()
+        # Redis keeps nothing on disk here: after a restart the feeds are gone, the database not.
+        print("no read models in Redis: rebuilding them from the seeded database", flush=True)
+        command = [sys.executable, "-m", "bench.seed", "--read-models-only"]
+        command += ["--sample", str(len(sample))]
+        subprocess.run(command, cwd=ROOT, env=env, check=True)
         return
     print("no seed data: running bench.seed first", flush=True)
-    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}
     subprocess.run([sys.executable, "-m", "bench.seed", *seed_args], cwd=ROOT, env=env, check=True)
 
 
@@ -110,6 +125,13 @@ def service(port: int, log_path: Path) -> Iterator[str]:
         "FEED_QUEUE_PREFIX": QUEUE_PREFIX,
         "LOG_JSON": "true",
     }
+    base = f"http://127.0.0.1:{port}"
+    try:
+        requests.get(base + "/readyz", timeout=2)
+    except requests.RequestException:  # nothing there: the port is free for this service
+        pass
+    else:  # else the readiness check below would pass on that one, and it would be measured
+        raise RuntimeError(f"something already answers on port {port}; stop it first")
     with log_path.open("w") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "feed.launcher"],
@@ -119,7 +141,6 @@ def service(port: int, log_path: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
