@@ -201,8 +201,11 @@ def seed_database(
             upgrade()
     conn = psycopg.connect(database_url, autocommit=False)
     with conn.cursor() as cursor:
-        # Index builds after the bulk loads sort in memory instead of in temporary files.
+        # Index builds after the bulk loads sort in memory instead of in temporary files, and so
+        # do the hash joins and aggregates of the foreign keys' checks and the counters: with
+        # the default 4MB the accounts' counters took 47 s, with 256MB 12 s.
         cursor.execute("SET maintenance_work_mem = '1GB'")
+        cursor.execute("SET work_mem = '256MB'")
         cursor.execute(
             "TRUNCATE campaign_placements, campaigns, media, notifications, ledger_entries, "
             "wallets, processed_steps, participant_faults, saga_operator_actions, saga_steps, "
