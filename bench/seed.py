@@ -336,8 +336,8 @@ def build_read_models(database_url: str, redis_url: str, sample: list[int], jobs
     """Every published post into the post cache, and the sample's feeds and keys (everyone else's
     are built when they first read), split over ``jobs`` processes: each one's share of the posts
     (by id) and of the sample. One process waits on PostgreSQL, then on Redis, then renders; two
-    or more keep both cores busy (the default seed on 2 cores: 151 s with one process, 95 s with
-    two, 90 s with three)."""
+    or more keep both cores busy (this phase of the default seed on 2 cores: 151 s with one
+    process, 95 s with two, 90 s with three)."""
     if jobs <= 1:
         _build_read_models_part(database_url, redis_url, 0, 1, sample)
         return
