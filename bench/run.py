@@ -23,10 +23,12 @@ docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -250,6 +252,37 @@ def wrk(
         "percentiles_ms": percentiles,
         "bytes_per_response": raw["bytes"] / max(1, raw["requests"]),
     }
+
+
+class ConnectionSplit:
+    """How wrk's connections are spread over gunicorn's workers during a round ("9/7"): read
+    with ``ss`` one second into the round. Each worker accepts from the shared socket when it is
+    free, so the split is luck, and a worker holding more of the connections serves each less
+    often: the round's p99 follows its split (docs/performance.md). None without ``ss``."""
+
+    def __init__(self, port: int, after_s: float = 1.0) -> None:
+        self._port = port
+        self._split: str | None = None
+        self._timer = threading.Timer(after_s, self._sample)
+        self._timer.start()
+
+    def _sample(self) -> None:
+        try:
+            listing = subprocess.run(
+                ["ss", "-tnpH", "state", "established", f"( sport = :{self._port} )"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        per_pid = collections.Counter(re.findall(r"pid=(\d+)", listing))
+        if per_pid:
+            self._split = "/".join(str(n) for n in sorted(per_pid.values(), reverse=True))
+
+    def result(self) -> str | None:
+        self._timer.join()
+        return self._split
 
 
 def ensure_wrk() -> None:
@@ -556,17 +589,22 @@ def main() -> int:
         print(f"phase 1: feed reads vs constant JSON ({body_size} bytes)", flush=True)
         wrk(base, "GET", constant, None, 3, args.connections)  # warm-up
         wrk(base, "GET", HOME, tokens_file, 3, args.connections)
-        baselines, reads = [], []
+        baselines, reads, splits = [], [], []
         for _ in range(args.rounds):
             baselines.append(wrk(base, "GET", constant, None, args.seconds, args.connections))
+            split = ConnectionSplit(args.port)
             reads.append(wrk(base, "GET", HOME, tokens_file, args.seconds, args.connections))
+            splits.append(split.result())
             print(
                 f"  baseline {baselines[-1]['rps']:.0f}/s p99 {baselines[-1]['p99_ms']:.1f} ms;"
-                f" feed {reads[-1]['rps']:.0f}/s p99 {reads[-1]['p99_ms']:.1f} ms",
+                f" feed {reads[-1]['rps']:.0f}/s p99 {reads[-1]['p99_ms']:.1f} ms"
+                f" (connections per worker {splits[-1] or '?'})",
                 flush=True,
             )
         _fail_on_errors("feed reads", reads + baselines)
         report.update(_summarise("baseline", baselines), **_summarise("feed_read", reads))
+        report["feed_read_rounds_p99_ms"] = [round(r["p99_ms"], 2) for r in reads]
+        report["feed_read_rounds_connections_per_worker"] = splits
         curves["constant JSON (baseline)"] = _median_curve(baselines)
         curves["GET /timelines/home"] = _median_curve(reads)
 
@@ -707,7 +745,8 @@ def render_table(r: dict[str, Any]) -> str:
         ),
         (
             "feed read latency",
-            f"p50 {r['feed_read_p50_ms']:.1f} ms, p99 {r['feed_read_p99_ms']:.1f} ms",
+            f"p50 {r['feed_read_p50_ms']:.1f} ms, p99 {r['feed_read_p99_ms']:.1f} ms"
+            + _per_round_split(r),
             "p99 < 25 ms",
             verdict(r["feed_read_p99_ms"] < 25),
         ),
@@ -758,6 +797,16 @@ def render_table(r: dict[str, Any]) -> str:
     lines = ["| measure | result (medians) | target | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+def _per_round_split(r: dict[str, Any]) -> str:
+    """The rounds' p99 beside their connections per worker, when ``ss`` could tell."""
+    splits = r.get("feed_read_rounds_connections_per_worker") or []
+    if not any(splits):
+        return ""
+    rounds = zip(r["feed_read_rounds_p99_ms"], splits, strict=False)
+    listed = ", ".join(f"{p99:.0f} ms at {split or '?'}" for p99, split in rounds)
+    return f" (rounds' p99 by connections per worker: {listed})"
 
 
 def _summarise(prefix: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
