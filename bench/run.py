@@ -258,7 +258,8 @@ class ConnectionSplit:
     """How wrk's connections are spread over gunicorn's workers during a round ("9/7"): read
     with ``ss`` one second into the round. Each worker accepts from the shared socket when it is
     free, so the split is luck, and a worker holding more of the connections serves each less
-    often: the round's p99 follows its split (docs/performance.md). None without ``ss``."""
+    often: a lopsided split (14/2) tripled a round's p99, though even rounds have a tail of their
+    own (docs/performance.md). None without ``ss``."""
 
     def __init__(self, port: int, after_s: float = 1.0) -> None:
         self._port = port
