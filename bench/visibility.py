@@ -5,8 +5,8 @@
 ``make bench`` times visibility at half the posting rate it measured in that run, so the rate
 moves with the machine's load; this runs the same phase (``bench.run``: new authors, 16 by
 default (``--authors``), all followed by the same 100 accounts with live feeds, posting in turn,
-open loop; Redis polled every 2 ms) at fixed rates, for comparing one change with the next.
-Prints p50/p99/max and the rate achieved per rate.
+open loop; Redis polled every 2 ms, one script call a poll) at fixed rates, for comparing one
+change with the next. Prints p50/p99/max, the rate achieved and the load generator's CPU.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def main() -> int:
                 f"{rate:.0f} posts/s: p50 {_pct(seen, 50) * 1000:.0f} ms, "
                 f"p99 {_pct(seen, 99) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms "
                 f"({len(seen)} posts at {sent['achieved_rate']:.0f}/s achieved, "
-                f"{sent['late_sends']} sent over 50 ms late)",
+                f"{sent['late_sends']} sent over 50 ms late; senders and probe used "
+                f"{sent['generator_cores']:.2f} cores)",
                 flush=True,
             )
     return 0

@@ -14,8 +14,12 @@ from prometheus_client import multiprocess
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
-# Requests in flight per gevent worker: beyond the database pool (20) they would only queue.
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "50"))
+# Connections a gevent worker holds at once. Clients keep theirs open between requests, and a
+# worker at its limit stops accepting: the clients beyond it wait in the listen backlog, unserved
+# for as long as the others stay busy. So the limit is high (gunicorn's default); the commands'
+# backpressure is the database pool (20 a worker; a request that waits 5 s for a connection gets
+# a 503 with Retry-After), and feed reads need no database connection at all.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
 graceful_timeout = 10

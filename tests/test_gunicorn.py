@@ -81,3 +81,36 @@ def test_a_login_does_not_stall_the_other_requests_of_its_worker(gunicorn):
     assert login["seconds"] > 0.25, login  # the hash took long enough to show a stall
     assert len(waits) > 5
     assert max(waits) < login["seconds"] / 3, (max(waits), login)
+
+
+def test_more_keep_alive_clients_than_a_database_pool_are_all_served(gunicorn):
+    """Clients keep their connections open between requests (browsers, apps, load tests). A
+    worker that stops accepting at some number of connections leaves the clients beyond it in
+    the listen backlog for as long as the others stay busy: they time out with no answer at all.
+    80 busy keep-alive clients on one worker (more than its database pool of 20, and than the
+    50 connections it once accepted): every one is answered, again and again."""
+    clients = 80
+    answered = [0] * clients
+    failures: list[BaseException] = []
+    all_connected = threading.Barrier(clients)
+    stop_at = time.monotonic() + 3
+
+    def client(index: int) -> None:
+        try:
+            with requests.Session() as session:
+                all_connected.wait(timeout=30)
+                while time.monotonic() < stop_at or not answered[index]:
+                    response = session.get(f"{gunicorn}/healthz", timeout=10)
+                    assert response.status_code == 200, response.text
+                    answered[index] += 1
+        except BaseException as error:  # reported below, with the others
+            failures.append(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert not failures, failures[:3]
+    assert min(answered) >= 2, sorted(answered)[:10]
