@@ -7,26 +7,31 @@ accounts involved, always in ascending id order (``_lock_accounts``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
+    ColumnElement,
     Connection,
     Select,
     Text,
     and_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
+    literal_column,
     select,
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from feed.auth import Passwords, Principal, Tokens
-from feed.clock import rfc3339
+from feed.clock import rfc3339, rfc3339_sql
 from feed.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from feed.events import (
     AccountDeleted,
@@ -38,6 +43,7 @@ from feed.events import (
     VoteCast,
     account_counts,
 )
+from feed.outbox import append_from_select, event_params, sql_string
 from feed.schema import accounts, follows, posts, votes
 from feed.unit_of_work import UnitOfWork
 
@@ -157,27 +163,17 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
             "Unknown media.",
             errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
         )
+    params = {"author_id": cmd.author.account_id, "body": cmd.body}
     row = (
-        uow.conn.execute(PUBLISH_POST, {"author_id": cmd.author.account_id, "body": cmd.body})
+        uow.conn.execute(PUBLISH_POST, {**params, **event_params(uow.correlation_id)})
         .mappings()
         .first()
     )
     if row is None:
         raise Unauthenticated("This account is no longer active.")
-    author = counts = {c.name: row[f"author_{c.name}"] for c in _POST_AUTHOR_COLUMNS}
+    uow.appended(row["event_position"])
+    author = {c.name: row[f"author_{c.name}"] for c in _POST_AUTHOR_COLUMNS}
     post = {c.name: row[f"post_{c.name}"] for c in posts.c}
-    uow.emit(
-        PostPublished(
-            post_id=str(post["id"]),
-            author_id=str(author["id"]),
-            body=post["body"],
-            created_at=rfc3339(post["created_at"]),
-            author_handle=author["handle"],
-            author_display_name=author["display_name"],
-            media=(),
-            author_counts=account_counts(counts),
-        )
-    )
     return {**post, "author": author, "media": [], "my_vote": 0}
 
 
@@ -486,10 +482,17 @@ _POST_AUTHOR_COLUMNS = [
 
 
 def _publish_post_statement() -> Select:
-    """The author's counters bumped (posts_count + 1, a new counts version, marked active) and
-    the post inserted, in one statement and one round trip. The update locks the author's row;
-    the insert reads the author from it, so a gone or disabled author inserts nothing and the
-    statement returns no row. Columns come back as ``author_*`` and ``post_*``.
+    """The author's counters bumped (posts_count + 1, a new counts version, marked active), the
+    post inserted and its ``PostPublished`` appended to the outbox, in one statement.
+
+    A statement on its own is a transaction of its own: one round trip with no ``BEGIN`` or
+    ``COMMIT``, and the author's row is locked only while PostgreSQL runs it. (Over several
+    round trips a busy client held that lock for as long as its other requests kept it from
+    reading the answers, and the author's next posts queued behind it, each holding a pooled
+    connection.) The update locks the author's row; the insert reads the author from it, so a
+    gone or disabled author inserts nothing and the statement returns no row. Columns come back
+    as ``author_*``, ``post_*`` and ``event_position``; parameters are ``author_id``, ``body``
+    and ``outbox.event_params``.
     """
     author = (
         update(accounts)
@@ -504,10 +507,44 @@ def _publish_post_statement() -> Select:
         .returning(*posts.c)
         .cte("post")
     )
+    event = append_from_select(
+        PostPublished,
+        cast(post.c.id, Text),
+        _post_published_payload(author, post),
+        author.join(post, true()),
+    ).cte("event")
     return select(
         *(column.label(f"author_{column.name}") for column in author.c),
         *(column.label(f"post_{column.name}") for column in post.c),
-    ).select_from(author.join(post, true()))
+        event.c.position.label("event_position"),
+    ).select_from(author.join(post, true()).join(event, true()))
+
+
+def _post_published_payload(author: CTE, post: CTE) -> ColumnElement[Any]:
+    """``PostPublished(...).to_payload()`` of a text post, built by PostgreSQL from the
+    statement's author and post rows (the same JSON: ``test_events``)."""
+    payload: dict[str, ColumnElement[Any]] = {
+        "post_id": cast(post.c.id, Text),
+        "author_id": cast(author.c.id, Text),
+        "body": post.c.body,
+        "created_at": rfc3339_sql(post.c.created_at),
+        "author_handle": author.c.handle,
+        "author_display_name": author.c.display_name,
+        "media": literal_column("'[]'::jsonb", JSONB),  # posts with media: the publish saga
+        "author_counts": _jsonb_object(account_counts(author.c)),
+    }
+    mismatch = {f.name for f in fields(PostPublished)} ^ set(payload)
+    if mismatch:
+        raise TypeError(f"PostPublished's payload in SQL does not match its fields: {mismatch}")
+    return _jsonb_object(payload)
+
+
+def _jsonb_object(values: Mapping[str, ColumnElement[Any]]) -> ColumnElement[Any]:
+    """``jsonb_build_object`` of ``values``, the names written into the SQL (not bound)."""
+    return func.jsonb_build_object(
+        *(part for name, value in values.items() for part in (sql_string(name), value)),
+        type_=JSONB,
+    )
 
 
 PUBLISH_POST = _publish_post_statement()

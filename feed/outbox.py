@@ -8,7 +8,20 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningInsert
 
 from feed.clock import rfc3339
 from feed.events import Event, decode
@@ -21,6 +34,36 @@ OUTBOX_CHANNEL = "outbox"
 
 
 _APPEND = insert(outbox).returning(outbox.c.position)
+
+
+def append_from_select(
+    event: type[Event], aggregate_id: ColumnElement[str], payload: ColumnElement[Any], *froms: Any
+) -> ReturningInsert[tuple[int]]:
+    """An outbox insert of one ``event`` whose id and payload PostgreSQL builds from ``froms``
+    (the other parts of the same statement): for a command that writes its rows and its event
+    in one statement. Its parameters are ``event_params``; it returns the position."""
+    columns = ["event_id", "type", "version", "aggregate_id", "payload", "correlation_id"]
+    values = select(
+        bindparam("event_id", type_=outbox.c.event_id.type),
+        sql_string(event.name),
+        literal_column(str(int(event.version)), outbox.c.version.type),
+        aggregate_id,
+        payload,
+        bindparam("correlation_id", type_=outbox.c.correlation_id.type),
+    ).select_from(*froms)
+    return insert(outbox).from_select(columns, values).returning(outbox.c.position)
+
+
+def sql_string(value: str) -> ColumnElement[str]:
+    """A constant name written into a statement's SQL as a string literal (not bound)."""
+    if not value.replace("_", "").isalnum():
+        raise ValueError(f"not a plain name: {value!r}")
+    return literal_column(f"'{value}'", String)
+
+
+def event_params(correlation_id: str | None) -> dict[str, Any]:
+    """The parameters of an ``append_from_select`` insert."""
+    return {"event_id": uuid.uuid4(), "correlation_id": correlation_id}
 
 
 def listen_connection(database_url: str) -> psycopg.Connection:

@@ -15,17 +15,32 @@ class UnitOfWork:
 
     Leaving the ``with`` block without ``commit()`` (or by an exception) rolls everything back,
     rows and events alike.
+
+    ``single_statement=True`` is for a command that writes everything, its events included, in
+    one statement (and says where they went with ``appended``): that statement then runs in
+    autocommit, a transaction of its own, without the ``BEGIN`` and ``COMMIT`` round trips.
+    Events cannot be ``emit``-ted in that mode: they would commit apart from the rows.
     """
 
-    def __init__(self, engine: Engine, *, correlation_id: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        correlation_id: str | None = None,
+        single_statement: bool = False,
+    ) -> None:
         self._engine = engine
         self.correlation_id = correlation_id
+        self.single_statement = single_statement
         self._pending: list[Event] = []
         self.position = 0
         self.conn: Connection
 
     def __enter__(self) -> UnitOfWork:
         self.conn = self._engine.connect()
+        if self.single_statement:
+            # The pool resets the connection to transactions when it is returned.
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
         self._transaction = self.conn.begin()
         return self
 
@@ -43,7 +58,13 @@ class UnitOfWork:
 
     def emit(self, *events: Event) -> None:
         """Queue events; they are written to the outbox by ``flush_events``/``commit``."""
+        if self.single_statement:
+            raise RuntimeError("A single-statement command writes its events in its statement.")
         self._pending.extend(events)
+
+    def appended(self, position: int) -> None:
+        """The command's own statement wrote events to the outbox, up to ``position``."""
+        self.position = max(self.position, position)
 
     def flush_events(self) -> int:
         """Write queued events to the outbox now; return the outbox position they reach.

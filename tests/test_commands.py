@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import event as sa_event
+
 from tests.conftest import fetch_all, outbox_events
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -109,6 +111,36 @@ def test_publishing_a_post_writes_the_post_the_counter_and_post_published(
     assert event["payload"]["author_id"] == ada.id
     assert event["payload"]["author_counts"]["posts_count"] == 1
     assert event["payload"]["author_handle"] == "ada_l"
+
+
+def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
+    client, engine, make_account
+):
+    """No BEGIN/COMMIT round trips for a post (the author's row stays locked only while the
+    statement runs); with an Idempotency-Key its record must commit with it, so a transaction.
+    The pooled connection goes back to transactions for the next command."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    seen: list[tuple[str, str]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        status = conn.connection.driver_connection.info.transaction_status
+        seen.append((statement.split(None, 1)[0], status.name))
+
+    sa_event.listen(engine, "after_cursor_execute", record)
+    try:
+        assert client.post("/api/v1/posts", json={"body": "a"}, headers=ada.auth).status_code == 201
+        alone, seen[:] = list(seen), []
+        keyed = {**ada.auth, "Idempotency-Key": "k-1"}
+        assert client.post("/api/v1/posts", json={"body": "b"}, headers=keyed).status_code == 201
+        with_key, seen[:] = list(seen), []
+        assert client.post(f"/api/v1/accounts/{ada.id}/follow", headers=bob.auth).status_code == 200
+        follow = list(seen)
+    finally:
+        sa_event.remove(engine, "after_cursor_execute", record)
+
+    assert alone == [("WITH", "IDLE")]  # committed as it ran: no transaction left open
+    assert ("WITH", "INTRANS") in with_key and all(s == "INTRANS" for _, s in with_key)
+    assert follow and all(status == "INTRANS" for _, status in follow)
 
 
 def test_post_ids_are_time_ordered_decimal_strings(client, make_account):

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import DateTime, create_engine, literal, select, text
 
 from feed import events
-from feed.events import EVENT_TYPES, UPCASTERS, PostPublished, UnknownEvent, decode
+from feed.clock import rfc3339, rfc3339_sql
+from feed.config import sqlalchemy_url
+from feed.events import (
+    EVENT_TYPES,
+    UPCASTERS,
+    PostPublished,
+    UnknownEvent,
+    account_counts,
+    decode,
+)
+from tests.conftest import fetch_all
+
+
+@functools.cache
+def _engine(database_url: str):
+    return create_engine(sqlalchemy_url(database_url))
 
 
 def sample(cls):
@@ -78,3 +98,53 @@ def test_an_envelope_travels_as_its_fields_and_comes_back_equal():
     message = envelope.to_message()
     assert message == dataclasses.asdict(envelope)
     assert Envelope(**json.loads(json.dumps(message))) == envelope
+
+
+def test_a_posts_event_written_by_postgresql_is_the_event_python_would_write(
+    client, engine, make_account
+):
+    """A text post's ``PostPublished`` is built by its statement in SQL (one round trip); it
+    must be the payload ``PostPublished.to_payload`` gives for the same rows."""
+    ada = make_account("ada_l")
+    for body in ("first", 'quotes " and \\ and \u00e9 and \U0001f600 and\nlines'):
+        answer = client.post("/api/v1/posts", json={"body": body}, headers=ada.auth)
+        assert answer.status_code == 201, answer.get_json()
+        post_id = int(answer.get_json()["id"])
+        (post,) = fetch_all(engine, "SELECT * FROM posts WHERE id = :id", id=post_id)
+        (author,) = fetch_all(engine, "SELECT * FROM accounts WHERE id = :id", id=ada.id)
+        (row,) = fetch_all(engine, "SELECT * FROM outbox WHERE aggregate_id = :id", id=str(post_id))
+        expected = PostPublished(
+            post_id=str(post_id),
+            author_id=str(author["id"]),
+            body=body,
+            created_at=rfc3339(post["created_at"]),
+            author_handle=author["handle"],
+            author_display_name=author["display_name"],
+            media=(),
+            author_counts=account_counts(author),
+        )
+        assert (row["type"], row["version"]) == (PostPublished.name, PostPublished.version)
+        assert row["payload"] == expected.to_payload()
+        assert decode(row["type"], row["version"], row["payload"]) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1970, 1, 1),
+        max_value=datetime(2200, 12, 31),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]
+        ),
+    )
+)
+def test_postgresql_writes_a_time_as_rfc3339_does(database_url, moment):
+    """``rfc3339_sql`` (the SQL-built events' times) against ``rfc3339``: the same string,
+    milliseconds truncated, in UTC, whatever the offset."""
+    engine = _engine(database_url)
+    with engine.connect() as conn:
+        conn.execute(text("SET TIME ZONE 'America/St_Johns'"))  # the session's zone is no help
+        written = conn.execute(
+            select(rfc3339_sql(literal(moment, DateTime(timezone=True))))
+        ).scalar_one()
+    assert written == rfc3339(moment)

@@ -36,7 +36,11 @@ class Posts(MethodView):
             )
         cmd = commands.PublishPost(author=principal, body=data["body"])
         return run_command(
-            201, lambda uow: commands.publish_post(uow, cmd), POST_OUT.dump, principal=principal
+            201,
+            lambda uow: commands.publish_post(uow, cmd),
+            POST_OUT.dump,
+            principal=principal,
+            single_statement=True,
         )
 
 

@@ -110,12 +110,15 @@ def run_command(
     principal: Principal | None = None,
     stored_form: StoredForm | None = None,
     request_body: Any = None,
+    single_statement: bool = False,
 ) -> Response:
     """Run one command in one transaction and answer it.
 
     The idempotency record, the command's rows and its outbox events commit together. A key
     seen before with the same request replays the stored answer; the answer carries an
-    ``X-Consistency-Token`` naming the outbox position the command reached.
+    ``X-Consistency-Token`` naming the outbox position the command reached. A command that
+    writes everything in one statement (``single_statement``, see ``UnitOfWork``) runs in
+    autocommit unless it has an idempotency record to write beside it.
     """
     svc = services()
     key = idempotency_key()
@@ -127,7 +130,11 @@ def run_command(
         request_fingerprint = idempotency.fingerprint(
             svc.settings.secret_key, request.method, request.path, body_seen
         )
-    with UnitOfWork(svc.engine, correlation_id=g.get("request_id")) as uow:
+    with UnitOfWork(
+        svc.engine,
+        correlation_id=g.get("request_id"),
+        single_statement=single_statement and key is None,
+    ) as uow:
         if key is not None:
             stored = idempotency.claim(
                 uow.conn, scope, key, request_fingerprint, svc.settings.idempotency_ttl_seconds
