@@ -960,15 +960,20 @@ def _append_to_doc(report: dict[str, Any], table: str) -> None:
 
 
 def _git_commit() -> str:
+    """The commit measured, with "+ uncommitted changes" when the code differs from it (the
+    docs are left out: every run appends to docs/performance.md)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
     try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip()
-            or "unknown"
-        )
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs")
     except OSError:
         return "unknown"
+    return f"{commit} + uncommitted changes" if changed else commit
 
 
 def _server_description() -> str:
