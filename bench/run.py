@@ -92,13 +92,14 @@ def ensure_seeded(seed_args: list[str]) -> None:
     except Exception:  # no database yet, or no tables
         seeded = False
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}
-    if seeded and credentials.exists():
+    sample: list[str] = []
+    if credentials.exists():
         with credentials.open() as source:
             sample = [row["id"] for row in csv.DictReader(source)]
-        first = sample[0]
+    if seeded and sample:  # without the sample's credentials, seed again
         client = redis.Redis.from_url(REDIS_URL)
         try:
-            if client.exists(feed_key(first)):
+            if client.exists(feed_key(sample[0])):
                 return
         finally:
             client.close()

@@ -100,3 +100,41 @@ def test_a_small_seed_loads_the_graph_and_builds_the_same_read_models_in_two_pro
     # One process, from the same database, builds exactly what two did.
     _seed(url, _redis_db(14), "--read-models-only", "--sample", "20", "--jobs", "1")
     assert _contents(split) == _contents(single)
+
+
+def test_make_bench_seeds_what_is_missing_and_keeps_what_is_there(
+    seed_database, tmp_path, monkeypatch
+):
+    """``bench.run.ensure_seeded``: an empty database is seeded; a seeded one whose sample's
+    credentials are gone (or empty) is seeded again; one whose read models Redis lost gets
+    them rebuilt; a complete one is left alone."""
+    from bench import run
+
+    url, (feeds, _) = seed_database
+    monkeypatch.setattr(run, "DATABASE_URL", url)
+    monkeypatch.setattr(run, "REDIS_URL", _redis_db(13))
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    credentials = tmp_path / "credentials.csv"
+    args = [*SIZE, "--credentials", str(credentials)]
+
+    def sample() -> list[str]:
+        with credentials.open() as source:
+            return [row["id"] for row in csv.DictReader(source)]
+
+    def first_feed() -> bytes:
+        return f"{FEED_PREFIX}{sample()[0]}".encode()
+
+    run.ensure_seeded(args)  # nothing there yet
+    assert len(sample()) == 20 and feeds.exists(first_feed())
+
+    credentials.write_text("handle,password,id\n")  # the sample lost
+    run.ensure_seeded(args)
+    assert len(sample()) == 20 and feeds.exists(first_feed())
+
+    feeds.flushdb()  # Redis restarted: the database is seeded, the feeds are gone
+    run.ensure_seeded(args)
+    assert feeds.exists(first_feed())
+
+    feeds.set("marker", "1")  # complete: nothing is rebuilt (a rebuild flushes the db)
+    run.ensure_seeded(args)
+    assert feeds.get("marker") == b"1"
