@@ -164,16 +164,14 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
             errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
         )
     params = {"author_id": cmd.author.account_id, "body": cmd.body}
-    row = (
-        uow.conn.execute(PUBLISH_POST, {**params, **event_params(uow.correlation_id)})
-        .mappings()
-        .first()
-    )
+    row = uow.conn.execute(PUBLISH_POST, {**params, **event_params(uow.correlation_id)}).first()
     if row is None:
         raise Unauthenticated("This account is no longer active.")
-    uow.appended(row["event_position"])
-    author = {c.name: row[f"author_{c.name}"] for c in _POST_AUTHOR_COLUMNS}
-    post = {c.name: row[f"post_{c.name}"] for c in posts.c}
+    # The columns come back in the order PUBLISH_POST lists them.
+    *answer, position = row
+    uow.appended(position)
+    author = dict(zip(_ANSWER_AUTHOR, answer[: len(_ANSWER_AUTHOR)], strict=True))
+    post = dict(zip(_ANSWER_POST, answer[len(_ANSWER_AUTHOR) :], strict=True))
     return {**post, "author": author, "media": [], "my_vote": 0}
 
 
@@ -466,7 +464,7 @@ def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
     )
 
 
-# What a published post's event and response need of its author (not, say, the password hash).
+# What a published post's event needs of its author (not, say, the password hash).
 _POST_AUTHOR_COLUMNS = [
     accounts.c[name]
     for name in (
@@ -479,6 +477,9 @@ _POST_AUTHOR_COLUMNS = [
         "counts_version",
     )
 ]
+# What the answer to a post (PostOut) needs of its author and of the post, in that order.
+_ANSWER_AUTHOR = ("id", "handle", "display_name")
+_ANSWER_POST = ("id", "body", "status", "created_at", "up", "down")
 
 
 def _publish_post_statement() -> Select:
@@ -490,9 +491,9 @@ def _publish_post_statement() -> Select:
     round trips a busy client held that lock for as long as its other requests kept it from
     reading the answers, and the author's next posts queued behind it, each holding a pooled
     connection.) The update locks the author's row; the insert reads the author from it, so a
-    gone or disabled author inserts nothing and the statement returns no row. Columns come back
-    as ``author_*``, ``post_*`` and ``event_position``; parameters are ``author_id``, ``body``
-    and ``outbox.event_params``.
+    gone or disabled author inserts nothing and the statement returns no row. It returns what
+    the answer needs: ``_ANSWER_AUTHOR`` and ``_ANSWER_POST`` (as ``author_*`` and ``post_*``),
+    then ``event_position``; parameters are ``author_id``, ``body`` and ``outbox.event_params``.
     """
     author = (
         update(accounts)
@@ -504,7 +505,7 @@ def _publish_post_statement() -> Select:
     post = (
         insert(posts)
         .from_select(["author_id", "body"], select(author.c.id, bindparam("body", type_=Text)))
-        .returning(*posts.c)
+        .returning(*(posts.c[name] for name in _ANSWER_POST))
         .cte("post")
     )
     event = append_from_select(
@@ -514,8 +515,8 @@ def _publish_post_statement() -> Select:
         author.join(post, true()),
     ).cte("event")
     return select(
-        *(column.label(f"author_{column.name}") for column in author.c),
-        *(column.label(f"post_{column.name}") for column in post.c),
+        *(author.c[name].label(f"author_{name}") for name in _ANSWER_AUTHOR),
+        *(post.c[name].label(f"post_{name}") for name in _ANSWER_POST),
         event.c.position.label("event_position"),
     ).select_from(author.join(post, true()).join(event, true()))
 
