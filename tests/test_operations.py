@@ -82,6 +82,29 @@ def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error(sett
         pool.dispose()
 
 
+def test_the_pool_keeps_the_connections_a_burst_opened(settings):
+    """A burst of commands as wide as the pool opens its connections once: the next burst finds
+    them there. (Overflow connections were closed as they came back, and every burst forked new
+    PostgreSQL backends.)"""
+    pool = build_engine(settings.database_url)
+    width = 20  # the most a process's pool gives (a gevent worker's commands in flight)
+
+    def burst() -> set[int]:
+        connections = [pool.connect() for _ in range(width)]
+        try:
+            return {c.execute(text("SELECT pg_backend_pid()")).scalar_one() for c in connections}
+        finally:
+            for connection in connections:
+                connection.close()
+
+    try:
+        first = burst()
+        assert len(first) == width
+        assert burst() == first
+    finally:
+        pool.dispose()
+
+
 def test_metrics_are_prometheus_text(client):
     client.get("/healthz")
     r = client.get("/metrics")
