@@ -761,7 +761,7 @@ def render_table(r: dict[str, Any]) -> str:
         ),
         (
             "feed reads (home, 20 items)",
-            f"{r['feed_read_rps']:.0f} req/s = {r['feed_read_ratio']:.0%} of baseline",
+            f"{r['feed_read_rps']:.0f} req/s = {r['feed_read_ratio']:.1%} of baseline",
             "≥ 40%",
             verdict(r["feed_read_ratio"] >= 0.40),
         ),
@@ -774,7 +774,7 @@ def render_table(r: dict[str, Any]) -> str:
         ),
         (
             "posting (16 connections)",
-            f"{r['post_rps']:.0f} posts/s = {r['post_ratio']:.0%} of baseline, "
+            f"{r['post_rps']:.0f} posts/s = {r['post_ratio']:.1%} of baseline, "
             f"p99 {r['post_p99_ms']:.0f} ms",
             "≥ 25%",
             verdict(r["post_ratio"] >= 0.25),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -26,9 +25,12 @@ from feed.events import (
 from tests.conftest import fetch_all
 
 
-@functools.cache
-def _engine(database_url: str):
-    return create_engine(sqlalchemy_url(database_url))
+@pytest.fixture(scope="module")
+def sql_engine(database_url):
+    """An engine of its own (hypothesis reruns a test body; a per-test fixture would not be)."""
+    engine = create_engine(sqlalchemy_url(database_url))
+    yield engine
+    engine.dispose()
 
 
 def sample(cls):
@@ -138,11 +140,10 @@ def test_a_posts_event_written_by_postgresql_is_the_event_python_would_write(
         ),
     )
 )
-def test_postgresql_writes_a_time_as_rfc3339_does(database_url, moment):
+def test_postgresql_writes_a_time_as_rfc3339_does(sql_engine, moment):
     """``rfc3339_sql`` (the SQL-built events' times) against ``rfc3339``: the same string,
     milliseconds truncated, in UTC, whatever the offset."""
-    engine = _engine(database_url)
-    with engine.connect() as conn:
+    with sql_engine.connect() as conn:
         conn.execute(text("SET TIME ZONE 'America/St_Johns'"))  # the session's zone is no help
         written = conn.execute(
             select(rfc3339_sql(literal(moment, DateTime(timezone=True))))
