@@ -7,14 +7,18 @@ accounts involved, always in ascending id order (``_lock_accounts``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import (
     CTE,
+    BigInteger,
     ColumnElement,
     Connection,
+    Integer,
     Select,
+    SmallInteger,
     Text,
     and_,
     bindparam,
@@ -29,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 
 from feed.auth import Passwords, Principal, Tokens
 from feed.clock import rfc3339, rfc3339_sql
@@ -321,55 +326,41 @@ def _remove_follow(
 def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
     """Set the caller's vote on a post (1, -1, 0 to clear); returns the post's exact counts.
 
-    The post row is locked for the transaction, so concurrent votes on one post serialize
-    and the totals are exact.
+    One statement (``CAST_VOTE``): the post's row is locked only while PostgreSQL runs it, so
+    votes on a popular post do not queue behind each other's round trips. The change is
+    counted from the vote it replaces, read under that vote's row lock. Should another vote by
+    the same account on the same post insert the first vote row meanwhile, the statement fails
+    on the key, writes nothing, and runs again (in a savepoint when the command has a
+    transaction of its own, for its idempotency record).
     """
-    post = _lock_post(uow.conn, cmd.post_id, statuses=("published",))
-    _lock_accounts(uow.conn, [cmd.voter.account_id], actor=cmd.voter)
-    key = and_(votes.c.account_id == cmd.voter.account_id, votes.c.post_id == post["id"])
-    previous = uow.conn.execute(select(votes.c.value).where(key)).scalar_one_or_none() or 0
-    result = {"post_id": post["id"], "up": post["up"], "down": post["down"], "my_vote": cmd.value}
-    if cmd.value == previous:
-        return result
-    if cmd.value == 0:
-        uow.conn.execute(delete(votes).where(key))
-    else:
-        uow.conn.execute(
-            pg_insert(votes)
-            .values(account_id=cmd.voter.account_id, post_id=post["id"], value=cmd.value)
-            .on_conflict_do_update(
-                index_elements=[votes.c.account_id, votes.c.post_id],
-                set_={"value": cmd.value, "updated_at": func.now()},
-            )
-        )
-    up_delta = (cmd.value == 1) - (previous == 1)
-    down_delta = (cmd.value == -1) - (previous == -1)
-    counts = (
-        uow.conn.execute(
-            update(posts)
-            .where(posts.c.id == post["id"])
-            .values(
-                up=posts.c.up + up_delta,
-                down=posts.c.down + down_delta,
-                votes_version=posts.c.votes_version + 1,
-            )
-            .returning(posts.c.up, posts.c.down, posts.c.votes_version)
-        )
-        .mappings()
-        .one()
-    )
-    uow.emit(
-        VoteCast(
-            post_id=str(post["id"]),
-            account_id=str(cmd.voter.account_id),
-            value=cmd.value,
-            previous=previous,
-            up=counts["up"],
-            down=counts["down"],
-            votes_version=counts["votes_version"],
-        )
-    )
-    return {**result, "up": counts["up"], "down": counts["down"]}
+    params = {
+        "voter_id": cmd.voter.account_id,
+        "voted_post_id": cmd.post_id,
+        "vote": cmd.value,
+        **event_params(uow.correlation_id),
+    }
+    for attempt in range(1, VOTE_ATTEMPTS + 1):
+        try:
+            with nullcontext() if uow.single_statement else uow.conn.begin_nested():
+                row = uow.conn.execute(CAST_VOTE, params).mappings().first()
+            break
+        except IntegrityError as error:
+            if getattr(error.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+            if attempt == VOTE_ATTEMPTS:
+                raise Conflict("Votes by this account on this post raced; try again.") from error
+            params.update(event_params(uow.correlation_id))
+    if row is None:
+        raise NotFound("No such post.")
+    if not row["voter_active"]:
+        raise Unauthenticated("This account is no longer active.")
+    result = {"post_id": cmd.post_id, "up": row["up"], "down": row["down"], "my_vote": cmd.value}
+    if row["event_position"] is not None:
+        uow.appended(row["event_position"])
+        return {**result, "up": row["new_up"], "down": row["new_down"]}
+    if row["previous"] != cmd.value:  # the post stopped being published meanwhile
+        raise NotFound("No such post.")
+    return result
 
 
 # --- locking and counters -----------------------------------------------------------------
@@ -549,6 +540,135 @@ def _jsonb_object(values: Mapping[str, ColumnElement[Any]]) -> ColumnElement[Any
 
 
 PUBLISH_POST = _publish_post_statement()
+VOTE_ATTEMPTS = 5
+UNIQUE_VIOLATION = "23505"
+
+
+def _cast_vote_statement() -> Select:
+    """A vote in one statement; parameters ``voter_id``, ``voted_post_id``, ``vote`` and
+    ``outbox.event_params`` (named apart from the columns of the tables it updates: SQLAlchemy
+    adds a parameter named like a column to that column's ``SET``).
+
+    The voter is marked active (its row locked: one account's votes take turns), its previous
+    vote on the post is read with ``FOR UPDATE`` (the latest committed one, whatever the
+    statement's snapshot saw), and when the vote changes, the post's counters move by the
+    difference (its row locked), the vote row is inserted, updated or deleted, and
+    ``VoteCast`` is appended to the outbox. A missing vote row that another statement inserts
+    meanwhile makes the insert fail on the key: the caller runs the statement again.
+
+    It returns no row when the post is not published; else ``voter_active``, ``previous``,
+    the post's ``up`` and ``down`` as the statement found them, and ``new_up``, ``new_down``
+    and ``event_position`` when the vote changed something (else NULL).
+    """
+    voter_id = bindparam("voter_id", type_=BigInteger)
+    post_id = bindparam("voted_post_id", type_=BigInteger)
+    value = bindparam("vote", type_=SmallInteger)
+    target = (
+        select(posts.c.id, posts.c.up, posts.c.down)
+        .where(posts.c.id == post_id, posts.c.status == "published")
+        .cte("target")
+    )
+    voter = (
+        update(accounts)
+        .where(accounts.c.id == voter_id, accounts.c.status == "active")
+        .where(select(target.c.id).exists())
+        .values(last_active_at=func.now())
+        .returning(accounts.c.id)
+        .cte("voter")
+    )
+    old = (
+        select(votes.c.value)
+        .where(votes.c.account_id == voter.c.id, votes.c.post_id == post_id)
+        .with_for_update(of=votes)
+        .cte("old")
+    )
+    previous = func.coalesce(select(old.c.value).scalar_subquery(), 0)
+    counts = (
+        update(posts)
+        .where(
+            posts.c.id == post_id,
+            posts.c.status == "published",
+            select(voter.c.id).exists(),
+            previous != value,
+        )
+        .values(
+            up=posts.c.up + cast(value == 1, Integer) - cast(previous == 1, Integer),
+            down=posts.c.down + cast(value == -1, Integer) - cast(previous == -1, Integer),
+            votes_version=posts.c.votes_version + 1,
+        )
+        .returning(
+            posts.c.up,
+            posts.c.down,
+            posts.c.votes_version,
+            previous.label("previous"),
+            select(old.c.value).exists().label("present"),
+        )
+        .cte("counts")
+    )
+    key = (votes.c.account_id == voter_id, votes.c.post_id == post_id)
+    changed = select(counts.c.present).where(counts.c.present).exists()
+    inserted = (
+        insert(votes)
+        .from_select(
+            ["account_id", "post_id", "value"],
+            select(voter_id, post_id, value).where(~counts.c.present, value != 0),
+        )
+        .returning(votes.c.value)
+        .cte("inserted")
+    )
+    updated = (
+        update(votes)
+        .where(*key, changed, value != 0)
+        .values(value=value, updated_at=func.now())
+        .returning(votes.c.value)
+        .cte("updated")
+    )
+    deleted = (delete(votes).where(*key, changed, value == 0).returning(votes.c.value)).cte(
+        "deleted"
+    )
+    event = append_from_select(
+        VoteCast, cast(post_id, Text), _vote_cast_payload(counts, voter_id, post_id, value), counts
+    ).cte("event")
+    return (
+        select(
+            select(voter.c.id).exists().label("voter_active"),
+            previous.label("previous"),
+            target.c.up,
+            target.c.down,
+            counts.c.up.label("new_up"),
+            counts.c.down.label("new_down"),
+            event.c.position.label("event_position"),
+        )
+        .select_from(target.outerjoin(counts, true()).outerjoin(event, true()))
+        # The vote row's writes are not read by the answer; naming them keeps them in the
+        # statement (PostgreSQL runs every data-modifying WITH to completion).
+        .add_cte(inserted, updated, deleted)
+    )
+
+
+def _vote_cast_payload(
+    counts: CTE,
+    voter_id: ColumnElement[int],
+    post_id: ColumnElement[int],
+    value: ColumnElement[int],
+) -> ColumnElement[Any]:
+    """``VoteCast(...).to_payload()``, built by PostgreSQL from the statement's counts."""
+    payload: dict[str, ColumnElement[Any]] = {
+        "post_id": cast(post_id, Text),
+        "account_id": cast(voter_id, Text),
+        "value": value,
+        "previous": counts.c.previous,
+        "up": counts.c.up,
+        "down": counts.c.down,
+        "votes_version": counts.c.votes_version,
+    }
+    mismatch = {f.name for f in fields(VoteCast)} ^ set(payload)
+    if mismatch:
+        raise TypeError(f"VoteCast's payload in SQL does not match its fields: {mismatch}")
+    return _jsonb_object(payload)
+
+
+CAST_VOTE = _cast_vote_statement()
 
 
 def _bump_follow_counts(

@@ -37,6 +37,11 @@ COMMANDS = {
     "vote": lambda c, w: c.put(
         f"/api/v1/posts/{w['post_id']}/vote", json={"value": 1}, headers=w["bob"].auth
     ),
+    "vote with a key": lambda c, w: c.put(
+        f"/api/v1/posts/{w['post_id']}/vote",
+        json={"value": 1},
+        headers={**w["bob"].auth, "Idempotency-Key": "k-2"},
+    ),
 }
 
 
@@ -78,7 +83,7 @@ def test_when_writing_the_events_fails_the_rows_are_not_written(
 
 #: Commands that write their rows and events in one statement, which commits by itself: there is
 #: no moment between the writes and the commit for a process to die in (UnitOfWork).
-SINGLE_STATEMENT = {"publish"}
+SINGLE_STATEMENT = {"publish", "vote"}
 IN_A_TRANSACTION = sorted(set(COMMANDS) - SINGLE_STATEMENT)
 
 
@@ -142,6 +147,9 @@ def test_a_single_statement_command_is_written_whole_even_if_the_process_dies_af
     (event,) = [row for row in after["outbox"] if row not in before["outbox"]]
     (post,) = [row for row in after["posts"] if row not in before["posts"]]
     assert event["aggregate_id"] == str(post["id"])
+    if command == "vote":  # the post's counters moved, the vote row went in
+        assert (post["up"], post["votes_version"]) == (1, 1)
+        assert len(after["votes"]) == len(before["votes"]) + 1
     assert notified(listener)
 
 

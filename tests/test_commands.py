@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 from sqlalchemy import event as sa_event
 
@@ -113,13 +115,10 @@ def test_publishing_a_post_writes_the_post_the_counter_and_post_published(
     assert event["payload"]["author_handle"] == "ada_l"
 
 
-def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
-    client, engine, make_account
-):
-    """No BEGIN/COMMIT round trips for a post (the author's row stays locked only while the
-    statement runs); with an Idempotency-Key its record must commit with it, so a transaction.
-    The pooled connection goes back to transactions for the next command."""
-    ada, bob = make_account("ada_l"), make_account("bob_b")
+@contextlib.contextmanager
+def statements_seen(engine) -> Iterator[list[tuple[str, str]]]:
+    """Each statement sent while in the block: its first word and the connection's transaction
+    status after it (IDLE: it committed by itself; INTRANS: a transaction is open)."""
     seen: list[tuple[str, str]] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
@@ -128,19 +127,73 @@ def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
 
     sa_event.listen(engine, "after_cursor_execute", record)
     try:
-        assert client.post("/api/v1/posts", json={"body": "a"}, headers=ada.auth).status_code == 201
-        alone, seen[:] = list(seen), []
-        keyed = {**ada.auth, "Idempotency-Key": "k-1"}
-        assert client.post("/api/v1/posts", json={"body": "b"}, headers=keyed).status_code == 201
-        with_key, seen[:] = list(seen), []
-        assert client.post(f"/api/v1/accounts/{ada.id}/follow", headers=bob.auth).status_code == 200
-        follow = list(seen)
+        yield seen
     finally:
         sa_event.remove(engine, "after_cursor_execute", record)
+
+
+def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
+    client, engine, make_account
+):
+    """No BEGIN/COMMIT round trips for a post (the author's row stays locked only while the
+    statement runs); with an Idempotency-Key its record must commit with it, so a transaction.
+    The pooled connection goes back to transactions for the next command."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+
+    with statements_seen(engine) as alone:
+        assert client.post("/api/v1/posts", json={"body": "a"}, headers=ada.auth).status_code == 201
+    keyed = {**ada.auth, "Idempotency-Key": "k-1"}
+    with statements_seen(engine) as with_key:
+        assert client.post("/api/v1/posts", json={"body": "b"}, headers=keyed).status_code == 201
+    with statements_seen(engine) as follow:
+        assert client.post(f"/api/v1/accounts/{ada.id}/follow", headers=bob.auth).status_code == 200
 
     assert alone == [("WITH", "IDLE")]  # committed as it ran: no transaction left open
     assert ("WITH", "INTRANS") in with_key and all(s == "INTRANS" for _, s in with_key)
     assert follow and all(status == "INTRANS" for _, status in follow)
+
+
+def test_a_vote_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
+    client, engine, make_account
+):
+    """As a post: a popular post's row is locked only while a vote's statement runs, not across
+    round trips; with an Idempotency-Key the vote runs in a transaction (in a savepoint, so a
+    lost race on the vote row can run it again)."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    post_id = client.post("/api/v1/posts", json={"body": "a"}, headers=ada.auth).get_json()["id"]
+    url = f"/api/v1/posts/{post_id}/vote"
+
+    with statements_seen(engine) as alone:
+        assert client.put(url, json={"value": 1}, headers=bob.auth).status_code == 200
+    keyed = {**bob.auth, "Idempotency-Key": "k-1"}
+    with statements_seen(engine) as with_key:
+        assert client.put(url, json={"value": -1}, headers=keyed).status_code == 200
+
+    assert alone == [("WITH", "IDLE")]
+    assert ("WITH", "INTRANS") in with_key and all(s == "INTRANS" for _, s in with_key)
+    (post,) = fetch_all(engine, "SELECT up, down FROM posts WHERE id = :id", id=int(post_id))
+    assert (post["up"], post["down"]) == (0, 1)
+
+
+def test_a_vote_on_a_post_that_is_not_published_writes_nothing(client, engine, make_account):
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    post_id = client.post("/api/v1/posts", json={"body": "a"}, headers=ada.auth).get_json()["id"]
+    assert client.delete(f"/api/v1/posts/{post_id}", headers=ada.auth).status_code == 204
+    before = fetch_all(engine, "SELECT last_active_at FROM accounts WHERE id = :id", id=int(bob.id))
+    events = len(outbox_events(engine))
+
+    for value in (1, -1, 0):
+        r = client.put(f"/api/v1/posts/{post_id}/vote", json={"value": value}, headers=bob.auth)
+        assert r.status_code == 404 and r.mimetype == "application/problem+json"
+    missing = client.put("/api/v1/posts/1/vote", json={"value": 1}, headers=bob.auth)
+
+    assert missing.status_code == 404
+    assert fetch_all(engine, "SELECT * FROM votes") == []
+    assert len(outbox_events(engine)) == events
+    assert (
+        fetch_all(engine, "SELECT last_active_at FROM accounts WHERE id = :id", id=int(bob.id))
+        == before
+    )
 
 
 def test_post_ids_are_time_ordered_decimal_strings(client, make_account):

@@ -95,6 +95,52 @@ def test_one_account_spamming_the_same_vote_counts_once(app, client, engine, mak
     assert len(fetch_all(engine, "SELECT * FROM outbox WHERE type = 'VoteCast'")) == 1
 
 
+def test_one_account_changing_its_vote_at_once_leaves_counts_that_match_its_vote(
+    app, client, engine, make_account
+):
+    """Each vote's change is counted from the vote it replaces, even when one account's votes
+    on one post race each other (each must read the previous vote after the last one
+    committed, not from a snapshot taken before it)."""
+    author, voter = make_account(), make_account()
+    for round_ in range(3):
+        post_id = client.post(
+            "/api/v1/posts", json={"body": f"flip {round_}"}, headers=author.auth
+        ).get_json()["id"]
+
+        responses = run_together(
+            app,
+            [
+                (
+                    lambda c, value=value, url=f"/api/v1/posts/{post_id}/vote": c.put(
+                        url, json={"value": value}, headers=voter.auth
+                    )
+                )
+                for value in [1, -1, 0, -1, 1] * 4
+            ],
+        )
+
+        assert [r.status_code for r in responses] == [200] * 20
+        (post,) = fetch_all(
+            engine, "SELECT up, down, votes_version FROM posts WHERE id = :id", id=int(post_id)
+        )
+        held = fetch_all(engine, "SELECT value FROM votes WHERE post_id = :id", id=int(post_id))
+        value = held[0]["value"] if held else 0
+        assert (post["up"], post["down"]) == (int(value == 1), int(value == -1))
+        events = [
+            e["payload"]
+            for e in fetch_all(
+                engine,
+                "SELECT payload FROM outbox WHERE type = 'VoteCast' "
+                "AND payload->>'post_id' = :id ORDER BY position",
+                id=post_id,
+            )
+        ]
+        assert [e["votes_version"] for e in events] == list(range(1, len(events) + 1))
+        # Each event replaces the vote the one before it set.
+        assert [e["previous"] for e in events] == [0] + [e["value"] for e in events[:-1]]
+        assert events == [] or events[-1]["value"] == value
+
+
 def test_parallel_follows_of_one_account_count_exactly(app, engine, make_account):
     star = make_account()
     fans = [make_account() for _ in range(30)]

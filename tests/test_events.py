@@ -19,6 +19,7 @@ from feed.events import (
     UPCASTERS,
     PostPublished,
     UnknownEvent,
+    VoteCast,
     account_counts,
     decode,
 )
@@ -128,6 +129,36 @@ def test_a_posts_event_written_by_postgresql_is_the_event_python_would_write(
         assert (row["type"], row["version"]) == (PostPublished.name, PostPublished.version)
         assert row["payload"] == expected.to_payload()
         assert decode(row["type"], row["version"], row["payload"]) == expected
+
+
+def test_a_votes_event_written_by_postgresql_is_the_event_python_would_write(
+    client, engine, make_account
+):
+    """A vote's ``VoteCast`` is built by its statement in SQL; each one must be the payload
+    ``VoteCast.to_payload`` gives for the vote it replaced and the post's counts after it."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    post_id = client.post("/api/v1/posts", json={"body": "x"}, headers=ada.auth).get_json()["id"]
+    url, previous = f"/api/v1/posts/{post_id}/vote", 0
+    for value in (1, -1, 0, -1):
+        answer = client.put(url, json={"value": value}, headers=bob.auth)
+        assert answer.status_code == 200, answer.get_json()
+        (post,) = fetch_all(engine, "SELECT * FROM posts WHERE id = :id", id=int(post_id))
+        row = fetch_all(
+            engine, "SELECT * FROM outbox WHERE type = 'VoteCast' ORDER BY position DESC LIMIT 1"
+        )[0]
+        expected = VoteCast(
+            post_id=post_id,
+            account_id=bob.id,
+            value=value,
+            previous=previous,
+            up=post["up"],
+            down=post["down"],
+            votes_version=post["votes_version"],
+        )
+        assert (row["version"], row["aggregate_id"]) == (VoteCast.version, post_id)
+        assert row["payload"] == expected.to_payload()
+        assert decode(row["type"], row["version"], row["payload"]) == expected
+        previous = value
 
 
 @settings(max_examples=200, deadline=None)

@@ -70,5 +70,9 @@ class Vote(MethodView):
         principal = require_principal()
         cmd = commands.CastVote(voter=principal, post_id=post_id, value=data["value"])
         return run_command(
-            200, lambda uow: commands.cast_vote(uow, cmd), VOTE_OUT.dump, principal=principal
+            200,
+            lambda uow: commands.cast_vote(uow, cmd),
+            VOTE_OUT.dump,
+            principal=principal,
+            single_statement=True,
         )
