@@ -11,7 +11,8 @@ FastHttpUser, also separate, for the mixed load):
    ceiling), interleaved round by round;
 2. posting: ``POST /api/v1/posts`` as fast as it is accepted, then at half that rate by 16
    authors in turn, all followed by the same 100 accounts, timing each post until it is in all
-   100 followers' feeds (and reporting the rate the senders achieved);
+   100 followers' feeds (and reporting the rate the senders achieved); between the two,
+   votes as fast as accepted, spread over 64 posts and all on one hot post, round by round;
 3. projection lag under the Locust mix, from the ``/metrics`` histogram;
 4. Redis bytes per feed entry on the seeded feeds;
 5. fan-out to 1k/10k/100k followers against raw pipelined ZADD (``bench.fanout``).
@@ -562,6 +563,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="length of one wrk round")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--accounts", type=int, default=64, help="accounts logged in for wrk")
+    parser.add_argument("--vote-rounds", type=int, default=2, help="rounds of each vote kind")
     parser.add_argument("--visible-seconds", type=int, default=15)
     parser.add_argument("--locust-users", type=int, default=50)
     parser.add_argument("--locust-seconds", type=int, default=60)
@@ -645,6 +647,9 @@ def main() -> int:
         report["post_baseline_rounds_rps"] = [round(r["rps"], 1) for r in post_baselines]
         curves["POST /posts (max rate)"] = _median_curve(posts)
         report["drain_after_posting_s"] = round(wait_until_drained(engine, client), 1)
+
+        print("phase 2b: votes spread over many posts vs on one hot post", flush=True)
+        report.update(_votes(base, engine, client, tokens_file, args))
 
         rate = report["post_rps"] / 2
         print(
@@ -745,6 +750,51 @@ def main() -> int:
     return 0
 
 
+def _votes(
+    base: str, engine, client: redis.Redis, tokens_file: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Votes at the highest accepted rate, in interleaved rounds: spread (each of the logged-in
+    accounts on a post of its own: no two votes share a post's row) and hot (every account on
+    the same post, as when a post goes viral: each vote moves that one row's counters). Each
+    vote changes the account's previous one, so each writes its counters and a ``VoteCast``."""
+    with engine.connect() as conn:
+        ids = (
+            conn.execute(
+                text("SELECT id FROM posts WHERE status = 'published' ORDER BY id DESC LIMIT :n"),
+                {"n": args.accounts},
+            )
+            .scalars()
+            .all()
+        )
+    files = {"spread": RESULTS / "vote-posts-spread.txt", "hot": RESULTS / "vote-posts-hot.txt"}
+    files["spread"].write_text("\n".join(map(str, ids)) + "\n")
+    files["hot"].write_text(f"{ids[0]}\n")
+    runs: dict[str, list[dict[str, Any]]] = {"spread": [], "hot": []}
+    for _ in range(args.vote_rounds):
+        for kind, posts_file in files.items():
+            wait_until_drained(engine, client)
+            runs[kind].append(
+                wrk(base, "VOTE", str(posts_file), tokens_file, args.seconds, args.connections)
+            )
+        print(
+            f"  spread {runs['spread'][-1]['rps']:.0f} votes/s p99"
+            f" {runs['spread'][-1]['p99_ms']:.1f} ms; one post {runs['hot'][-1]['rps']:.0f}"
+            f" votes/s p99 {runs['hot'][-1]['p99_ms']:.1f} ms",
+            flush=True,
+        )
+    for posts_file in files.values():
+        posts_file.unlink()
+    _fail_on_errors("votes", runs["spread"] + runs["hot"])
+    return {
+        **_summarise("vote_spread", runs["spread"]),
+        **_summarise("vote_hot", runs["hot"]),
+        "vote_hot_ratio": _paired_ratio(
+            [r["rps"] for r in runs["hot"]], [r["rps"] for r in runs["spread"]]
+        ),
+        "vote_posts_spread": len(ids),
+    }
+
+
 def render_table(r: dict[str, Any]) -> str:
     """The results against the issue's targets, as a Markdown table."""
 
@@ -778,6 +828,14 @@ def render_table(r: dict[str, Any]) -> str:
             f"p99 {r['post_p99_ms']:.0f} ms",
             "≥ 25%",
             verdict(r["post_ratio"] >= 0.25),
+        ),
+        (
+            "votes (16 connections), spread / on one hot post",
+            f"{r['vote_spread_rps']:.0f} / {r['vote_hot_rps']:.0f} votes/s "
+            f"(hot = {r['vote_hot_ratio']:.0%} of spread), "
+            f"p99 {r['vote_spread_p99_ms']:.0f} / {r['vote_hot_p99_ms']:.0f} ms",
+            "",
+            "",
         ),
         (
             f"post in 100 followers' feeds at {r['post_visible_rate']:.0f}/s "

@@ -4,9 +4,12 @@
 --   wrk ... -s bench/wrk/requests.lua -- METHOD PATH TOKENS_FILE
 --
 -- METHOD is GET or POST (POST sends a new post body each time); TOKENS_FILE holds one token
--- per line, or is "-" for no Authorization header.
+-- per line, or is "-" for no Authorization header. METHOD VOTE takes PATH as a file of post ids,
+-- one per line, their number 1 or a divisor of the tokens': the n-th request is the n-th
+-- account's PUT /api/v1/posts/{id}/vote on the n-th post (both taken in turn), 1 and -1 in
+-- turn each time a pair comes back, so that every vote changes something.
 
-local method, path, tokens, counter = "GET", "/", {}, 0
+local method, path, tokens, posts, counter = "GET", "/", {}, {}, 0
 
 function init(args)
   method = args[1] or method
@@ -17,6 +20,11 @@ function init(args)
       if #line > 0 then tokens[#tokens + 1] = line end
     end
   end
+  if method == "VOTE" then
+    for line in io.lines(path) do
+      if #line > 0 then posts[#posts + 1] = line end
+    end
+  end
 end
 
 function request()
@@ -24,6 +32,13 @@ function request()
   local headers = {}
   if #tokens > 0 then
     headers["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]
+  end
+  if method == "VOTE" then
+    headers["Content-Type"] = "application/json"
+    local post = posts[(counter % #posts) + 1]
+    local value = (math.floor(counter / #tokens) % 2 == 0) and 1 or -1
+    return wrk.format("PUT", "/api/v1/posts/" .. post .. "/vote", headers,
+      '{"value":' .. value .. '}')
   end
   if method == "POST" then
     headers["Content-Type"] = "application/json"
