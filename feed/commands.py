@@ -22,11 +22,13 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     func,
     insert,
     literal_column,
+    or_,
     select,
     true,
     update,
@@ -262,44 +264,33 @@ def _mark_deleted(conn: Connection, post: Row, *, deleted_by: int) -> PostDelete
 
 def follow_account(uow: UnitOfWork, cmd: FollowAccount) -> bool:
     """Follow an account; following it again changes nothing. Returns True (following)."""
-    follower_id, followee_id = cmd.follower.account_id, cmd.followee_id
-    if follower_id == followee_id:
+    if cmd.follower.account_id == cmd.followee_id:
         raise InvalidInput(
             "You cannot follow yourself.", errors={"id": ["You cannot follow yourself."]}
         )
-    _lock_pair(uow.conn, cmd.follower, followee_id, followee_active=True)
-    created = uow.conn.execute(
-        pg_insert(follows)
-        .values(follower_id=follower_id, followee_id=followee_id)
-        .on_conflict_do_nothing()
-        .returning(follows.c.created_at)
-    ).scalar_one_or_none()
-    if created is not None:
-        follower, followee = _bump_follow_counts(uow.conn, follower_id, followee_id, +1)
-        uow.emit(
-            AccountFollowed(
-                follower_id=str(follower_id),
-                followee_id=str(followee_id),
-                followed_at=rfc3339(created),
-                follower_counts=account_counts(follower),
-                followee_counts=account_counts(followee),
-            )
-        )
+    _run_follow_statement(uow, FOLLOW, cmd.follower.account_id, cmd.followee_id)
     return True
 
 
 def unfollow_account(uow: UnitOfWork, cmd: UnfollowAccount) -> bool:
     """Stop following an account; not following it already changes nothing. Returns False."""
-    follower_id, followee_id = cmd.follower.account_id, cmd.followee_id
-    if follower_id == followee_id:
+    if cmd.follower.account_id == cmd.followee_id:
         raise InvalidInput(
             "You cannot unfollow yourself.", errors={"id": ["You cannot unfollow yourself."]}
         )
-    _lock_pair(uow.conn, cmd.follower, followee_id, followee_active=False)
-    event = _remove_follow(uow.conn, follower_id, followee_id)
-    if event is not None:
-        uow.emit(event)
+    _run_follow_statement(uow, UNFOLLOW, cmd.follower.account_id, cmd.followee_id)
     return False
+
+
+def _run_follow_statement(uow: UnitOfWork, statement: Select, follower: int, followee: int) -> None:
+    params = {"follower_id": follower, "followee_id": followee, **event_params(uow.correlation_id)}
+    row = uow.conn.execute(statement, params).one()
+    if not row.follower_active:
+        raise Unauthenticated("This account is no longer active.")
+    if not row.followee_found:
+        raise NotFound("No such account.")
+    if row.event_position is not None:
+        uow.appended(row.event_position)
 
 
 def _remove_follow(
@@ -406,17 +397,6 @@ def _lock_accounts(
         update(accounts).where(accounts.c.id == actor.account_id).values(last_active_at=func.now())
     )
     return [by_id[account_id] for account_id in wanted]
-
-
-def _lock_pair(
-    conn: Connection, follower: Principal, followee_id: int, *, followee_active: bool
-) -> None:
-    _lock_accounts(
-        conn,
-        [follower.account_id, followee_id],
-        actor=follower,
-        must_be_active=[followee_id] if followee_active else [],
-    )
 
 
 def _lock_post(conn: Connection, post_id: int, *, statuses: tuple[str, ...]) -> Row:
@@ -669,6 +649,107 @@ def _vote_cast_payload(
 
 
 CAST_VOTE = _cast_vote_statement()
+
+
+def _follow_statement(*, follow: bool) -> Select:
+    """A follow (or an unfollow) in one statement; parameters ``follower_id``, ``followee_id``
+    and ``outbox.event_params``.
+
+    Both accounts are locked in id order (``FOR NO KEY UPDATE``, as ``_lock_accounts`` does, so
+    two accounts following each other at once cannot deadlock) and checked: the follower must be
+    active; the followee active to be followed, not deleted to be unfollowed. The follow row is
+    inserted (``ON CONFLICT DO NOTHING``: a follow that is there already, or that another
+    statement inserts meanwhile, changes nothing) or deleted; when it changed, both accounts'
+    counters move and the event is appended. The follower is marked active either way.
+
+    Returns one row: ``follower_active``, ``followee_found``, and ``event_position`` when the
+    follow changed (else NULL).
+    """
+    follower_id = bindparam("follower_id", type_=BigInteger)
+    followee_id = bindparam("followee_id", type_=BigInteger)
+    is_follower, is_followee = accounts.c.id == follower_id, accounts.c.id == followee_id
+    followee_status = accounts.c.status == "active" if follow else accounts.c.status != "deleted"
+    pair = (
+        select(accounts.c.id)
+        .where(
+            or_(
+                and_(is_follower, accounts.c.status == "active"),
+                and_(is_followee, followee_status),
+            )
+        )
+        .order_by(accounts.c.id)
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE, in id order (ORDER BY)
+        .cte("pair")
+    )
+    follower_active = select(pair.c.id).where(pair.c.id == follower_id).exists()
+    followee_found = select(pair.c.id).where(pair.c.id == followee_id).exists()
+    both = and_(follower_active, followee_found)
+    if follow:
+        change = (
+            pg_insert(follows)
+            .from_select(
+                ["follower_id", "followee_id"], select(follower_id, followee_id).where(both)
+            )
+            .on_conflict_do_nothing()
+            .returning(follows.c.created_at.label("at"))
+            .cte("change")
+        )
+    else:
+        change = (
+            delete(follows)
+            .where(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)
+            .where(both)
+            .returning(func.now().label("at"))
+            .cte("change")
+        )
+    changed = select(change.c.at).exists()
+    delta = 1 if follow else -1
+    counted = (
+        update(accounts)
+        .where(accounts.c.id.in_([follower_id, followee_id]), both, or_(is_follower, changed))
+        .values(
+            last_active_at=case((is_follower, func.now()), else_=accounts.c.last_active_at),
+            following_count=accounts.c.following_count
+            + case((and_(is_follower, changed), delta), else_=0),
+            followers_count=accounts.c.followers_count
+            + case((and_(is_followee, changed), delta), else_=0),
+            counts_version=accounts.c.counts_version + case((changed, 1), else_=0),
+        )
+        .returning(*(accounts.c[n] for n in ("id", *account_counts(accounts.c))))
+        .cte("counted")
+    )
+    follower_after, followee_after = (
+        counted.alias("follower_after"),
+        counted.alias("followee_after"),
+    )
+    event_type = AccountFollowed if follow else AccountUnfollowed
+    payload: dict[str, ColumnElement[Any]] = {
+        "follower_id": cast(follower_id, Text),
+        "followee_id": cast(followee_id, Text),
+        ("followed_at" if follow else "unfollowed_at"): rfc3339_sql(change.c.at),
+        "follower_counts": _jsonb_object(account_counts(follower_after.c)),
+        "followee_counts": _jsonb_object(account_counts(followee_after.c)),
+    }
+    mismatch = {f.name for f in fields(event_type)} ^ set(payload)
+    if mismatch:
+        raise TypeError(f"{event_type.name}'s payload in SQL does not match its fields: {mismatch}")
+    event = append_from_select(
+        event_type,
+        cast(follower_id, Text),
+        _jsonb_object(payload),
+        change.join(follower_after, follower_after.c.id == follower_id).join(
+            followee_after, followee_after.c.id == followee_id
+        ),
+    ).cte("event")
+    return select(
+        follower_active.label("follower_active"),
+        followee_found.label("followee_found"),
+        select(event.c.position).scalar_subquery().label("event_position"),
+    )
+
+
+FOLLOW = _follow_statement(follow=True)
+UNFOLLOW = _follow_statement(follow=False)
 
 
 def _bump_follow_counts(

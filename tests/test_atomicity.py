@@ -17,10 +17,11 @@ def snapshot(engine) -> dict[str, list]:
 
 @pytest.fixture
 def world(client, make_account):
-    """Two accounts, a post by ada, bob following nobody yet."""
-    ada, bob = make_account("ada_l"), make_account("bob_b")
+    """Three accounts, a post by ada, ada following carl, bob following nobody yet."""
+    ada, bob, carl = make_account("ada_l"), make_account("bob_b"), make_account("carl_c")
     post_id = client.post("/api/v1/posts", json={"body": "hi"}, headers=ada.auth).get_json()["id"]
-    return {"ada": ada, "bob": bob, "post_id": post_id}
+    assert client.post(f"/api/v1/accounts/{carl.id}/follow", headers=ada.auth).status_code == 200
+    return {"ada": ada, "bob": bob, "carl": carl, "post_id": post_id}
 
 
 COMMANDS = {
@@ -34,6 +35,14 @@ COMMANDS = {
     ),
     "delete": lambda c, w: c.delete(f"/api/v1/posts/{w['post_id']}", headers=w["ada"].auth),
     "follow": lambda c, w: c.post(f"/api/v1/accounts/{w['ada'].id}/follow", headers=w["bob"].auth),
+    "follow with a key": lambda c, w: c.post(
+        f"/api/v1/accounts/{w['ada'].id}/follow",
+        headers={**w["bob"].auth, "Idempotency-Key": "k-3"},
+    ),
+    # ada follows carl from the start (the world fixture), so this unfollow changes something
+    "unfollow": lambda c, w: c.delete(
+        f"/api/v1/accounts/{w['carl'].id}/follow", headers=w["ada"].auth
+    ),
     "vote": lambda c, w: c.put(
         f"/api/v1/posts/{w['post_id']}/vote", json={"value": 1}, headers=w["bob"].auth
     ),
@@ -83,7 +92,7 @@ def test_when_writing_the_events_fails_the_rows_are_not_written(
 
 #: Commands that write their rows and events in one statement, which commits by itself: there is
 #: no moment between the writes and the commit for a process to die in (UnitOfWork).
-SINGLE_STATEMENT = {"publish", "vote"}
+SINGLE_STATEMENT = {"publish", "vote", "follow", "unfollow"}
 IN_A_TRANSACTION = sorted(set(COMMANDS) - SINGLE_STATEMENT)
 
 
@@ -145,6 +154,12 @@ def test_a_single_statement_command_is_written_whole_even_if_the_process_dies_af
 
     after = snapshot(engine)
     (event,) = [row for row in after["outbox"] if row not in before["outbox"]]
+    if command in ("follow", "unfollow"):  # the follow row went in or out with its event
+        follower = world["bob"] if command == "follow" else world["ada"]
+        assert event["aggregate_id"] == follower.id
+        assert len(after["follows"]) - len(before["follows"]) == (1 if command == "follow" else -1)
+        assert notified(listener)
+        return
     (post,) = [row for row in after["posts"] if row not in before["posts"]]
     assert event["aggregate_id"] == str(post["id"])
     if command == "vote":  # the post's counters moved, the vote row went in

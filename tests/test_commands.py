@@ -138,19 +138,40 @@ def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
     """No BEGIN/COMMIT round trips for a post (the author's row stays locked only while the
     statement runs); with an Idempotency-Key its record must commit with it, so a transaction.
     The pooled connection goes back to transactions for the next command."""
-    ada, bob = make_account("ada_l"), make_account("bob_b")
+    ada = make_account("ada_l")
 
     with statements_seen(engine) as alone:
         assert client.post("/api/v1/posts", json={"body": "a"}, headers=ada.auth).status_code == 201
     keyed = {**ada.auth, "Idempotency-Key": "k-1"}
     with statements_seen(engine) as with_key:
         assert client.post("/api/v1/posts", json={"body": "b"}, headers=keyed).status_code == 201
-    with statements_seen(engine) as follow:
-        assert client.post(f"/api/v1/accounts/{ada.id}/follow", headers=bob.auth).status_code == 200
+    post_id = (
+        with_key[0]
+        and client.post("/api/v1/posts", json={"body": "c"}, headers=ada.auth).get_json()["id"]
+    )
+    with statements_seen(engine) as delete:
+        assert client.delete(f"/api/v1/posts/{post_id}", headers=ada.auth).status_code == 204
 
     assert alone == [("WITH", "IDLE")]  # committed as it ran: no transaction left open
     assert ("WITH", "INTRANS") in with_key and all(s == "INTRANS" for _, s in with_key)
-    assert follow and all(status == "INTRANS" for _, status in follow)
+    assert delete and all(status == "INTRANS" for _, status in delete)
+
+
+def test_a_follow_and_an_unfollow_are_one_statement_each(client, engine, make_account):
+    """The followee's row (a popular account's) is locked only while the statement runs."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    url = f"/api/v1/accounts/{bob.id}/follow"
+
+    with statements_seen(engine) as follow:
+        assert client.post(url, headers=ada.auth).get_json() == {"following": True}
+    with statements_seen(engine) as again:
+        assert client.post(url, headers=ada.auth).get_json() == {"following": True}
+    with statements_seen(engine) as unfollow:
+        assert client.delete(url, headers=ada.auth).get_json() == {"following": False}
+
+    # "again" changed nothing, so its consistency token reads the outbox's end: a second query
+    assert follow == unfollow == [("WITH", "IDLE")]
+    assert again[0] == ("WITH", "IDLE")
 
 
 def test_a_vote_is_one_statement_that_commits_by_itself_unless_it_has_a_key(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -17,6 +18,8 @@ from feed.config import sqlalchemy_url
 from feed.events import (
     EVENT_TYPES,
     UPCASTERS,
+    AccountFollowed,
+    AccountUnfollowed,
     PostPublished,
     UnknownEvent,
     VoteCast,
@@ -24,6 +27,8 @@ from feed.events import (
     decode,
 )
 from tests.conftest import fetch_all
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +164,38 @@ def test_a_votes_event_written_by_postgresql_is_the_event_python_would_write(
         assert row["payload"] == expected.to_payload()
         assert decode(row["type"], row["version"], row["payload"]) == expected
         previous = value
+
+
+def test_follow_events_written_by_postgresql_are_the_events_python_would_write(
+    client, engine, make_account
+):
+    """A follow's and an unfollow's events are built by their statements in SQL; each must be
+    the payload the event class gives for the follow row's time and both accounts' counters."""
+    ada, bob = make_account("ada_l"), make_account("bob_b")
+    url = f"/api/v1/accounts/{bob.id}/follow"
+    for kind, send in ((AccountFollowed, client.post), (AccountUnfollowed, client.delete)):
+        if kind is AccountFollowed:
+            assert send(url, headers=ada.auth).status_code == 200
+            (follow,) = fetch_all(engine, "SELECT created_at FROM follows")
+            at = {"followed_at": rfc3339(follow["created_at"])}
+        else:
+            assert send(url, headers=ada.auth).status_code == 200
+            assert fetch_all(engine, "SELECT * FROM follows") == []
+        (row,) = fetch_all(engine, "SELECT * FROM outbox WHERE type = :t", t=kind.name)
+        if kind is AccountUnfollowed:  # the time of the statement that removed it
+            at = {"unfollowed_at": row["payload"]["unfollowed_at"]}
+            assert RFC3339.match(at["unfollowed_at"])
+        counts = {a["id"]: account_counts(a) for a in fetch_all(engine, "SELECT * FROM accounts")}
+        expected = kind(
+            follower_id=ada.id,
+            followee_id=bob.id,
+            follower_counts=counts[int(ada.id)],
+            followee_counts=counts[int(bob.id)],
+            **at,
+        )
+        assert (row["version"], row["aggregate_id"]) == (kind.version, ada.id)
+        assert row["payload"] == expected.to_payload()
+        assert decode(row["type"], row["version"], row["payload"]) == expected
 
 
 @settings(max_examples=200, deadline=None)

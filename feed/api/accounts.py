@@ -85,6 +85,7 @@ class Follow(MethodView):
             lambda uow: commands.follow_account(uow, cmd),
             lambda following: {"following": following},
             principal=principal,
+            single_statement=True,
         )
 
     @authenticated
@@ -99,6 +100,7 @@ class Follow(MethodView):
             lambda uow: commands.unfollow_account(uow, cmd),
             lambda following: {"following": following},
             principal=principal,
+            single_statement=True,
         )
 
 
