@@ -349,8 +349,8 @@ def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
     if row["event_position"] is not None:
         uow.appended(row["event_position"])
         return {**result, "up": row["new_up"], "down": row["new_down"]}
-    if row["previous"] != cmd.value:  # the post stopped being published meanwhile
-        raise NotFound("No such post.")
+    if row["previous"] != cmd.value:  # the post was locked and published: it must have counted
+        raise RuntimeError(f"vote on post {cmd.post_id} changed nothing but was not a repeat")
     return result
 
 
@@ -520,7 +520,7 @@ def _jsonb_object(values: Mapping[str, ColumnElement[Any]]) -> ColumnElement[Any
 
 
 PUBLISH_POST = _publish_post_statement()
-VOTE_ATTEMPTS = 5
+VOTE_ATTEMPTS = 10
 UNIQUE_VIOLATION = "23505"
 
 
@@ -529,16 +529,18 @@ def _cast_vote_statement() -> Select:
     ``outbox.event_params`` (named apart from the columns of the tables it updates: SQLAlchemy
     adds a parameter named like a column to that column's ``SET``).
 
-    The voter is marked active (its row locked: one account's votes take turns), its previous
-    vote on the post is read with ``FOR UPDATE`` (the latest committed one, whatever the
-    statement's snapshot saw), and when the vote changes, the post's counters move by the
-    difference (its row locked), the vote row is inserted, updated or deleted, and
-    ``VoteCast`` is appended to the outbox. A missing vote row that another statement inserts
-    meanwhile makes the insert fail on the key: the caller runs the statement again.
+    Locks are taken in the order the other commands take them: the post first (``FOR NO KEY
+    UPDATE``; ``voter`` waits for ``target``), then the voter's account. The voter is marked
+    active (one account's votes take turns on its row), its previous vote on the post is read
+    with ``FOR UPDATE`` (the latest committed one, whatever the statement's snapshot saw), and
+    when the vote changes, the post's counters move by the difference, the vote row is
+    inserted, updated or deleted, and ``VoteCast`` is appended to the outbox. A missing vote
+    row that another statement inserts meanwhile makes the insert fail on the key: the caller
+    runs the statement again.
 
     It returns no row when the post is not published; else ``voter_active``, ``previous``,
-    the post's ``up`` and ``down`` as the statement found them, and ``new_up``, ``new_down``
-    and ``event_position`` when the vote changed something (else NULL).
+    the post's locked ``up`` and ``down``, and ``new_up``, ``new_down`` and
+    ``event_position`` when the vote changed something (else NULL).
     """
     voter_id = bindparam("voter_id", type_=BigInteger)
     post_id = bindparam("voted_post_id", type_=BigInteger)
@@ -546,6 +548,7 @@ def _cast_vote_statement() -> Select:
     target = (
         select(posts.c.id, posts.c.up, posts.c.down)
         .where(posts.c.id == post_id, posts.c.status == "published")
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: the post first, as delete_post
         .cte("target")
     )
     voter = (
@@ -851,13 +854,17 @@ def purge_follows(conn: Connection, account_id: int) -> list[AccountUnfollowed]:
             (follows.c.follower_id == account_id) | (follows.c.followee_id == account_id)
         )
     ).all()
+    # Every account involved, locked at once in id order as a follow locks its two: locking
+    # pair by pair in the rows' order could hold one partner while a follow between two
+    # partners holds the next (a deadlock).
+    involved = sorted({account_id, *(member for pair in pairs for member in pair)})
+    conn.execute(
+        select(accounts.c.id)
+        .where(accounts.c.id.in_(involved))
+        .order_by(accounts.c.id)
+        .with_for_update(key_share=True)
+    )
     for follower_id, followee_id in pairs:
-        conn.execute(
-            select(accounts.c.id)
-            .where(accounts.c.id.in_(sorted({follower_id, followee_id})))
-            .order_by(accounts.c.id)
-            .with_for_update(key_share=True)
-        )
         event = _remove_follow(conn, follower_id, followee_id)
         if event is not None:
             events.append(event)

@@ -141,6 +141,69 @@ def test_one_account_changing_its_vote_at_once_leaves_counts_that_match_its_vote
         assert events == [] or events[-1]["value"] == value
 
 
+def test_voting_on_a_post_while_deleting_it_does_not_deadlock(app, client, engine, make_account):
+    """A delete locks the post, then its author's account; a vote must take the same order
+    (post first), or an author voting on the post it is deleting deadlocks (PostgreSQL
+    aborts one after a second: a 503)."""
+    author = make_account()
+    ids = [
+        client.post("/api/v1/posts", json={"body": f"p{i}"}, headers=author.auth).get_json()["id"]
+        for i in range(15)
+    ]
+
+    for post_id in ids:
+        url = f"/api/v1/posts/{post_id}"
+        responses = run_together(
+            app,
+            [
+                lambda c, url=url: c.delete(url, headers=author.auth),
+                lambda c, url=url: c.put(f"{url}/vote", json={"value": 1}, headers=author.auth),
+                lambda c, url=url: c.put(f"{url}/vote", json={"value": -1}, headers=author.auth),
+            ],
+        )
+        delete, *votes = (r.status_code for r in responses)
+        assert delete == 204 and all(status in (200, 404) for status in votes), (delete, votes)
+
+    assert fetch_all(engine, "SELECT count(*) AS n FROM posts WHERE status <> 'deleted'") == [
+        {"n": 0}
+    ]
+
+
+def test_purging_an_accounts_follows_while_its_partners_follow_each_other_does_not_deadlock(
+    app, engine, make_account
+):
+    """The account-deletion saga removes every follow of the account in one transaction; it
+    must lock the accounts involved in the same (id) order a follow does, all at once, or it
+    and a follow between two of the account's partners can each hold what the other waits for."""
+    from feed.commands import purge_follows
+
+    gone = make_account()
+    partners = [make_account() for _ in range(8)]
+    setup = app.test_client()
+    for p in reversed(partners):  # the follows' rows (the purge's order) against the ids' order
+        assert setup.post(f"/api/v1/accounts/{gone.id}/follow", headers=p.auth).status_code == 200
+        assert setup.post(f"/api/v1/accounts/{p.id}/follow", headers=gone.auth).status_code == 200
+
+    def purge(_client):
+        with engine.begin() as conn:
+            return len(purge_follows(conn, int(gone.id)))
+
+    follows_among_partners = [
+        (lambda c, a=a, b=b: c.post(f"/api/v1/accounts/{b.id}/follow", headers=a.auth).status_code)
+        for a in partners
+        for b in reversed(partners)
+        if a is not b
+    ][:24]
+    purged, *statuses = run_together(app, [purge, *follows_among_partners])
+
+    assert purged == 16 and statuses == [200] * len(follows_among_partners)
+    assert fetch_all(
+        engine,
+        "SELECT count(*) AS n FROM follows WHERE :id IN (follower_id, followee_id)",
+        id=int(gone.id),
+    ) == [{"n": 0}]
+
+
 def test_parallel_follows_of_one_account_count_exactly(app, engine, make_account):
     star = make_account()
     fans = [make_account() for _ in range(30)]
