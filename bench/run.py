@@ -12,7 +12,8 @@ FastHttpUser, also separate, for the mixed load):
 2. posting: ``POST /api/v1/posts`` as fast as it is accepted, then at half that rate by 16
    authors in turn, all followed by the same 100 accounts, timing each post until it is in all
    100 followers' feeds (and reporting the rate the senders achieved); between the two,
-   votes as fast as accepted, spread over 64 posts and all on one hot post, round by round;
+   votes and follows as fast as accepted, spread (each account on a post or an account of
+   its own) and all on one post or account, round by round;
 3. projection lag under the Locust mix, from the ``/metrics`` histogram;
 4. Redis bytes per feed entry on the seeded feeds;
 5. fan-out to 1k/10k/100k followers against raw pipelined ZADD (``bench.fanout``).
@@ -563,7 +564,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="length of one wrk round")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--accounts", type=int, default=64, help="accounts logged in for wrk")
-    parser.add_argument("--vote-rounds", type=int, default=2, help="rounds of each vote kind")
+    parser.add_argument(
+        "--contention-rounds", type=int, default=2, help="rounds of each vote and follow kind"
+    )
     parser.add_argument("--visible-seconds", type=int, default=15)
     parser.add_argument("--locust-users", type=int, default=50)
     parser.add_argument("--locust-seconds", type=int, default=60)
@@ -577,7 +580,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     ensure_seeded(args.seed_args.split())
     with (RESULTS / "credentials.csv").open() as source:
-        accounts = list(csv.DictReader(source))[: args.accounts]
+        sample = list(csv.DictReader(source))
+    accounts = sample[: args.accounts]
     engine = create_engine(sqlalchemy_url(DATABASE_URL))
     client = redis.Redis.from_url(REDIS_URL)
     report: dict[str, Any] = {
@@ -648,8 +652,10 @@ def main() -> int:
         curves["POST /posts (max rate)"] = _median_curve(posts)
         report["drain_after_posting_s"] = round(wait_until_drained(engine, client), 1)
 
-        print("phase 2b: votes spread over many posts vs on one hot post", flush=True)
-        report.update(_votes(base, engine, client, tokens_file, args))
+        print("phase 2b: votes and follows, spread vs all on one post or account", flush=True)
+        targets = _vote_and_follow_targets(engine, sample, len(accounts))
+        for method, ids in targets.items():
+            report.update(_spread_and_hot(base, engine, client, tokens_file, args, method, ids))
 
         rate = report["post_rps"] / 2
         print(
@@ -750,49 +756,65 @@ def main() -> int:
     return 0
 
 
-def _votes(
-    base: str, engine, client: redis.Redis, tokens_file: Path, args: argparse.Namespace
+def _spread_and_hot(
+    base: str,
+    engine,
+    client: redis.Redis,
+    tokens_file: Path,
+    args: argparse.Namespace,
+    method: str,
+    ids: list[int],
 ) -> dict[str, Any]:
-    """Votes at the highest accepted rate, in interleaved rounds: spread (each of the logged-in
-    accounts on a post of its own: no two votes share a post's row) and hot (every account on
-    the same post, as when a post goes viral: each vote moves that one row's counters). Each
-    vote changes the account's previous one, so each writes its counters and a ``VoteCast``."""
+    """``method`` (VOTE or FOLLOW, see bench/wrk/requests.lua) at the highest accepted rate, in
+    interleaved rounds: spread (each logged-in account on an id of its own, so no two requests
+    share a row) and hot (every account on ``ids[0]``: a post gone viral, an account everyone
+    follows at once). Every request changes the account's last one, so each writes its rows,
+    counters and event."""
+    prefix = method.lower()
+    files = {"spread": RESULTS / f"{prefix}-spread.txt", "hot": RESULTS / f"{prefix}-hot.txt"}
+    files["spread"].write_text("\n".join(map(str, ids)) + "\n")
+    files["hot"].write_text(f"{ids[0]}\n")
+    runs: dict[str, list[dict[str, Any]]] = {"spread": [], "hot": []}
+    for _ in range(args.contention_rounds):
+        for kind, ids_file in files.items():
+            wait_until_drained(engine, client)
+            runs[kind].append(
+                wrk(base, method, str(ids_file), tokens_file, args.seconds, args.connections)
+            )
+        print(
+            f"  {prefix}: spread {runs['spread'][-1]['rps']:.0f}/s p99"
+            f" {runs['spread'][-1]['p99_ms']:.1f} ms; hot {runs['hot'][-1]['rps']:.0f}/s"
+            f" p99 {runs['hot'][-1]['p99_ms']:.1f} ms",
+            flush=True,
+        )
+    for ids_file in files.values():
+        ids_file.unlink()
+    _fail_on_errors(f"{prefix} requests", runs["spread"] + runs["hot"])
+    return {
+        **_summarise(f"{prefix}_spread", runs["spread"]),
+        **_summarise(f"{prefix}_hot", runs["hot"]),
+        f"{prefix}_hot_ratio": _paired_ratio(
+            [r["rps"] for r in runs["hot"]], [r["rps"] for r in runs["spread"]]
+        ),
+    }
+
+
+def _vote_and_follow_targets(engine, accounts: list[dict[str, str]], n: int) -> dict[str, list]:
+    """Posts to vote on (the newest published) and accounts to follow (seeded accounts that
+    are not among the ``n`` logged in, so none follows itself)."""
     with engine.connect() as conn:
-        ids = (
+        posts = (
             conn.execute(
                 text("SELECT id FROM posts WHERE status = 'published' ORDER BY id DESC LIMIT :n"),
-                {"n": args.accounts},
+                {"n": n},
             )
             .scalars()
             .all()
         )
-    files = {"spread": RESULTS / "vote-posts-spread.txt", "hot": RESULTS / "vote-posts-hot.txt"}
-    files["spread"].write_text("\n".join(map(str, ids)) + "\n")
-    files["hot"].write_text(f"{ids[0]}\n")
-    runs: dict[str, list[dict[str, Any]]] = {"spread": [], "hot": []}
-    for _ in range(args.vote_rounds):
-        for kind, posts_file in files.items():
-            wait_until_drained(engine, client)
-            runs[kind].append(
-                wrk(base, "VOTE", str(posts_file), tokens_file, args.seconds, args.connections)
-            )
-        print(
-            f"  spread {runs['spread'][-1]['rps']:.0f} votes/s p99"
-            f" {runs['spread'][-1]['p99_ms']:.1f} ms; one post {runs['hot'][-1]['rps']:.0f}"
-            f" votes/s p99 {runs['hot'][-1]['p99_ms']:.1f} ms",
-            flush=True,
-        )
-    for posts_file in files.values():
-        posts_file.unlink()
-    _fail_on_errors("votes", runs["spread"] + runs["hot"])
-    return {
-        **_summarise("vote_spread", runs["spread"]),
-        **_summarise("vote_hot", runs["hot"]),
-        "vote_hot_ratio": _paired_ratio(
-            [r["rps"] for r in runs["hot"]], [r["rps"] for r in runs["spread"]]
-        ),
-        "vote_posts_spread": len(ids),
-    }
+    followees = [int(account["id"]) for account in accounts[n : 2 * n]]
+    if len(followees) < n:
+        raise RuntimeError(f"the sample has {len(accounts)} accounts; the phase needs {2 * n}")
+    return {"VOTE": posts, "FOLLOW": followees}
 
 
 def render_table(r: dict[str, Any]) -> str:
@@ -829,13 +851,19 @@ def render_table(r: dict[str, Any]) -> str:
             "≥ 25%",
             verdict(r["post_ratio"] >= 0.25),
         ),
-        (
-            "votes (16 connections), spread / on one hot post",
-            f"{r['vote_spread_rps']:.0f} / {r['vote_hot_rps']:.0f} votes/s "
-            f"(hot = {r['vote_hot_ratio']:.0%} of spread), "
-            f"p99 {r['vote_spread_p99_ms']:.0f} / {r['vote_hot_p99_ms']:.0f} ms",
-            "",
-            "",
+        *(
+            (
+                f"{what} (16 connections), spread / {hot}",
+                f"{r[f'{key}_spread_rps']:.0f} / {r[f'{key}_hot_rps']:.0f} per s "
+                f"(hot = {r[f'{key}_hot_ratio']:.0%} of spread), "
+                f"p99 {r[f'{key}_spread_p99_ms']:.0f} / {r[f'{key}_hot_p99_ms']:.0f} ms",
+                "",
+                "",
+            )
+            for what, key, hot in (
+                ("votes", "vote", "all on one post"),
+                ("follows and unfollows", "follow", "all of one account"),
+            )
         ),
         (
             f"post in 100 followers' feeds at {r['post_visible_rate']:.0f}/s "

@@ -4,12 +4,14 @@
 --   wrk ... -s bench/wrk/requests.lua -- METHOD PATH TOKENS_FILE
 --
 -- METHOD is GET or POST (POST sends a new post body each time); TOKENS_FILE holds one token
--- per line, or is "-" for no Authorization header. METHOD VOTE takes PATH as a file of post ids,
--- one per line, their number 1 or a divisor of the tokens': the n-th request is the n-th
--- account's PUT /api/v1/posts/{id}/vote on the n-th post (both taken in turn), 1 and -1 in
--- turn each time a pair comes back, so that every vote changes something.
+-- per line, or is "-" for no Authorization header. METHOD VOTE and FOLLOW take PATH as a file
+-- of ids (posts to vote on, accounts to follow), one per line, their number 1 or a divisor of
+-- the tokens': the n-th request is the n-th account's on the n-th id (both taken in turn), and
+-- each time a pair comes back it does the opposite of the last time, so that every request
+-- changes something: PUT /api/v1/posts/{id}/vote with 1, then -1; POST, then DELETE
+-- /api/v1/accounts/{id}/follow.
 
-local method, path, tokens, posts, counter = "GET", "/", {}, {}, 0
+local method, path, tokens, targets, counter = "GET", "/", {}, {}, 0
 
 function init(args)
   method = args[1] or method
@@ -20,9 +22,9 @@ function init(args)
       if #line > 0 then tokens[#tokens + 1] = line end
     end
   end
-  if method == "VOTE" then
+  if method == "VOTE" or method == "FOLLOW" then
     for line in io.lines(path) do
-      if #line > 0 then posts[#posts + 1] = line end
+      if #line > 0 then targets[#targets + 1] = line end
     end
   end
 end
@@ -33,12 +35,16 @@ function request()
   if #tokens > 0 then
     headers["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]
   end
+  local target = targets[(counter % math.max(#targets, 1)) + 1]
+  local first = math.floor(counter / math.max(#tokens, 1)) % 2 == 0
   if method == "VOTE" then
     headers["Content-Type"] = "application/json"
-    local post = posts[(counter % #posts) + 1]
-    local value = (math.floor(counter / #tokens) % 2 == 0) and 1 or -1
-    return wrk.format("PUT", "/api/v1/posts/" .. post .. "/vote", headers,
-      '{"value":' .. value .. '}')
+    return wrk.format("PUT", "/api/v1/posts/" .. target .. "/vote", headers,
+      '{"value":' .. (first and 1 or -1) .. '}')
+  end
+  if method == "FOLLOW" then
+    return wrk.format(first and "POST" or "DELETE", "/api/v1/accounts/" .. target .. "/follow",
+      headers)
   end
   if method == "POST" then
     headers["Content-Type"] = "application/json"
