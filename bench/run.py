@@ -789,6 +789,9 @@ def _spread_and_hot(
         )
     for ids_file in files.values():
         ids_file.unlink()
+    # The next phase must not inherit these requests' projections (a follow copies the
+    # followee's posts into the follower's feed: far dearer than a vote).
+    wait_until_drained(engine, client)
     _fail_on_errors(f"{prefix} requests", runs["spread"] + runs["hot"])
     return {
         **_summarise(f"{prefix}_spread", runs["spread"]),
