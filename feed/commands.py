@@ -45,6 +45,7 @@ from feed.events import (
     AccountFollowed,
     AccountRegistered,
     AccountUnfollowed,
+    Event,
     PostDeleted,
     PostPublished,
     VoteCast,
@@ -505,9 +506,17 @@ def _post_published_payload(author: CTE, post: CTE) -> ColumnElement[Any]:
         "media": literal_column("'[]'::jsonb", JSONB),  # posts with media: the publish saga
         "author_counts": _jsonb_object(account_counts(author.c)),
     }
-    mismatch = {f.name for f in fields(PostPublished)} ^ set(payload)
+    return _event_payload(PostPublished, payload)
+
+
+def _event_payload(
+    event_type: type[Event], payload: Mapping[str, ColumnElement[Any]]
+) -> ColumnElement[Any]:
+    """An event's payload built by PostgreSQL; its keys must be the event's fields (the tests
+    check the values against ``to_payload``)."""
+    mismatch = {f.name for f in fields(event_type)} ^ set(payload)
     if mismatch:
-        raise TypeError(f"PostPublished's payload in SQL does not match its fields: {mismatch}")
+        raise TypeError(f"{event_type.name}'s payload in SQL does not match its fields: {mismatch}")
     return _jsonb_object(payload)
 
 
@@ -645,10 +654,7 @@ def _vote_cast_payload(
         "down": counts.c.down,
         "votes_version": counts.c.votes_version,
     }
-    mismatch = {f.name for f in fields(VoteCast)} ^ set(payload)
-    if mismatch:
-        raise TypeError(f"VoteCast's payload in SQL does not match its fields: {mismatch}")
-    return _jsonb_object(payload)
+    return _event_payload(VoteCast, payload)
 
 
 CAST_VOTE = _cast_vote_statement()
@@ -733,13 +739,10 @@ def _follow_statement(*, follow: bool) -> Select:
         "follower_counts": _jsonb_object(account_counts(follower_after.c)),
         "followee_counts": _jsonb_object(account_counts(followee_after.c)),
     }
-    mismatch = {f.name for f in fields(event_type)} ^ set(payload)
-    if mismatch:
-        raise TypeError(f"{event_type.name}'s payload in SQL does not match its fields: {mismatch}")
     event = append_from_select(
         event_type,
         cast(follower_id, Text),
-        _jsonb_object(payload),
+        _event_payload(event_type, payload),
         change.join(follower_after, follower_after.c.id == follower_id).join(
             followee_after, followee_after.c.id == followee_id
         ),
