@@ -37,6 +37,7 @@ class Services:
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+        self.store.held.close()
         self.redis.close()
 
 

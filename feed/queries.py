@@ -88,9 +88,10 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
         return _home_timeline_from_db(store, me, cursor)
     rebuilt: list[str] = []
     for _ in range(MAX_REBUILDS):
-        reply = store.scripts.read_home_page(
-            keys=[feed_key(me), following_key(me), CELEBS_KEY, my_votes_key(me)],
-            args=[
+        reply = store.held.run(
+            store.scripts.read_home_page,
+            [feed_key(me), following_key(me), CELEBS_KEY, my_votes_key(me)],
+            [
                 *_cursor_args(cursor)[:3],
                 store.settings.feed_ttl_seconds,
                 POSTS_PREFIX,
@@ -124,9 +125,10 @@ def account_posts(
     rebuilt: list[str] = []
     for _ in range(MAX_REBUILDS):
         max_id, since_id, limit, max_score, min_score = _cursor_args(cursor)
-        reply = store.scripts.read_posts_page(
-            keys=[posts_key(account_id), my_votes_key(viewer or "-"), account_key(account_id)],
-            args=[max_id, since_id, limit, max_score, min_score, "1" if viewer else "0"],
+        reply = store.held.run(
+            store.scripts.read_posts_page,
+            [posts_key(account_id), my_votes_key(viewer or "-"), account_key(account_id)],
+            [max_id, since_id, limit, max_score, min_score, "1" if viewer else "0"],
         )
         if reply[0] == b"miss":
             what = reply[1].decode()

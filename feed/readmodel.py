@@ -39,10 +39,13 @@ be deleted.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 from sqlalchemy import Engine
 
 from feed.config import Settings
@@ -474,6 +477,87 @@ class Scripts:
         self.read_posts_page = client.register_script(READ_POSTS_PAGE)
 
 
+class HeldConnections:
+    """Redis connections of the read path's own, for its page scripts: one script call per page.
+
+    Through redis-py's client and pool, that call spent more of the API's CPU than the script's
+    reply: each checkout takes a lock, records observability counters and polls the socket for
+    unread data (under gevent, an emulated ``poll``: a turn of the event loop), and the client
+    wraps the command in its retry and event layers. Here a connection is popped from a list
+    and pushed back after a complete reply. A connection that failed in any way (an error,
+    a timeout, the greenlet interrupted) is closed and dropped, so an idle one never holds an
+    unread reply and needs no poll. What the pool's checks were for stays covered: an idle
+    connection is PINGed first once ``health_check_interval`` has passed (redis-py's own check,
+    in ``send_command``), and a call that fails on a reused connection with a connection error
+    runs once more on a new one, since the server may have closed the idle connection (a
+    restart). So this is for scripts that may safely run twice: the read scripts.
+
+    The list is used without a lock: ``pop`` and ``append`` are atomic (the GIL) and never
+    switch greenlets. After a fork the child opens its own connections.
+    """
+
+    def __init__(self, client: redis.Redis, max_idle: int = 64) -> None:
+        self.client = client
+        self.max_idle = max_idle
+        self._idle: list[redis.connection.AbstractConnection] = []
+        self._pid = os.getpid()
+
+    def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """``EVALSHA`` of ``script`` with ``keys`` and ``args``; its raw reply."""
+        try:
+            return self._call(script, keys, args)
+        except redis.exceptions.NoScriptError:  # the server lost its scripts (a restart, a flush)
+            return script(keys=keys, args=args)  # redis-py's client loads it and runs it
+
+    def idle(self) -> int:
+        """How many connections wait for the next call."""
+        return len(self._idle)
+
+    def close(self) -> None:
+        """Close the idle connections (those in use close when their call ends)."""
+        while self._idle:
+            self._idle.pop().disconnect()
+
+    def _call(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+            self._idle, self._pid = [], os.getpid()
+        if self._idle:
+            try:
+                return self._call_on(self._idle.pop(), script, keys, args)
+            except redis.exceptions.ConnectionError:
+                pass  # the server may have closed it while it was idle: once more, on a new one
+        return self._call_on(self._connect(), script, keys, args)
+
+    def _call_on(
+        self,
+        connection: redis.connection.AbstractConnection,
+        script: Script,
+        keys: list[Any],
+        args: list[Any],
+    ) -> Any:
+        try:
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = connection.read_response()
+        except redis.exceptions.ResponseError:  # an error reply, read whole: the connection is fine
+            self._give_back(connection)
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._give_back(connection)
+        return reply
+
+    def _connect(self) -> redis.connection.AbstractConnection:
+        pool = self.client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
+
+    def _give_back(self, connection: redis.connection.AbstractConnection) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+        else:
+            connection.disconnect()
+
+
 def configure_compact_encoding(client: redis.Redis) -> bool:
     """Let a capped feed stay a listpack (Redis 7) or ziplist (Redis 6); False if not allowed.
 
@@ -539,7 +623,8 @@ class Store:
 
     ``reader`` is ``engine`` in autocommit, for single reads that need no transaction: no
     ``BEGIN`` before the query and no ``ROLLBACK`` when the connection goes back to the pool,
-    one round trip instead of three (it shares ``engine``'s pool).
+    one round trip instead of three (it shares ``engine``'s pool). ``held`` runs the page
+    scripts on connections of the read path's own.
     """
 
     redis: redis.Redis
@@ -547,7 +632,9 @@ class Store:
     settings: Settings
     scripts: Scripts = field(init=False)
     reader: Engine = field(init=False)
+    held: HeldConnections = field(init=False)
 
     def __post_init__(self) -> None:
         self.scripts = Scripts(self.redis)
+        self.held = HeldConnections(self.redis)
         self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
