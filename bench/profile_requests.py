@@ -1,6 +1,6 @@
 """Time (and optionally profile) single requests in-process, on the ``make seed`` data.
 
-    python -m bench.profile_requests [--requests 500] [--profile home|post]
+    python -m bench.profile_requests [--requests 500] [--profile home|open|post]
 
 No HTTP server and no concurrency: the Flask test client calls the app directly, so the numbers
 are the app's own cost per request (wall and CPU, in ms), for comparing one change with the
@@ -36,7 +36,7 @@ def timed(label: str, call: Callable[[int], object], n: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--profile", choices=["home", "post"])
+    parser.add_argument("--profile", choices=["home", "open", "post"])
     args = parser.parse_args()
     use_bench_servers(RATE_LIMITS_ENABLED="false", BENCH_BASELINE="true")
     from app import create_app
@@ -50,10 +50,15 @@ def main() -> int:
             "/api/v1/sessions", json={"handle": account["handle"], "password": account["password"]}
         )
         headers.append({"Authorization": f"Bearer {session.get_json()['token']}"})
-    size = len(client.get(HOME, headers=headers[0]).data)
+    first_page = client.get(HOME, headers=headers[0])
+    size = len(first_page.data)
+    opened = [item["id"] for item in first_page.get_json()["items"]]
     calls = {
         "constant": lambda i: client.get(f"/bench/constant?bytes={size}"),
         "home": lambda i: client.get(HOME, headers=headers[i % len(headers)]),
+        "open": lambda i: client.get(
+            f"/api/v1/posts/{opened[i % len(opened)]}", headers=headers[i % len(headers)]
+        ),
         "post": lambda i: client.post(
             "/api/v1/posts", json={"body": f"profile {i}"}, headers=headers[i % len(headers)]
         ),

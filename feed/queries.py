@@ -152,21 +152,19 @@ def get_post(
             raise NotFound("No such post.")
         return Item(posts[0], WRITE_MODEL)
     for _ in range(MAX_REBUILDS):
-        pipe = store.redis.pipeline(transaction=False)
-        pipe.hmget(post_key(post_id), "json", "up", "down")
-        if viewer:
-            pipe.exists(my_votes_key(viewer))
-            pipe.hget(my_votes_key(viewer), str(post_id))
-        replies = pipe.execute()
-        document, up, down = replies[0]
-        if document is None:
-            if not cache_posts(store, [post_id]):
-                raise NotFound("No such post.")
+        reply = store.held.run(
+            store.scripts.read_post,
+            [post_key(post_id), my_votes_key(viewer or "-")],
+            [post_id, "1" if viewer else "0"],
+        )
+        if reply[0] == b"miss":
+            if reply[1] == b"post":
+                if not cache_posts(store, [post_id]):
+                    raise NotFound("No such post.")
+            else:
+                rebuild_my_votes(store, viewer)
             continue
-        if viewer and not replies[1]:
-            rebuild_my_votes(store, viewer)
-            continue
-        vote = replies[2] if viewer else None
+        _, document, up, down, vote = reply
         return Item(_render(document, up, down, vote, viewer is not None))
     raise DependencyDown("The post could not be read; retry shortly.")
 

@@ -435,6 +435,20 @@ return out
 )
 
 
+# KEYS: [1] post hash, [2] my votes. ARGV: post id, '1' when the caller's vote is wanted.
+# One post with its counters (and the caller's vote): 'ok', json, up, down, vote.
+READ_POST = """
+local post = redis.call('HMGET', KEYS[1], 'json', 'up', 'down')
+if not post[1] then return {'miss', 'post'} end
+local vote = false
+if ARGV[2] == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {'miss', 'myvotes'} end
+  vote = redis.call('HGET', KEYS[2], ARGV[1])
+end
+return {'ok', post[1], post[2] or false, post[3] or false, vote}
+"""
+
+
 class FeedKeepAlive:
     """When this process last refreshed each account's feed lifetime, so that an account's
     requests refresh it (a Redis ``EXPIRE``) at most once per ``interval_s``, not on each one.
@@ -475,6 +489,7 @@ class Scripts:
         self.cache_published_post = client.register_script(CACHE_PUBLISHED_POST)
         self.read_home_page = client.register_script(READ_HOME_PAGE)
         self.read_posts_page = client.register_script(READ_POSTS_PAGE)
+        self.read_post = client.register_script(READ_POST)
 
 
 class HeldConnections:

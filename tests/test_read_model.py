@@ -279,9 +279,13 @@ def test_after_flushall_reads_are_right_again(app, client, ada_and_fans, project
     project_all()
     before = {f.id: home(client, f) for f in fans}
     account = client.get(f"/api/v1/accounts/{ada.id}").get_json()
+    voted = client.get(f"/api/v1/posts/{posted[0]}", headers=fans[0].auth).get_json()
+    assert voted["my_vote"] == 1 and voted["up"] == 1
 
     app.extensions["feed"].redis.flushdb()
 
+    # read first, before the feeds rebuild the voter's votes: the post and the votes are missing
+    assert client.get(f"/api/v1/posts/{posted[0]}", headers=fans[0].auth).get_json() == voted
     assert {f.id: home(client, f) for f in fans} == before
     assert client.get(f"/api/v1/accounts/{ada.id}").get_json() == account
     result = app.test_cli_runner().invoke(args=["feeds", "rebuild"])
