@@ -507,14 +507,26 @@ class HeldConnections:
     runs once more on a new one, since the server may have closed the idle connection (a
     restart). So this is for scripts that may safely run twice: the read scripts.
 
+    At most ``max_open`` connections are open at once (the pool's own limit by default); a call
+    past that goes through the client and its pool, as every call did before. Connections are
+    made from the pool's own settings (TLS, a unix socket, the protocol carry over), but they
+    are not the pool's: its metrics and maintenance notifications (Redis Enterprise's
+    re-routing) do not see them.
+
     The list is used without a lock: ``pop`` and ``append`` are atomic (the GIL) and never
-    switch greenlets. After a fork the child opens its own connections.
+    switch greenlets; a thread that finds the list emptied between its check and its ``pop``
+    opens a connection. After a fork the child opens its own connections.
     """
 
-    def __init__(self, client: redis.Redis, max_idle: int = 64) -> None:
+    def __init__(
+        self, client: redis.Redis, max_idle: int = 64, max_open: int | None = None
+    ) -> None:
         self.client = client
         self.max_idle = max_idle
+        self.max_open = max_open or client.connection_pool.max_connections
         self._idle: list[redis.connection.AbstractConnection] = []
+        self._open = 0
+        self._closed = False
         self._pid = os.getpid()
 
     def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
@@ -528,20 +540,33 @@ class HeldConnections:
         """How many connections wait for the next call."""
         return len(self._idle)
 
+    def open(self) -> int:
+        """How many connections are open: idle or in a call."""
+        return self._open
+
     def close(self) -> None:
-        """Close the idle connections (those in use close when their call ends)."""
+        """Close the idle connections now, and those in a call when their call ends."""
+        self._closed = True
         while self._idle:
-            self._idle.pop().disconnect()
+            self._drop(self._idle.pop())
 
     def _call(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-            self._idle, self._pid = [], os.getpid()
-        if self._idle:
+            self._idle, self._open, self._pid = [], 0, os.getpid()
+        try:
+            idle = self._idle.pop()
+        except IndexError:
+            pass
+        else:
             try:
-                return self._call_on(self._idle.pop(), script, keys, args)
+                return self._call_on(idle, script, keys, args)
             except redis.exceptions.ConnectionError:
                 pass  # the server may have closed it while it was idle: once more, on a new one
-        return self._call_on(self._connect(), script, keys, args)
+        if self._open >= self.max_open:
+            return script(keys=keys, args=args)
+        self._open += 1
+        pool = self.client.connection_pool
+        return self._call_on(pool.connection_class(**pool.connection_kwargs), script, keys, args)
 
     def _call_on(
         self,
@@ -557,20 +582,20 @@ class HeldConnections:
             self._give_back(connection)
             raise
         except BaseException:
-            connection.disconnect()
+            self._drop(connection)
             raise
         self._give_back(connection)
         return reply
 
-    def _connect(self) -> redis.connection.AbstractConnection:
-        pool = self.client.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)
-
     def _give_back(self, connection: redis.connection.AbstractConnection) -> None:
-        if len(self._idle) < self.max_idle:
-            self._idle.append(connection)
+        if self._closed or len(self._idle) >= self.max_idle:
+            self._drop(connection)
         else:
-            connection.disconnect()
+            self._idle.append(connection)
+
+    def _drop(self, connection: redis.connection.AbstractConnection) -> None:
+        self._open -= 1
+        connection.disconnect()
 
 
 def configure_compact_encoding(client: redis.Redis) -> bool:

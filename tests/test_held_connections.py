@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from feed.bootstrap import build_redis
 from feed.readmodel import HeldConnections
 from tests.conftest import REDIS_URL
 from tests.servers import PrivateRedis
@@ -70,24 +69,36 @@ def test_a_connection_the_server_closed_while_idle_costs_the_call_nothing(named)
     assert named.held.idle() == 1
 
 
-def test_a_restarted_server_is_read_again_on_the_next_call(tmp_path):
+def test_a_restarted_or_dead_server_costs_a_call_no_more_than_one_new_connection(tmp_path):
     private = PrivateRedis(tmp_path)
     private.start()
+    # health checks due after 50 ms idle, so that the PING before a call is exercised too
+    client = redis.Redis.from_url(
+        private.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=0.05
+    )
+    held = HeldConnections(client)
+    echo = client.register_script(ECHO)
     try:
-        client = build_redis(private.url)
-        held = HeldConnections(client)
-        echo = client.register_script(ECHO)
         assert held.run(echo, [], ["before"]) == b"before"
         private.kill()
+        private.start()  # same port, empty: the idle connection is dead, the script unknown
+        assert held.run(echo, [], ["after a restart"]) == b"after a restart"
+        assert (held.idle(), held.open()) == (1, 1)
+
+        time.sleep(0.1)  # the idle connection's health check is due
+        private.kill()
+        started = time.monotonic()
         with pytest.raises(redis.exceptions.ConnectionError):
             held.run(echo, [], ["while down"])
-        assert held.idle() == 0  # the failed connection was dropped, not kept
-        private.start()  # same port, empty: the script is not loaded there any more
-        assert held.run(echo, [], ["after"]) == b"after"
-        assert held.idle() == 1
-        client.close()
-        held.close()
+        assert time.monotonic() - started < 1  # no retries behind retries
+        assert (held.idle(), held.open()) == (0, 0)  # the failed connections were dropped
+
+        private.start()
+        assert held.run(echo, [], ["back"]) == b"back"
+        assert (held.idle(), held.open()) == (1, 1)
     finally:
+        held.close()
+        client.close()
         private.kill()
 
 
@@ -122,22 +133,33 @@ def test_a_script_the_server_forgot_is_loaded_again(named):
     assert named.observer.script_exists(named.echo.sha)[0]
 
 
-def test_concurrent_calls_open_connections_and_keep_at_most_max_idle(named):
-    held = HeldConnections(named.client, max_idle=2)
-    busy = named.client.register_script(BUSY)
-    start = threading.Barrier(6)
-    replies = []
+def busy_calls_at_once(held: HeldConnections, calls: int) -> tuple[list[bytes], int]:
+    """``calls`` threads each running a 50 ms script at once; their replies, and the most
+    connections ``held`` had open at one time while they ran."""
+    busy = held.client.register_script(BUSY)
+    start = threading.Barrier(calls + 1)
+    replies: list[bytes] = []
 
     def call(i: int) -> None:
         start.wait()
         replies.append(held.run(busy, [], [0.05, i]))
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(replies) == [str(i).encode() for i in range(6)]
+    start.wait()
+    most_open = 0
+    while any(thread.is_alive() for thread in threads):
+        most_open = max(most_open, held.open())
+        time.sleep(0.001)
+    return sorted(replies, key=int), most_open
+
+
+def test_concurrent_calls_open_connections_and_keep_at_most_max_idle(named):
+    held = HeldConnections(named.client, max_idle=2)
+    replies, most_open = busy_calls_at_once(held, 6)
+    assert replies == [str(i).encode() for i in range(6)]
+    assert most_open > 2
     assert held.idle() == 2
     assert len(connections_named(named.observer, named.name)) == 2
     held.close()
@@ -147,6 +169,7 @@ def test_a_forked_child_opens_its_own_connection(named):
     named.held.run(named.echo, [], ["parent"])
     pid = os.fork()
     if pid == 0:  # the child: it must not talk on the parent's socket
+        ok = False
         try:
             ok = named.held.run(named.echo, [], ["child"]) == b"child"
             ok = ok and len(connections_named(named.observer, named.name)) == 2
@@ -155,3 +178,28 @@ def test_a_forked_child_opens_its_own_connection(named):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert named.held.run(named.echo, [], ["parent again"]) == b"parent again"
+
+
+def test_past_max_open_a_call_goes_through_the_clients_pool(named):
+    held = HeldConnections(named.client, max_idle=1, max_open=2)
+    replies, most_open = busy_calls_at_once(held, 6)
+    assert replies == [str(i).encode() for i in range(6)]
+    assert 1 <= most_open <= 2
+    assert (held.idle(), held.open()) == (1, 1)
+    # the others went through the client: its pool keeps the connections they used
+    assert len(connections_named(named.observer, named.name)) > held.open()
+    held.close()
+
+
+def test_close_during_a_call_closes_that_connection_when_the_call_ends(named):
+    busy = named.client.register_script(BUSY)
+    reply = []
+    caller = threading.Thread(target=lambda: reply.append(named.held.run(busy, [], [0.2, "ok"])))
+    caller.start()
+    time.sleep(0.05)
+    assert named.held.open() == 1
+    named.held.close()
+    caller.join()
+    assert reply == [b"ok"]
+    assert (named.held.idle(), named.held.open()) == (0, 0)
+    assert connections_named(named.observer, named.name) == []
