@@ -513,9 +513,12 @@ class HeldConnections:
     are not the pool's: its metrics and maintenance notifications (Redis Enterprise's
     re-routing) do not see them.
 
-    The list is used without a lock: ``pop`` and ``append`` are atomic (the GIL) and never
-    switch greenlets; a thread that finds the list emptied between its check and its ``pop``
-    opens a connection. After a fork the child opens its own connections.
+    The idle list and the set of connections in a call are used without a lock: ``pop``,
+    ``append``, ``add`` and ``discard`` are atomic (the GIL) and never switch greenlets, and the
+    count of open connections is their sizes, not a counter that racing threads could lose
+    updates of. A new connection is counted before the limit is checked, so racing threads
+    cannot all pass the check (a connection between the idle list and the set can be missed
+    by one count for an instant). After a fork the child opens its own connections.
     """
 
     def __init__(
@@ -525,7 +528,7 @@ class HeldConnections:
         self.max_idle = max_idle
         self.max_open = max_open or client.connection_pool.max_connections
         self._idle: list[redis.connection.AbstractConnection] = []
-        self._open = 0
+        self._in_use: set[redis.connection.AbstractConnection] = set()
         self._closed = False
         self._pid = os.getpid()
 
@@ -542,7 +545,7 @@ class HeldConnections:
 
     def open(self) -> int:
         """How many connections are open: idle or in a call."""
-        return self._open
+        return len(self._idle) + len(self._in_use)
 
     def close(self) -> None:
         """Close the idle connections now, and those in a call when their call ends."""
@@ -552,21 +555,24 @@ class HeldConnections:
 
     def _call(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-            self._idle, self._open, self._pid = [], 0, os.getpid()
+            self._idle, self._in_use, self._pid = [], set(), os.getpid()
         try:
             idle = self._idle.pop()
         except IndexError:
             pass
         else:
+            self._in_use.add(idle)
             try:
                 return self._call_on(idle, script, keys, args)
             except redis.exceptions.ConnectionError:
                 pass  # the server may have closed it while it was idle: once more, on a new one
-        if self._open >= self.max_open:
-            return script(keys=keys, args=args)
-        self._open += 1
         pool = self.client.connection_pool
-        return self._call_on(pool.connection_class(**pool.connection_kwargs), script, keys, args)
+        connection = pool.connection_class(**pool.connection_kwargs)  # not connected yet
+        self._in_use.add(connection)  # counted before the check: racing threads see each other
+        if self.open() > self.max_open:
+            self._in_use.discard(connection)
+            return script(keys=keys, args=args)
+        return self._call_on(connection, script, keys, args)
 
     def _call_on(
         self,
@@ -592,9 +598,10 @@ class HeldConnections:
             self._drop(connection)
         else:
             self._idle.append(connection)
+            self._in_use.discard(connection)
 
     def _drop(self, connection: redis.connection.AbstractConnection) -> None:
-        self._open -= 1
+        self._in_use.discard(connection)
         connection.disconnect()
 
 
