@@ -52,7 +52,9 @@ def main() -> int:
         headers.append({"Authorization": f"Bearer {session.get_json()['token']}"})
     first_page = client.get(HOME, headers=headers[0])
     size = len(first_page.data)
-    opened = [item["id"] for item in first_page.get_json()["items"]]
+    opened = [item["id"] for item in first_page.get_json()["items"]]  # the posts "open" reads
+    if not opened:
+        raise SystemExit("the first sampled account's home feed is empty: run `make seed` first")
     calls = {
         "constant": lambda i: client.get(f"/bench/constant?bytes={size}"),
         "home": lambda i: client.get(HOME, headers=headers[i % len(headers)]),
