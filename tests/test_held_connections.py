@@ -4,10 +4,14 @@ call nothing."""
 
 from __future__ import annotations
 
+import ast
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -203,3 +207,55 @@ def test_close_during_a_call_closes_that_connection_when_the_call_ends(named):
     assert reply == [b"ok"]
     assert (named.held.idle(), named.held.open()) == (0, 0)
     assert connections_named(named.observer, named.name) == []
+
+
+# Run in a process of its own: gevent's patching must come before anything else is imported.
+GREENLETS = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import sys
+
+import gevent
+import redis
+
+from feed.readmodel import HeldConnections
+
+client = redis.Redis.from_url(sys.argv[1])
+client.script_load("return ARGV[1]")
+held = HeldConnections(client)
+echo = client.register_script("return ARGV[1]")
+seen = []
+
+
+def read(i):
+    seen.append(("read", i, held.open()))
+    seen.append(("reply", held.run(echo, [], [i]).decode()))
+
+
+def other():
+    # A connection is taken just before the command goes out: none taken, no command sent.
+    seen.append(("other", held.open()))
+
+
+gevent.joinall([gevent.spawn(read, 1), gevent.spawn(other), gevent.spawn(read, 2)])
+print(seen)
+"""
+
+
+def test_under_gevent_a_read_lets_the_other_greenlets_run_before_its_command_goes_out():
+    """The turn of the event loop before the command (p99 under load, see ``run``): the
+    greenlets that are ready all run before any read's command goes out, then the commands go
+    out together."""
+    done = subprocess.run(
+        [sys.executable, "-c", GREENLETS, REDIS_URL],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = ast.literal_eval(done.stdout)
+    assert seen[:3] == [("read", 1, 0), ("other", 0), ("read", 2, 0)]
+    assert sorted(seen[3:]) == [("reply", "1"), ("reply", "2")]
