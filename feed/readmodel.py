@@ -492,6 +492,16 @@ class Scripts:
         self.read_post = client.register_script(READ_POST)
 
 
+def _gevent_patched_time() -> bool:
+    """Whether gevent has patched ``time`` (a gevent worker): ``time.sleep(0)`` is then a turn
+    of its event loop."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("time")
+
+
 class HeldConnections:
     """Redis connections of the read path's own, for its page scripts: one script call per page.
 
@@ -507,8 +517,11 @@ class HeldConnections:
     runs once more on a new one, since the server may have closed the idle connection (a
     restart). So this is for scripts that may safely run twice: the read scripts.
 
-    At most ``max_open`` connections are open at once (the pool's own limit by default); a call
-    past that goes through the client and its pool, as every call did before. Connections are
+    At most ``max_open`` held connections are open at once (the pool's own limit by default),
+    and as many may stay idle (``max_idle``, by default the same: a worker that once had that
+    many reads in flight keeps their connections instead of opening and closing one a call when
+    it has them again). A call past ``max_open`` goes through the client and its pool, as
+    every call did before, within that pool's own limit. Connections are
     made from the pool's own settings (TLS, a unix socket, the protocol carry over), but they
     are not the pool's: its metrics and maintenance notifications (Redis Enterprise's
     re-routing) do not see them.
@@ -522,11 +535,12 @@ class HeldConnections:
     """
 
     def __init__(
-        self, client: redis.Redis, max_idle: int = 64, max_open: int | None = None
+        self, client: redis.Redis, max_idle: int | None = None, max_open: int | None = None
     ) -> None:
         self.client = client
-        self.max_idle = max_idle
         self.max_open = max_open or client.connection_pool.max_connections
+        self.max_idle = self.max_open if max_idle is None else max_idle
+        self._yields: bool | None = None  # known at the first call: gevent patches a worker
         self._idle: list[redis.connection.AbstractConnection] = []
         self._in_use: set[redis.connection.AbstractConnection] = set()
         self._closed = False
@@ -535,8 +549,9 @@ class HeldConnections:
     def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """``EVALSHA`` of ``script`` with ``keys`` and ``args``; its raw reply.
 
-        It first gives the worker's other greenlets their turn (``time.sleep(0)``: gevent's when
-        patched; under threads it only offers the GIL). Without it, each greenlet sends its
+        Under gevent it first gives the worker's other greenlets their turn (``time.sleep(0)``,
+        gevent's: a turn of the event loop; not under threads, where it was not measured and
+        would only offer the GIL). Without it, each greenlet sends its
         command as soon as its request is parsed, so the commands of one turn of the event
         loop reach Redis one by one, each waking Redis on the other core or in the worker's
         place; with it they go out together at the turn's end. Measured on a 2-core machine
@@ -545,7 +560,10 @@ class HeldConnections:
         47-51% of the baseline against 44-50%. On a faster machine the tail shrank too (13.4
         against 17.1 ms, medians) but the ratio fell 3 points.
         """
-        time.sleep(0)
+        if self._yields is None:
+            self._yields = _gevent_patched_time()
+        if self._yields:
+            time.sleep(0)
         try:
             return self._call(script, keys, args)
         except redis.exceptions.NoScriptError:  # the server lost its scripts (a restart, a flush)

@@ -58,6 +58,10 @@ def test_calls_in_turn_share_one_connection(named):
     assert [named.held.run(named.echo, [], [i]) for i in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
     assert named.held.idle() == 1
     assert len(connections_named(named.observer, named.name)) == 1
+    # As many may stay idle as may be open: no connect and close a call at a busy worker's peak.
+    assert (
+        named.held.max_idle == named.held.max_open == named.client.connection_pool.max_connections
+    )
     named.held.close()
     assert named.held.idle() == 0
     assert connections_named(named.observer, named.name) == []
