@@ -28,13 +28,8 @@ from feed import commands
 from feed.auth import Principal
 from feed.bootstrap import build_services
 from feed.config import Settings, sqlalchemy_url
-from feed.readmodel import (
-    SENTINEL,
-    SENTINEL_SCORE,
-    configure_compact_encoding,
-    feed_key,
-    score_of,
-)
+from feed.keys import feed_key
+from feed.readmodel import SENTINEL, SENTINEL_SCORE, configure_compact_encoding, score_of
 from feed.unit_of_work import UnitOfWork
 
 ROOT = Path(__file__).resolve().parent.parent

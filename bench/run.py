@@ -53,7 +53,8 @@ from sqlalchemy import create_engine, text
 
 from bench.seed import DEFAULT_DATABASE, DEFAULT_REDIS, PASSWORD
 from feed.config import sqlalchemy_url
-from feed.readmodel import FEED_PREFIX, SENTINEL, SENTINEL_SCORE, feed_key
+from feed.keys import FEED_PREFIX, feed_key
+from feed.readmodel import SENTINEL, SENTINEL_SCORE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

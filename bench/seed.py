@@ -36,7 +36,8 @@ from sqlalchemy import create_engine, text
 from app import create_app
 from feed.bootstrap import Services, build_services
 from feed.config import Settings, sqlalchemy_url
-from feed.readmodel import configure_compact_encoding, post_key
+from feed.keys import post_key
+from feed.readmodel import configure_compact_encoding
 from feed.rebuild import (
     POST_COLUMNS,
     cache_account,

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import redis
 from gevent.monkey import get_original
+from redis.cluster import ClusterNode, LoadBalancingStrategy
 from sqlalchemy import Engine, create_engine, event, exc, text
 
 from feed.auth import Passwords, Tokens
@@ -37,8 +38,7 @@ class Services:
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
-        self.store.held.close()
-        self.redis.close()
+        self.store.close()
 
 
 def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
@@ -90,27 +90,57 @@ def drop_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> 
         raise exc.DisconnectionError("the server closed the pooled connection")
 
 
+_FAIL_FAST = {"socket_timeout": 2, "socket_connect_timeout": 2, "health_check_interval": 30}
+
+
 def build_redis(redis_url: str) -> redis.Redis:
     """A Redis client that fails fast when the server is down."""
-    return redis.Redis.from_url(
-        redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+    return redis.Redis.from_url(redis_url, **_FAIL_FAST)
+
+
+def build_redis_cluster(
+    nodes: tuple[str, ...], *, from_replicas: bool = False
+) -> redis.RedisCluster:
+    """A Redis Cluster client from some of its nodes (``host:port``); it learns the rest, and
+    follows MOVED and ASK redirections and failovers. ``from_replicas`` sends read-only
+    commands to the replicas too, in turn."""
+    startup = []
+    for node in nodes:
+        host, _, port = node.rpartition(":")
+        startup.append(ClusterNode(host or "127.0.0.1", int(port)))
+    balancing = LoadBalancingStrategy.ROUND_ROBIN if from_replicas else None
+    return redis.RedisCluster(
+        startup_nodes=startup, load_balancing_strategy=balancing, **_FAIL_FAST
     )
+
+
+def build_store_clients(settings: Settings) -> tuple[Any, Any]:
+    """The read model's clients: one to the primaries, and one for reads that carry no
+    consistency token (the replicas too when ``REDIS_READ_FROM_REPLICAS`` is set)."""
+    if settings.redis_cluster_nodes:
+        primary = build_redis_cluster(settings.redis_cluster_nodes)
+        if settings.redis_read_from_replicas:
+            return primary, build_redis_cluster(settings.redis_cluster_nodes, from_replicas=True)
+        return primary, primary
+    client = build_redis(settings.redis_url)
+    return client, client
 
 
 def build_services(settings: Settings) -> Services:
     """Build every client from ``settings`` (which must name real servers by now)."""
-    if not (settings.database_url and settings.redis_url):
+    if not (settings.database_url and settings.has_redis):
         raise RuntimeError(
-            "DATABASE_URL and REDIS_URL are not set: start the service with `make run` "
+            "DATABASE_URL and REDIS_URL (or REDIS_CLUSTER_NODES) are not set: start the "
+            "service with `make run` "
             "(python -m feed.launcher), which embeds PostgreSQL and Redis when they are missing."
         )
     engine = build_engine(settings.database_url)
-    client = build_redis(settings.redis_url)
+    client, replica = build_store_clients(settings)
     return Services(
         settings=settings,
         engine=engine,
         redis=client,
-        store=Store(client, engine, settings),
+        store=Store(client, engine, settings, replica=replica),
         passwords=Passwords(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_cost,

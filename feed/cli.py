@@ -60,6 +60,7 @@ def rebuild(account_id: int | None) -> None:
     """Rebuild every read model (or one account's) from PostgreSQL."""
     store = _services().store
     configure_compact_encoding(store.redis)
+    store.functions.load()
     if account_id is not None:
         rebuild_account(store, account_id)
         click.echo(f"rebuilt the read models of account {account_id}")

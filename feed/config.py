@@ -48,6 +48,8 @@ class Settings:
 
     database_url: str | None = None
     redis_url: str | None = None
+    redis_cluster_nodes: tuple[str, ...] = ()  # host:port of some of a Redis Cluster's nodes
+    redis_read_from_replicas: bool = False
     broker_url: str | None = None
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     port: int = 8000
@@ -87,6 +89,12 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             redis_url=env.get("REDIS_URL") or None,
+            redis_cluster_nodes=tuple(
+                node.strip()
+                for node in env.get("REDIS_CLUSTER_NODES", "").split(",")
+                if node.strip()
+            ),
+            redis_read_from_replicas=_bool(env, "REDIS_READ_FROM_REPLICAS", False),
             broker_url=env.get("BROKER_URL") or None,
             secret_key=env.get("SECRET_KEY") or _persistent_secret(env),
             port=_int(env, "PORT", defaults.port),
@@ -139,12 +147,19 @@ class Settings:
     @property
     def limiter_storage_uri(self) -> str:
         """Where Flask-Limiter keeps its counters (Redis; memory when no Redis is set)."""
+        if self.redis_cluster_nodes:
+            return "redis+cluster://" + ",".join(self.redis_cluster_nodes)
         return limiter_storage_url(self.redis_url) if self.redis_url else "memory://"
+
+    @property
+    def has_redis(self) -> bool:
+        """True when a Redis server or cluster is given (else the launcher embeds one)."""
+        return bool(self.redis_url or self.redis_cluster_nodes)
 
     @property
     def is_configured(self) -> bool:
         """True when every server is given; otherwise the launcher embeds what is missing."""
-        return bool(self.database_url and self.redis_url and self.broker_url)
+        return bool(self.database_url and self.has_redis and self.broker_url)
 
 
 def _persistent_secret(env: dict[str, str]) -> str:

@@ -47,7 +47,7 @@ def prepare_environment(settings: Settings) -> tuple[dict[str, str], list[object
     if not settings.database_url:
         env["DATABASE_URL"] = start_embedded_postgres(data)
         print(f"embedded PostgreSQL: {env['DATABASE_URL']}", flush=True)
-    if not settings.redis_url:
+    if not settings.has_redis:
         env["REDIS_URL"], server = start_embedded_redis(data)
         keep_alive.append(server)
         print(f"embedded Redis: {env['REDIS_URL']}", flush=True)

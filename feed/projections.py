@@ -26,24 +26,27 @@ from feed.events import (
     PostPublished,
     VoteCast,
 )
-from feed.outbox import Envelope
-from feed.readmodel import (
-    APPLIED_SECONDS,
+from feed.keys import (
     CELEBS_KEY,
-    TOMBSTONE_SECONDS,
-    Store,
-    account_document,
     account_key,
     applied_key,
     feed_key,
     follow_versions_key,
     following_key,
     my_votes_key,
-    post_document,
     post_key,
     posts_key,
-    score_of,
     tombstone_key,
+)
+from feed.outbox import Envelope
+from feed.readmodel import (
+    APPLIED_SECONDS,
+    SENTINEL,
+    TOMBSTONE_SECONDS,
+    Store,
+    account_document,
+    post_document,
+    score_of,
 )
 from feed.rebuild import rebuild_posts
 
@@ -79,6 +82,11 @@ class FanOutPage:
 
 SendPage = Callable[[FanOutPage], None]
 
+# A deleted account leaves the pull set for good: no late counts event is newer than this.
+DELETED_VERSION = 2**53 - 1
+# What ``apply_counts`` answers (feed/lua/feed.lua): the pull set's change it calls for.
+STALE, UNCHANGED, JOINED, LEFT, LEFT_IF_LISTED = 0, 1, 2, 3, 4
+
 
 def project(store: Store, envelope: Envelope, send_page: SendPage) -> None:
     """Apply one event to every read model it touches, then mark its position applied."""
@@ -89,22 +97,20 @@ def project(store: Store, envelope: Envelope, send_page: SendPage) -> None:
 
 def project_account_registered(store: Store, event: AccountRegistered, send: SendPage) -> None:
     # Safe twice: the profile is the same every time; counters apply only when newer.
-    store.redis.hset(
-        account_key(event.account_id),
-        "json",
-        account_document(
-            account_id=event.account_id,
-            handle=event.handle,
-            display_name=event.display_name,
-            created_at=event.created_at,
-        ),
+    counts = {"followers_count": 0, "following_count": 0, "posts_count": 0, "counts_version": 0}
+    document = account_document(
+        account_id=event.account_id,
+        handle=event.handle,
+        display_name=event.display_name,
+        created_at=event.created_at,
     )
-    _apply_counts(
-        store,
-        event.account_id,
-        {"followers_count": 0, "following_count": 0, "posts_count": 0, "counts_version": 0},
-        send,
+    _, answer = store.run(
+        [
+            ("HSET", account_key(event.account_id), "json", document),
+            _counts_call(store, event.account_id, counts),
+        ]
     )
+    _after_counts(store, event.account_id, counts, answer, send)
 
 
 def project_post_published(store: Store, event: PostPublished, send: SendPage) -> None:
@@ -125,11 +131,23 @@ class PostProjected:
     pages: tuple[FanOutPage, ...] = ()
 
 
+@dataclass
+class _Plan:
+    """One published post of a batch: where its commands' replies are, whom it reached."""
+
+    event: PostPublished
+    first_page: list[int] | None
+    at_once: bool
+    replies: slice
+
+
 def project_posts_published(store: Store, events: Sequence[PostPublished]) -> list[PostProjected]:
     """Project published posts, a message's worth at once: one PostgreSQL query for their
     statuses and their authors' first pages of followers, one Redis pipeline for their caches,
-    their authors' counters and, for authors with fewer followers than a page (nearly all),
-    the fan-out itself. Returns what each post's projection did, in order.
+    their authors' counters and lists and, for authors with fewer followers than a page (nearly
+    all), the fan-out itself: one single-slot write per feed. Then one more round trip checks
+    that no post was deleted meanwhile (its tombstone); one that was leaves every feed again.
+    Returns what each post's projection did, in order.
 
     Safe twice: ZADD of the same member and score changes nothing; a deleted post (tombstone or
     PostgreSQL status) is never cached or added again.
@@ -140,66 +158,62 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
     states = _posts_state(
         store, [(int(e.post_id), e.author_counts["followers_count"] < threshold) for e in events]
     )
-    pipe = store.redis.pipeline(transaction=False)
-    plans: list[tuple[PostPublished, list[int] | None, bool] | None] = []
+    commands: list[tuple[Any, ...]] = []
+    plans: list[_Plan | None] = []
     for event in events:
-        post_id = int(event.post_id)
+        post_id, author_id = int(event.post_id), int(event.author_id)
         published, first_page = states[post_id]
         if not published:
-            pipe.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
+            commands.append(("SET", tombstone_key(post_id), 1, "EX", TOMBSTONE_SECONDS))
             plans.append(None)
             continue
-        store.scripts.cache_published_post(
-            keys=[
-                post_key(post_id),
-                tombstone_key(post_id),
-                posts_key(event.author_id),
-                feed_key(event.author_id),
-                account_key(event.author_id),
-                CELEBS_KEY,
-            ],
-            args=[
-                post_document(
-                    post_id=post_id,
-                    author_id=event.author_id,
-                    author_handle=event.author_handle,
-                    author_display_name=event.author_display_name,
-                    body=event.body,
-                    media=event.media,
-                    created_at=event.created_at,
-                ),
-                post_id,
-                score_of(post_id),
-                settings.feed_size,
-                *_counts_args(store, event.author_id, event.author_counts),
-            ],
-            client=pipe,
-        )
         # The whole fan-out is in the first page: write it now, followers just read.
         at_once = first_page is not None and 0 < len(first_page) < page_size
+        start = len(commands)
+        commands += [
+            store.call(
+                "cache_post",
+                [post_key(post_id), tombstone_key(post_id)],
+                [_document_of(event)],
+            ),
+            _counts_call(store, author_id, event.author_counts),
+            store.call(
+                "author_add",
+                [posts_key(author_id), feed_key(author_id)],
+                [post_id, score_of(post_id), settings.feed_size],
+            ),
+        ]
         if at_once:
-            store.scripts.add_to_feeds(
-                keys=[feed_key(f) for f in first_page],
-                args=[post_id, score_of(post_id), settings.feed_size, tombstone_key(post_id)],
-                client=pipe,
-            )
-        plans.append((event, first_page, at_once))
-    answers = iter(pipe.execute())
+            commands += feed_adds(store, first_page, post_id)
+        plans.append(_Plan(event, first_page, at_once, slice(start, len(commands))))
+    answers = store.run(commands)
+    written = [plan for plan in plans if plan is not None]
+    _remove_if_deleted(
+        store,
+        {
+            int(plan.event.post_id): [
+                posts_key(plan.event.author_id),
+                feed_key(plan.event.author_id),
+                *(feed_key(f) for f in (plan.first_page if plan.at_once else ())),
+            ]
+            for plan in written
+        },
+    )
     projected = []
     for plan in plans:
-        counted = next(answers)  # the tombstone's SET, or the cache script's counters
         if plan is None:
             projected.append(PostProjected())
             continue
-        event, first_page, at_once = plan
+        event, replies = plan.event, answers[plan.replies]
         pages: list[FanOutPage] = []
-        _after_counts(store, event.author_id, counted, pages.append)
-        if at_once:
-            projected.append(PostProjected(len(first_page), int(next(answers)), tuple(pages)))
+        _after_counts(store, event.author_id, event.author_counts, replies[1], pages.append)
+        if plan.at_once:
+            changed = sum(int(n) for n in replies[3:])
+            projected.append(PostProjected(len(plan.first_page), changed, tuple(pages)))
             continue
-        if first_page:  # a full first page: more may follow, a message per page
+        if plan.first_page:  # a full first page: more may follow, a message per page
             author_id, post_ids = int(event.author_id), (int(event.post_id),)
-            for followers in follower_pages(store, author_id, first=first_page):
+            for followers in follower_pages(store, author_id, first=plan.first_page):
                 pages.append(FanOutPage("add", author_id, followers, post_ids))
         projected.append(PostProjected(pages=tuple(pages)))
     return projected
@@ -207,82 +221,134 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
 
 def mark_applied(store: Store, positions: Sequence[int]) -> None:
     """Mark outbox positions applied to the read model (a consistency token's wait ends)."""
-    pipe = store.redis.pipeline(transaction=False)
-    for position in positions:
-        pipe.set(applied_key(position), 1, ex=APPLIED_SECONDS)
-    pipe.execute()
+    store.run([("SET", applied_key(p), 1, "EX", APPLIED_SECONDS) for p in positions])
 
 
 def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> None:
     # Safe twice: tombstone, DEL and ZREM are idempotent; counters apply only when newer.
-    post_id = int(event.post_id)
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.set(tombstone_key(post_id), 1, ex=TOMBSTONE_SECONDS)
-    pipe.delete(post_key(post_id))
-    pipe.zrem(posts_key(event.author_id), post_id)
-    pipe.zrem(feed_key(event.author_id), post_id)
-    pipe.execute()
-    _apply_counts(store, event.author_id, event.author_counts, send)
-    for followers in follower_pages(store, int(event.author_id)):
-        send(FanOutPage("remove", int(event.author_id), followers, (post_id,)))
+    # The tombstone comes first: a fan-out that checks it after writing takes the post back.
+    post_id, author_id = int(event.post_id), int(event.author_id)
+    store.execute(
+        store.call("delete_post", [post_key(post_id), tombstone_key(post_id)], [TOMBSTONE_SECONDS])
+    )
+    *_, answer = store.run(
+        [
+            ("ZREM", posts_key(author_id), post_id),
+            ("ZREM", feed_key(author_id), post_id),
+            _counts_call(store, author_id, event.author_counts),
+        ]
+    )
+    _after_counts(store, author_id, event.author_counts, answer, send)
+    for followers in follower_pages(store, author_id):
+        send(FanOutPage("remove", author_id, followers, (post_id,)))
 
 
 def project_account_followed(store: Store, event: AccountFollowed, send: SendPage) -> None:
     # Safe twice and reordered: the edge applies only when its version is newer than the last
     # one seen for the pair; merging the same posts again adds nothing.
-    _apply_counts(store, event.follower_id, event.follower_counts, send)
-    _apply_counts(store, event.followee_id, event.followee_counts, send)
-    applied = store.scripts.apply_follow_edge(
-        keys=[following_key(event.follower_id), follow_versions_key(event.follower_id)],
-        args=[event.followee_id, event.follower_counts["counts_version"], 1],
-    )
-    if applied:
-        _ensure_posts(store, event.followee_id)
-        store.scripts.merge_posts_into_feed(
-            keys=[feed_key(event.follower_id), posts_key(event.followee_id)],
-            args=[store.settings.feed_size],
-        )
+    if _apply_follow_edge(store, event, send, follow=True):
+        merge_author_posts(store, int(event.followee_id), [int(event.follower_id)])
 
 
 def project_account_unfollowed(store: Store, event: AccountUnfollowed, send: SendPage) -> None:
     # Safe twice and reordered: as for follows, by the edge version; removing is idempotent.
-    _apply_counts(store, event.follower_id, event.follower_counts, send)
-    _apply_counts(store, event.followee_id, event.followee_counts, send)
-    applied = store.scripts.apply_follow_edge(
-        keys=[following_key(event.follower_id), follow_versions_key(event.follower_id)],
-        args=[event.followee_id, event.follower_counts["counts_version"], 0],
+    if not _apply_follow_edge(store, event, send, follow=False):
+        return
+    follower, followee = int(event.follower_id), int(event.followee_id)
+    _ensure_posts(store, followee)
+    # The followee's posts newer than the feed's oldest entry (the last before the sentinel).
+    oldest = store.redis.zrange(feed_key(follower), -2, -2, withscores=True)
+    if not oldest:
+        return
+    newer = store.redis.zrangebyscore(posts_key(followee), "-inf", oldest[0][1])
+    ids = [i for i in newer if i != SENTINEL.encode()]
+    if ids:
+        store.redis.zrem(feed_key(follower), *ids)
+
+
+def _apply_follow_edge(
+    store: Store, event: AccountFollowed | AccountUnfollowed, send: SendPage, *, follow: bool
+) -> bool:
+    """Both accounts' counters and the follower's edge, in one round trip; True if the edge
+    changed."""
+    follower_answer, followee_answer, applied = store.run(
+        [
+            _counts_call(store, event.follower_id, event.follower_counts),
+            _counts_call(store, event.followee_id, event.followee_counts),
+            store.call(
+                "apply_follow_edge",
+                [following_key(event.follower_id), follow_versions_key(event.follower_id)],
+                [event.followee_id, event.follower_counts["counts_version"], 1 if follow else 0],
+            ),
+        ]
     )
-    if applied:
-        _ensure_posts(store, event.followee_id)
-        store.scripts.unmerge_posts_from_feed(
-            keys=[feed_key(event.follower_id), posts_key(event.followee_id)]
-        )
+    _after_counts(store, event.follower_id, event.follower_counts, follower_answer, send)
+    _after_counts(store, event.followee_id, event.followee_counts, followee_answer, send)
+    return bool(applied)
+
+
+def merge_author_posts(store: Store, author_id: int, follower_ids: Sequence[int]) -> int:
+    """Merge the author's newest posts into each follower's feed (those that exist): read
+    from the author's slot, written to each follower's. A post deleted in between is taken
+    out again: after the writes, what left the author's list leaves the feeds."""
+    _ensure_posts(store, author_id)
+    latest = store.redis.zrange(
+        posts_key(author_id), 0, store.settings.feed_size - 1, withscores=True
+    )
+    posts = [(member, int(score)) for member, score in latest if member != SENTINEL.encode()]
+    if not posts or not follower_ids:
+        return 0
+    pairs = [value for member, score in posts for value in (member, score)]
+    changed = store.run(
+        [
+            store.call("feed_merge", [feed_key(f)], [store.settings.feed_size, *pairs])
+            for f in follower_ids
+        ]
+    )
+    ids = [member for member, _ in posts]
+    still = store.redis.zmscore(posts_key(author_id), ids)
+    gone = [member for member, score in zip(ids, still, strict=True) if score is None]
+    if gone:
+        store.run([("ZREM", feed_key(f), *gone) for f in follower_ids])
+    return sum(int(n) for n in changed)
 
 
 def project_vote_cast(store: Store, event: VoteCast, send: SendPage) -> None:
     # Safe twice and reordered: the post's counts and the voter's vote carry votes_version and
     # only a newer version replaces them; nothing is incremented.
-    store.scripts.apply_vote(
-        keys=[
-            post_key(event.post_id),
-            my_votes_key(event.account_id),
-            tombstone_key(event.post_id),
-        ],
-        args=[event.up, event.down, event.votes_version, event.post_id, event.value],
+    store.run(
+        [
+            store.call(
+                "apply_post_votes",
+                [post_key(event.post_id), tombstone_key(event.post_id)],
+                [event.up, event.down, event.votes_version],
+            ),
+            store.call(
+                "apply_my_vote",
+                [my_votes_key(event.account_id)],
+                [event.post_id, event.value, event.votes_version],
+            ),
+        ]
     )
 
 
 def project_account_deleted(store: Store, event: AccountDeleted, send: SendPage) -> None:
-    # Safe twice: deleting keys that are gone changes nothing.
-    store.redis.delete(
-        account_key(event.account_id),
-        posts_key(event.account_id),
-        feed_key(event.account_id),
-        following_key(event.account_id),
-        follow_versions_key(event.account_id),
-        my_votes_key(event.account_id),
+    # Safe twice: deleting keys that are gone changes nothing; the pull set's entry is final.
+    account_id = event.account_id
+    store.run(
+        [
+            (
+                "DEL",
+                account_key(account_id),
+                posts_key(account_id),
+                feed_key(account_id),
+                following_key(account_id),
+                follow_versions_key(account_id),
+                my_votes_key(account_id),
+            ),
+            store.call("apply_celebrity", [CELEBS_KEY], [account_id, DELETED_VERSION, 0, 0]),
+        ]
     )
-    store.redis.srem(CELEBS_KEY, event.account_id)
 
 
 HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
@@ -297,7 +363,8 @@ HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
 
 
 def apply_fan_out_page(store: Store, page: FanOutPage, *, just_read: bool = False) -> int:
-    """Apply one page of fan-out in one Redis script call; returns the entries changed.
+    """Apply one page of fan-out: one single-slot write per follower, in one pipeline (per
+    node on a cluster); returns the entries changed.
 
     Safe twice: adding or removing the same members again changes nothing. Before adding, the
     followers are checked against PostgreSQL once, so a page that arrives after an unfollow
@@ -305,11 +372,8 @@ def apply_fan_out_page(store: Store, page: FanOutPage, *, just_read: bool = Fals
     PostgreSQL a moment ago (the projecting worker applying a single page itself).
     """
     if page.op == "remove":
-        return int(
-            store.scripts.remove_from_feeds(
-                keys=[feed_key(f) for f in page.follower_ids], args=list(page.post_ids)
-            )
-        )
+        removed = store.run([("ZREM", feed_key(f), *page.post_ids) for f in page.follower_ids])
+        return sum(int(n) for n in removed)
     followers = (
         list(page.follower_ids)
         if just_read
@@ -318,24 +382,56 @@ def apply_fan_out_page(store: Store, page: FanOutPage, *, just_read: bool = Fals
     if not followers:
         return 0
     if page.op == "merge_author":
-        _ensure_posts(store, page.author_id)
-        pipe = store.redis.pipeline(transaction=False)
-        for follower in followers:
-            store.scripts.merge_posts_into_feed(
-                keys=[feed_key(follower), posts_key(page.author_id)],
-                args=[store.settings.feed_size],
-                client=pipe,
-            )
-        return sum(int(n) for n in pipe.execute())
-    changed = 0
-    for post_id in page.post_ids:
-        changed += int(
-            store.scripts.add_to_feeds(
-                keys=[feed_key(f) for f in followers],
-                args=[post_id, score_of(post_id), store.settings.feed_size, tombstone_key(post_id)],
-            )
-        )
+        return merge_author_posts(store, page.author_id, followers)
+    return add_to_feeds(store, followers, page.post_ids)
+
+
+def add_to_feeds(store: Store, owners: Sequence[int], post_ids: Sequence[int]) -> int:
+    """Add posts to the owners' feeds that exist: one single-slot write per feed, in one
+    pipeline; returns the entries changed. A post deleted before is skipped, and one deleted
+    while it is written taken out again."""
+    deleted = store.run([("EXISTS", tombstone_key(p)) for p in post_ids])
+    live = [p for p, gone in zip(post_ids, deleted, strict=True) if not gone]
+    commands = [command for p in live for command in feed_adds(store, owners, p)]
+    changed = sum(int(n) for n in store.run(commands))
+    _remove_if_deleted(store, {p: [feed_key(o) for o in owners] for p in live})
     return changed
+
+
+def feed_adds(store: Store, followers: Sequence[int], post_id: int) -> list[tuple[Any, ...]]:
+    args = [post_id, score_of(post_id), store.settings.feed_size]
+    return [store.call("feed_add", [feed_key(f)], args) for f in followers]
+
+
+def _remove_if_deleted(store: Store, keys_of: dict[int, list[str]]) -> None:
+    """After posts were written to lists (``keys_of``: post -> the keys): a post whose
+    tombstone is there now was deleted while it was written, and leaves them again. The
+    tombstone is set before a deletion's own removals, so either those removals come after
+    the writes, or this check sees it."""
+    if not keys_of:
+        return
+    posts = list(keys_of)
+    deleted = store.run([("EXISTS", tombstone_key(p)) for p in posts])
+    store.run(
+        [
+            ("ZREM", key, p)
+            for p, gone in zip(posts, deleted, strict=True)
+            if gone
+            for key in keys_of[p]
+        ]
+    )
+
+
+def _document_of(event: PostPublished) -> str:
+    return post_document(
+        post_id=event.post_id,
+        author_id=event.author_id,
+        author_handle=event.author_handle,
+        author_display_name=event.author_display_name,
+        body=event.body,
+        media=event.media,
+        created_at=event.created_at,
+    )
 
 
 # A page of followers comes back as one int8[] value (decoded in C), not as a row per follower.
@@ -399,31 +495,42 @@ def projection_lag_seconds(created_at: str) -> float:
     return max(0.0, time.time() - created.timestamp())
 
 
-def _counts_args(store: Store, account_id: str | int, counts: dict[str, int]) -> list[Any]:
-    """The arguments of the scripts' ``apply_counts``."""
-    return [
-        counts["followers_count"],
-        counts["following_count"],
-        counts["posts_count"],
-        counts["counts_version"],
-        account_id,
-        store.settings.feed_pull_threshold,
-    ]
-
-
-def _apply_counts(
-    store: Store, account_id: str | int, counts: dict[str, int], send: SendPage
-) -> None:
-    result = store.scripts.apply_account_counts(
-        keys=[account_key(account_id), CELEBS_KEY], args=_counts_args(store, account_id, counts)
+def _counts_call(store: Store, account_id: str | int, counts: dict[str, int]) -> tuple[Any, ...]:
+    """The command applying an account's counters (``apply_counts``)."""
+    return store.call(
+        "apply_counts",
+        [account_key(account_id)],
+        [
+            counts["followers_count"],
+            counts["following_count"],
+            counts["posts_count"],
+            counts["counts_version"],
+            store.settings.feed_pull_threshold,
+        ],
     )
-    _after_counts(store, account_id, result, send)
 
 
-def _after_counts(store: Store, account_id: str | int, result: Any, send: SendPage) -> None:
-    """What ``apply_counts`` answered: -1 is an account that just left the celebrities."""
-    if int(result) == -1:
-        # The account left the high-follower set: push its posts to its followers' feeds now.
+def _after_counts(
+    store: Store, account_id: str | int, counts: dict[str, int], answer: Any, send: SendPage
+) -> None:
+    """Tell the pull set what ``apply_counts`` answered, in the pull set's own slot; an
+    account that just left it gets its posts pushed to its followers' feeds."""
+    answer = int(answer)
+    if answer in (STALE, UNCHANGED):
+        return
+    left = store.execute(
+        store.call(
+            "apply_celebrity",
+            [CELEBS_KEY],
+            [
+                account_id,
+                counts["counts_version"],
+                1 if answer == JOINED else 0,
+                1 if answer == LEFT_IF_LISTED else 0,
+            ],
+        )
+    )
+    if int(left) == -1:
         log.info("account_demoted_from_pull", account_id=str(account_id))
         for followers in follower_pages(store, int(account_id)):
             send(FanOutPage("merge_author", int(account_id), followers))

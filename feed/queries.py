@@ -17,10 +17,7 @@ from sqlalchemy import text
 
 from feed.clock import rfc3339
 from feed.errors import DependencyDown, NotFound
-from feed.readmodel import (
-    CELEBS_KEY,
-    POSTS_PREFIX,
-    Store,
+from feed.keys import (
     account_key,
     applied_key,
     feed_key,
@@ -28,8 +25,8 @@ from feed.readmodel import (
     my_votes_key,
     post_key,
     posts_key,
-    score_of,
 )
+from feed.readmodel import SENTINEL, Store, score_of
 from feed.rebuild import (
     POST_COLUMNS,
     cache_account,
@@ -62,13 +59,16 @@ class Page:
     next_max_id: str | None
     source: str = READ_MODEL
     rebuilt: list[str] = field(default_factory=list)
-    rendered: bytes | None = None  # the whole page's JSON, when the page script rendered it
 
 
 @dataclass
 class Item:
     value: dict[str, Any] | bytes  # bytes: JSON already rendered
     source: str = READ_MODEL
+
+
+# A post as a page read it: id, cached JSON, up, down, the reader's vote ("value:version").
+Row = tuple[str, bytes | None, bytes | None, bytes | None, bytes | None]
 
 
 def wait_for_position(store: Store, position: int) -> bool:
@@ -83,32 +83,93 @@ def wait_for_position(store: Store, position: int) -> bool:
 
 
 def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None = None) -> Page:
-    """The caller's home feed: its own posts, those it follows, pulled high-follower posts."""
+    """The caller's home feed: its own posts, those it follows, pulled high-follower posts.
+
+    Two round trips: the feed's window, the reader's votes on it and which pulled accounts it
+    follows, from the reader's slot (with the pull set's version, to check this process's copy
+    of it); then the posts' hashes. Three when it follows pulled accounts: their posts' windows
+    come between.
+    """
     if position is not None and not wait_for_position(store, position):
         return _home_timeline_from_db(store, me, cursor)
-    rebuilt: list[str] = []
-    for _ in range(MAX_REBUILDS):
-        reply = store.held.run(
-            store.scripts.read_home_page,
-            [feed_key(me), following_key(me), CELEBS_KEY, my_votes_key(me)],
+    # A read with a token, or after a rebuild, is answered by the primaries: a replica may lag.
+    client = store.redis if position is not None else store.replica
+    celebrities, rebuilt = store.celebrities, []
+    window_args = _window_args(cursor)
+    for _ in range(MAX_REBUILDS + 1):  # one more: this process's copy of the pull set moved
+        version, window = store.run(
             [
-                *_cursor_args(cursor)[:3],
-                store.settings.feed_ttl_seconds,
-                POSTS_PREFIX,
-                *_cursor_args(cursor)[3:],
-                "1",
+                celebrities.version_command(),
+                store.call(
+                    "read_home_window",
+                    [feed_key(me), following_key(me), my_votes_key(me)],
+                    [*window_args, *celebrities.members],
+                ),
             ],
+            client=client,
         )
-        if reply[0] == b"miss":
-            rebuilt.append(_rebuild_missing(store, me, reply[1:]))
+        if not celebrities.is_current(version):
+            if not celebrities.refresh(store.redis):
+                rebuild_celebrities(store)
+                celebrities.refresh(store.redis)
+                rebuilt.append("celebs")
+            client = store.redis
             continue
-        if reply[0] == b"json":  # the script rendered the page: every post was cached
-            next_max_id = None if reply[2] == b"null" else reply[2][1:-1].decode()
-            return Page([], next_max_id, rendered=reply[1], rebuilt=rebuilt)
-        page = _assemble(store, reply, with_vote=True, home_of=me)
+        if window[0] == b"miss":
+            for kind in window[1:]:
+                rebuilt.append(_rebuild_missing(store, me, kind.decode()))
+            client = store.redis
+            continue
+        count = int(window[1])
+        entries = window[2 : 2 + 2 * count]
+        votes = dict(zip([i.decode() for i in entries[0::2]], entries[1::2], strict=True))
+        followed = [a.decode() for a in window[2 + 2 * count :]]
+        pulled: set[str] = set()
+        if followed:
+            pulled, missing = _pulled_posts(store, client, cursor, list(votes), followed)
+            if missing:
+                for author in missing:
+                    rebuild_posts(store, int(author))
+                rebuilt.append("posts")
+                client = store.redis
+                continue
+        ids = sorted(votes.keys() | pulled, key=int, reverse=True)[: cursor.limit + 1]
+        page_ids = ids[: cursor.limit]
+        unvoted = [i for i in page_ids if i not in votes]
+        commands = [("HMGET", post_key(i), "json", "up", "down") for i in page_ids]
+        if unvoted:
+            commands.append(("HMGET", my_votes_key(me), *unvoted))
+        replies = store.run(commands, client=client)
+        if unvoted:
+            votes.update(zip(unvoted, replies.pop(), strict=True))
+        rows = [(i, *post, votes.get(i)) for i, post in zip(page_ids, replies, strict=True)]
+        page = _assemble(store, rows, len(ids) > cursor.limit, with_vote=True, home_of=me)
         page.rebuilt = rebuilt
         return page
     raise DependencyDown("The feed could not be read; retry shortly.")
+
+
+def _pulled_posts(
+    store: Store,
+    client: Any,
+    cursor: Cursor,
+    feed_ids: list[str],
+    authors: list[str],
+) -> tuple[set[str], list[str]]:
+    """The newest posts in the cursor's window of the pulled accounts the reader follows,
+    each from its author's slot; and the authors whose list is missing."""
+    window_args = _window_args(cursor)
+    if len(feed_ids) > cursor.limit:
+        # A pulled post older than the feed's own (limit + 1)-th entry cannot make this page.
+        ceiling = score_of(int(feed_ids[cursor.limit]))
+        if window_args[4] == "+inf" or ceiling < window_args[4]:
+            window_args[4] = ceiling
+    replies = store.run(
+        [store.call("read_posts_window", [posts_key(int(a))], window_args) for a in authors],
+        client=client,
+    )
+    missing = [a for a, reply in zip(authors, replies, strict=True) if reply[0] == b"miss"]
+    return {i.decode() for reply in replies if reply[0] == b"ok" for i in reply[1:]}, missing
 
 
 def account_posts(
@@ -119,24 +180,49 @@ def account_posts(
     *,
     position: int | None = None,
 ) -> Page:
-    """One account's published posts, newest first."""
+    """One account's published posts, newest first: the window from the account's slot, then
+    the posts' hashes and the viewer's votes."""
     if position is not None and not wait_for_position(store, position):
         return _account_posts_from_db(store, account_id, viewer, cursor)
+    client = store.redis if position is not None else store.replica
     rebuilt: list[str] = []
     for _ in range(MAX_REBUILDS):
-        max_id, since_id, limit, max_score, min_score = _cursor_args(cursor)
-        reply = store.held.run(
-            store.scripts.read_posts_page,
-            [posts_key(account_id), my_votes_key(viewer or "-"), account_key(account_id)],
-            [max_id, since_id, limit, max_score, min_score, "1" if viewer else "0"],
+        reply = store.execute(
+            store.call(
+                "read_posts_window",
+                [posts_key(account_id), account_key(account_id)],
+                _window_args(cursor),
+            ),
+            client=client,
         )
         if reply[0] == b"miss":
             what = reply[1].decode()
-            if what == "account" and not cache_account(store, account_id):
-                raise NotFound("No such account.")
-            rebuilt.append(_rebuild_missing(store, viewer or 0, reply[1:], owner=account_id))
+            if what == "account":
+                if not cache_account(store, account_id):
+                    raise NotFound("No such account.")
+            else:
+                rebuild_posts(store, account_id)
+            rebuilt.append(what)
+            client = store.redis
             continue
-        page = _assemble(store, reply, with_vote=viewer is not None, posts_of=account_id)
+        ids = [i.decode() for i in reply[1:]]
+        page_ids = ids[: cursor.limit]
+        commands = [("HMGET", post_key(i), "json", "up", "down") for i in page_ids]
+        if viewer is not None:
+            commands.append(("HMGET", my_votes_key(viewer), SENTINEL, *page_ids))
+        replies = store.run(commands, client=client)
+        votes: list[Any] = [None] * len(page_ids)
+        if viewer is not None:
+            sentinel, *votes = replies.pop()
+            if sentinel is None:
+                rebuild_my_votes(store, viewer)
+                rebuilt.append("myvotes")
+                client = store.redis
+                continue
+        rows = [(i, *post, vote) for i, post, vote in zip(page_ids, replies, votes, strict=True)]
+        page = _assemble(
+            store, rows, len(ids) > cursor.limit, with_vote=viewer is not None, posts_of=account_id
+        )
         page.rebuilt = rebuilt
         return page
     raise DependencyDown("The posts could not be read; retry shortly.")
@@ -145,26 +231,31 @@ def account_posts(
 def get_post(
     store: Store, post_id: int, viewer: int | None, *, position: int | None = None
 ) -> Item:
-    """One published post with its current counts (and the viewer's vote)."""
+    """One published post with its current counts (and the viewer's vote): one round trip."""
     if position is not None and not wait_for_position(store, position):
         posts = _posts_from_db(store, [post_id], viewer)
         if not posts:
             raise NotFound("No such post.")
         return Item(posts[0], WRITE_MODEL)
+    client = store.redis if position is not None else store.replica
     for _ in range(MAX_REBUILDS):
-        reply = store.held.run(
-            store.scripts.read_post,
-            [post_key(post_id), my_votes_key(viewer or "-")],
-            [post_id, "1" if viewer else "0"],
-        )
-        if reply[0] == b"miss":
-            if reply[1] == b"post":
-                if not cache_posts(store, [post_id]):
-                    raise NotFound("No such post.")
-            else:
+        commands = [("HMGET", post_key(post_id), "json", "up", "down")]
+        if viewer is not None:
+            commands.append(("HMGET", my_votes_key(viewer), SENTINEL, post_id))
+        replies = store.run(commands, client=client)
+        document, up, down = replies[0]
+        vote = None
+        if viewer is not None:
+            sentinel, vote = replies[1]
+            if sentinel is None:
                 rebuild_my_votes(store, viewer)
+                client = store.redis
+                continue
+        if document is None:
+            if not cache_posts(store, [post_id]):
+                raise NotFound("No such post.")
+            client = store.redis
             continue
-        _, document, up, down, vote = reply
         return Item(_render(document, up, down, vote, viewer is not None))
     raise DependencyDown("The post could not be read; retry shortly.")
 
@@ -173,13 +264,15 @@ def get_account(store: Store, account_id: int, *, position: int | None = None) -
     """An account's profile with its followers, following and posts counts."""
     if position is not None and not wait_for_position(store, position):
         return Item(_account_from_db(store, account_id), WRITE_MODEL)
+    client = store.redis if position is not None else store.replica
     for _ in range(MAX_REBUILDS):
-        document, followers, following, posts = store.redis.hmget(
+        document, followers, following, posts = client.hmget(
             account_key(account_id), "json", "followers", "following", "posts"
         )
         if document is None or followers is None:
             if not cache_account(store, account_id):
                 raise NotFound("No such account.")
+            client = store.redis
             continue
         account = json.loads(document)
         account.update(
@@ -192,19 +285,23 @@ def get_account(store: Store, account_id: int, *, position: int | None = None) -
 # --- assembling answers -------------------------------------------------------------------
 
 
-def _cursor_args(cursor: Cursor) -> list[Any]:
+def _window_args(cursor: Cursor) -> list[Any]:
+    """A list function's window: max id, min id, how many (one more than a page, to know
+    whether another follows), lowest and highest score (a post newer than max id scores
+    below max id's score)."""
     return [
         "" if cursor.max_id is None else str(cursor.max_id),
         "" if cursor.since_id is None else str(cursor.since_id),
-        cursor.limit,
-        "" if cursor.max_id is None else score_of(cursor.max_id),
-        "" if cursor.since_id is None else score_of(cursor.since_id),
+        cursor.limit + 1,
+        "-inf" if cursor.max_id is None else score_of(cursor.max_id),
+        "+inf" if cursor.since_id is None else score_of(cursor.since_id),
     ]
 
 
 def _render(document: bytes | str, up: Any, down: Any, vote: Any, with_vote: bool) -> bytes:
-    """A post's JSON: the document pre-rendered when the post was projected, with its counters
-    (and the viewer's vote) spliced in before the closing brace. Nothing is parsed."""
+    """A post's JSON, the one renderer: the document pre-rendered when the post was
+    projected, with its counters (and the viewer's vote) spliced in before the closing brace.
+    Nothing is parsed."""
     if isinstance(document, str):
         document = document.encode()
     ups, downs = int(up or 0), int(down or 0)
@@ -215,26 +312,22 @@ def _render(document: bytes | str, up: Any, down: Any, vote: Any, with_vote: boo
 
 
 def render_page(page: Page) -> bytes:
-    """The JSON of a page of posts, joined from the posts' pre-rendered JSON."""
-    if page.rendered is not None:
-        return page.rendered
+    """The JSON of a page of posts, joined from the posts' rendered JSON."""
     next_max_id = b'"%s"' % page.next_max_id.encode() if page.next_max_id else b"null"
     return b'{"items":[' + b",".join(page.items) + b'],"next_max_id":' + next_max_id + b"}"
 
 
 def _assemble(
     store: Store,
-    reply: list[Any],
+    rows: list[Row],
+    more: bool,
     *,
     with_vote: bool,
     home_of: int | None = None,
     posts_of: int | None = None,
 ) -> Page:
-    """Turn a page script's flat reply into posts; posts missing from the cache are loaded from
-    PostgreSQL, and those no longer published leave the feed."""
-    more = reply[-1] == b"1"
-    body = reply[1:-1]
-    rows = [body[i : i + 5] for i in range(0, len(body), 5)]
+    """Render a page's posts; posts missing from the cache are loaded from PostgreSQL, and
+    those no longer published leave the list they were read from."""
     missing = [int(row[0]) for row in rows if row[1] is None]
     refreshed: dict[int, list[Any]] = {}
     if missing:
@@ -245,11 +338,8 @@ def _assemble(
                 None, (home_of and feed_key(home_of), posts_of and posts_key(posts_of))
             ):
                 store.redis.zrem(key, *gone)
-        pipe = store.redis.pipeline(transaction=False)
-        for post_id in published:
-            pipe.hmget(post_key(post_id), "json", "up", "down")
-        for post_id, values in zip(published, pipe.execute(), strict=True):
-            refreshed[post_id] = values
+        replies = store.run([("HMGET", post_key(p), "json", "up", "down") for p in published])
+        refreshed = dict(zip(published, replies, strict=True))
     items = []
     for post_id, document, up, down, vote in rows:
         if document is None:
@@ -259,25 +349,17 @@ def _assemble(
             if document is None:
                 continue
         items.append(_render(document, up, down, vote, with_vote))
-    next_max_id = rows[-1][0].decode() if more and rows else None
+    next_max_id = rows[-1][0] if more and rows else None
     return Page(items, next_max_id)
 
 
-def _rebuild_missing(store: Store, me: int, what: list[bytes], owner: int | None = None) -> str:
-    kind = what[0].decode()
+def _rebuild_missing(store: Store, me: int, kind: str) -> str:
     if kind == "feed":
         rebuild_feed(store, me)
-    elif kind == "celebs":
-        rebuild_celebrities(store)
     elif kind == "following":
         rebuild_following(store, me)
     elif kind == "myvotes":
         rebuild_my_votes(store, me)
-    elif kind == "posts":
-        for author in what[1:] or [owner or me]:
-            rebuild_posts(store, int(author))
-    elif kind == "account":
-        pass  # cached by the caller
     return kind
 
 

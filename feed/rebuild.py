@@ -7,29 +7,33 @@ event that arrives after the rebuild cannot undo it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, select, text
 
 from feed.clock import rfc3339
-from feed.readmodel import (
+from feed.keys import (
     CELEBS_KEY,
-    SENTINEL,
-    SENTINEL_SCORE,
-    TOMBSTONE_SECONDS,
-    Store,
-    account_document,
     account_key,
     feed_key,
     follow_versions_key,
     following_key,
     my_votes_key,
-    post_document,
     post_key,
     posts_key,
-    score_of,
     tombstone_key,
+)
+from feed.readmodel import (
+    SENTINEL,
+    SENTINEL_SCORE,
+    TOMBSTONE_SECONDS,
+    Celebrities,
+    Store,
+    account_document,
+    post_document,
+    score_of,
 )
 from feed.schema import accounts, posts
 
@@ -174,17 +178,21 @@ def rebuild_my_votes(store: Store, account_id: int, conn: Connection | None = No
 
 
 def rebuild_celebrities(store: Store, conn: Connection | None = None) -> None:
-    """The accounts whose posts are pulled at read time instead of fanned out."""
+    """The accounts whose posts are pulled at read time instead of fanned out, each with its
+    counts version (so an older event cannot undo the rebuild), under a new ``_version`` (so
+    every process's copy is read again)."""
     with _connection(store, conn) as db:
-        ids = db.execute(
-            select(accounts.c.id).where(
+        rows = db.execute(
+            select(accounts.c.id, accounts.c.counts_version).where(
                 accounts.c.followers_count >= store.settings.feed_pull_threshold,
                 accounts.c.status == "active",
             )
-        ).scalars()
+        ).all()
+        mapping: dict[str, int] = {Celebrities.VERSION_FIELD: time.time_ns()}
+        mapping.update({str(account): max(1, version) for account, version in rows})
         pipe = store.redis.pipeline(transaction=True)
         pipe.delete(CELEBS_KEY)
-        pipe.sadd(CELEBS_KEY, SENTINEL, *[str(i) for i in ids])
+        pipe.hset(CELEBS_KEY, mapping=mapping)
         pipe.execute()
 
 
@@ -199,15 +207,20 @@ def cache_posts(store: Store, post_ids: Iterable[int], conn: Connection | None =
     with _connection(store, conn) as db:
         rows = db.execute(text(POST_COLUMNS + "WHERE p.id = ANY(:ids)"), {"ids": wanted}).mappings()
         published: set[int] = set()
-        pipe = store.redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for row in rows:
             if row["status"] == "published":
                 published.add(row["id"])
-                _cache_post_row(store, pipe, row)
+                commands += _post_row_commands(store, row)
             else:
-                pipe.set(tombstone_key(row["id"]), 1, ex=TOMBSTONE_SECONDS)
-                pipe.delete(post_key(row["id"]))
-        pipe.execute()
+                commands.append(
+                    store.call(
+                        "delete_post",
+                        [post_key(row["id"]), tombstone_key(row["id"])],
+                        [TOMBSTONE_SECONDS],
+                    )
+                )
+        store.run(commands)
     return published
 
 
@@ -224,13 +237,14 @@ def post_document_of(row: Any) -> str:
     )
 
 
-def _cache_post_row(store: Store, pipe: Any, row: Any) -> None:
-    pipe.hset(post_key(row["id"]), "json", post_document_of(row))
-    store.scripts.apply_vote(
-        keys=[post_key(row["id"]), "myvotes:-", tombstone_key(row["id"])],
-        args=[row["up"], row["down"], row["votes_version"], row["id"], 0],
-        client=pipe,
-    )
+def _post_row_commands(store: Store, row: Any) -> list[tuple[Any, ...]]:
+    """Cache a post from a ``POST_COLUMNS`` row: its document, and its counts unless the
+    cache holds newer ones."""
+    keys = [post_key(row["id"]), tombstone_key(row["id"])]
+    return [
+        ("HSET", post_key(row["id"]), "json", post_document_of(row)),
+        store.call("apply_post_votes", keys, [row["up"], row["down"], row["votes_version"]]),
+    ]
 
 
 def cache_account(store: Store, account_id: int, conn: Connection | None = None) -> bool:
@@ -240,33 +254,28 @@ def cache_account(store: Store, account_id: int, conn: Connection | None = None)
         if row is None or row["status"] == "deleted":
             store.redis.delete(account_key(account_id))
             return False
-        _cache_account_row(store, store.redis, row)
+        store.run(_account_row_commands(store, row))
         return True
 
 
-def _cache_account_row(store: Store, client: Any, row: Any) -> None:
-    client.hset(
-        account_key(row["id"]),
-        "json",
-        account_document(
-            account_id=row["id"],
-            handle=row["handle"],
-            display_name=row["display_name"],
-            created_at=rfc3339(row["created_at"]),
-        ),
+def _account_row_commands(store: Store, row: Any) -> list[tuple[Any, ...]]:
+    document = account_document(
+        account_id=row["id"],
+        handle=row["handle"],
+        display_name=row["display_name"],
+        created_at=rfc3339(row["created_at"]),
     )
-    store.scripts.apply_account_counts(
-        keys=[account_key(row["id"]), "celebs:-"],
-        args=[
-            row["followers_count"],
-            row["following_count"],
-            row["posts_count"],
-            row["counts_version"],
-            row["id"],
-            store.settings.feed_pull_threshold,
-        ],
-        client=client,
-    )
+    counts = [
+        row["followers_count"],
+        row["following_count"],
+        row["posts_count"],
+        row["counts_version"],
+        store.settings.feed_pull_threshold,
+    ]
+    return [
+        ("HSET", account_key(row["id"]), "json", document),
+        store.call("apply_counts", [account_key(row["id"])], counts),
+    ]
 
 
 def rebuild_account(store: Store, account_id: int) -> None:
@@ -288,10 +297,7 @@ def rebuild_all(store: Store, *, batch: int = 1000) -> dict[str, int]:
     with store.engine.connect() as conn:
         rebuild_celebrities(store, conn)
         for chunk in chunks(conn, text(POST_COLUMNS + "WHERE p.status = 'published'"), batch):
-            pipe = store.redis.pipeline(transaction=False)
-            for row in chunk:
-                _cache_post_row(store, pipe, row)
-            pipe.execute()
+            store.run([c for row in chunk for c in _post_row_commands(store, row)])
             counts["posts"] += len(chunk)
         active = text(
             "SELECT id, last_active_at > now() - make_interval(days => :days) AS active "

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from feed.readmodel import SENTINEL, Store, account_key, feed_key, post_key, posts_key
+from feed.keys import account_key, feed_key, post_key, posts_key
+from feed.readmodel import SENTINEL, Store
 from feed.rebuild import (
     cache_account,
     cache_posts,

@@ -20,8 +20,9 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from feed.bootstrap import build_services
+from feed.bootstrap import build_services, build_store_clients
 from feed.config import Settings, sqlalchemy_url
+from tests.servers import PrivateRedisCluster
 
 SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -92,17 +93,55 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[PrivateRedisCluster]:
+    """A private Redis Cluster (3 primaries, 3 replicas) for the tests that run on both."""
+    cluster = PrivateRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+READ_MODELS = ("one node", "cluster")
+
+
+def settings_on(read_model: str, request: pytest.FixtureRequest, database_url: str) -> Settings:
+    """Test settings whose read model is on the machine's Redis (``"one node"``) or on the
+    private cluster (``"cluster"``): a module parametrizes its ``settings`` fixture with it."""
+    if read_model == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return make_settings(database_url, redis_url=None, redis_cluster_nodes=cluster.nodes)
+    return make_settings(database_url)
+
+
 @pytest.fixture
-def clean_state(database_url: str) -> Iterator[None]:
-    """Empty tables and an empty Redis db before each test."""
-    engine = create_engine(sqlalchemy_url(database_url))
+def clean_state(settings: Settings) -> Iterator[None]:
+    """Empty tables and an empty read model before each test."""
+    engine = create_engine(sqlalchemy_url(settings.database_url))
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+    client, _ = build_store_clients(settings)
+    flush_read_model(client)
     client.close()
     yield
+
+
+def read_model_keys(client: redis.Redis | redis.RedisCluster) -> set[bytes]:
+    """Every key of the read model: of the test db, or of every primary of a cluster."""
+    if isinstance(client, redis.RedisCluster):
+        return set(client.keys("*", target_nodes=redis.RedisCluster.PRIMARIES))
+    return set(client.keys("*"))
+
+
+def flush_read_model(client: redis.Redis | redis.RedisCluster) -> None:
+    """Empty the read model: the test db of one node, or every primary of a cluster."""
+    if isinstance(client, redis.RedisCluster):
+        client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        client.flushdb()
 
 
 @pytest.fixture

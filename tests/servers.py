@@ -148,3 +148,113 @@ class PrivateRabbitMQ:
                 if sock.connect_ex(("127.0.0.1", self.port)) != 0:
                     return
             time.sleep(0.2)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port + 10000)) != 0:
+                return port
+    raise AssertionError("no free pair of ports for a cluster node")
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of our own: ``primaries`` primaries, each with one replica, on free
+    ports, keeping nothing on disk. A primary killed is replaced by its replica after
+    ``node_timeout_ms``."""
+
+    def __init__(self, directory: Path, primaries: int = 3, node_timeout_ms: int = 1500) -> None:
+        self.directory = directory
+        self.count = primaries * 2
+        self.node_timeout_ms = node_timeout_ms
+        self.ports: list[int] = []
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """``host:port`` of every node, as ``REDIS_CLUSTER_NODES`` takes them."""
+        return tuple(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> None:
+        while len(self.ports) < self.count:
+            port = free_cluster_port()
+            if port not in self.ports:
+                self.ports.append(port)
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *self.nodes, "--cluster-replicas", "1"]
+            + ["--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_until_ok()
+
+    def start_node(self, port: int) -> None:
+        """Start (or start again, empty) the node on ``port``."""
+        conf = self.directory / f"nodes-{port}.conf"
+        self.processes[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+            + ["--cluster-enabled", "yes", "--cluster-config-file", str(conf)]
+            + ["--cluster-node-timeout", str(self.node_timeout_ms)]
+            + ["--dir", str(self.directory), "--save", "", "--appendonly", "no"]
+            + ["--zset-max-listpack-entries", "1024"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port, 10, self.processes[port])
+
+    def cli(self, port: int, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+
+    def wait_until_ok(self, timeout: float = 60) -> None:
+        """Until every running node says cluster_state:ok and sees as many primaries with
+        slots as it should."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for port, process in self.processes.items():
+                if process.poll() is None:
+                    try:
+                        states.append("cluster_state:ok" in self.cli(port, "cluster", "info"))
+                    except subprocess.CalledProcessError:
+                        states.append(False)
+            if states and all(states):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the cluster is not ok after {timeout}s")
+
+    def primaries(self) -> list[int]:
+        """Ports of the nodes that are primaries now."""
+        return [
+            port
+            for port, process in self.processes.items()
+            if process.poll() is None and "role:master" in self.cli(port, "info", "replication")
+        ]
+
+    def kill(self, port: int) -> None:
+        process = self.processes[port]
+        process.kill()
+        process.wait(10)
+
+    def flush(self) -> None:
+        for port in self.primaries():
+            self.cli(port, "flushall")
+
+    def remove(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)

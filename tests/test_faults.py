@@ -16,7 +16,8 @@ from sqlalchemy import text
 
 from app import create_app
 from feed.bootstrap import build_services
-from feed.readmodel import SENTINEL, SENTINEL_SCORE, feed_key, score_of
+from feed.keys import feed_key
+from feed.readmodel import SENTINEL, SENTINEL_SCORE, score_of
 from tests.conftest import fetch_all
 from tests.processes import Processes, delete_queues, eventually, process_env
 from tests.servers import PrivateRabbitMQ, PrivateRedis

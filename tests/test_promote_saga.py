@@ -330,7 +330,7 @@ def test_a_saga_finishes_on_the_version_it_started_with(app, client, engine, sce
 def test_retry_with_repair_rebuilds_the_keys_the_saga_touched_after_a_dry_run(
     app, client, engine, scene
 ):
-    from feed.readmodel import feed_key, post_key
+    from feed.keys import feed_key, post_key
 
     with engine.begin() as conn:
         inject_fault(conn, "notifications", "notify_promotion_finished", "permanent", 1)
@@ -365,7 +365,7 @@ def test_retry_with_repair_rebuilds_the_keys_the_saga_touched_after_a_dry_run(
 
 
 def test_repair_from_the_cli(app, client, engine, scene):
-    from feed.readmodel import feed_key
+    from feed.keys import feed_key
 
     runner = app.test_cli_runner()
     runner.invoke(
@@ -383,7 +383,7 @@ def test_repair_from_the_cli(app, client, engine, scene):
     app.extensions["feed"].redis.zrem(feed_key(scene["readers"][1].id), scene["post_id"])
 
     dry = runner.invoke(args=["sagas", "retry", saga_id, "--repair", "--dry-run"])
-    assert "(dry run)" in dry.output and f"home:{scene['readers'][1].id}" in dry.output
+    assert "(dry run)" in dry.output and feed_key(scene["readers"][1].id) in dry.output
     fixed = runner.invoke(args=["sagas", "retry", saga_id, "--repair", "--operator", "cli:ops"])
     assert fixed.exit_code == 0, fixed.output
     settle(app)

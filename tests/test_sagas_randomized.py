@@ -11,7 +11,7 @@ import random
 
 from sqlalchemy import text
 
-from feed.readmodel import FEED_PREFIX
+from feed.keys import FEED_PREFIX, owner_of
 from sagas.services import inject_fault
 from tests.conftest import fetch_all
 from tests.test_promote_saga import assert_ledger_invariants, settle
@@ -154,7 +154,7 @@ def test_two_hundred_random_sagas_keep_every_invariant(app, client, engine, make
         visible |= {int(m) for m in redis.zrange(key, 0, -1) if m != b"0"}
     for key in redis.scan_iter("post:*"):
         if redis.hexists(key, "json"):
-            visible.add(int(key.split(b":")[1]))
+            visible.add(int(owner_of(key)))
     bad = fetch_all(
         engine,
         "SELECT p.id, p.status, a.status AS author FROM posts p "

@@ -52,6 +52,7 @@ def services() -> Services:
         if _services is None:
             _services = build_services(SETTINGS)
             configure_compact_encoding(_services.redis)
+            _services.store.functions.load()  # on every primary; again if a node loses it
             freeze_heap()
         return _services
 

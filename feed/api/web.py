@@ -15,7 +15,7 @@ from feed import idempotency
 from feed.auth import Principal
 from feed.bootstrap import Services
 from feed.errors import InvalidInput, Unauthenticated
-from feed.readmodel import feed_key
+from feed.keys import feed_key
 from feed.unit_of_work import UnitOfWork
 
 T = TypeVar("T")

@@ -20,8 +20,9 @@ from feed.commands import (
     purge_votes,
     set_account_status,
 )
+from feed.keys import feed_key
 from feed.outbox import append_events
-from feed.readmodel import feed_key, score_of
+from feed.projections import add_to_feeds
 from sagas.schema import campaign_placements, campaigns
 from sagas.services import StepContext, StepFailed, handles
 
@@ -146,13 +147,9 @@ def complete_campaign(conn: Connection, args: dict[str, Any], ctx: StepContext) 
 
 
 def _add_to_existing_feeds(ctx: StepContext, accounts: list[int], post_id: int) -> None:
-    scripts = ctx.services.store.scripts
-    size = ctx.services.settings.feed_size
+    store = ctx.services.store
     for start in range(0, len(accounts), 500):
-        scripts.add_to_feeds(
-            keys=[feed_key(a) for a in accounts[start : start + 500]],
-            args=[post_id, score_of(post_id), size, f"gone:{post_id}"],
-        )
+        add_to_feeds(store, accounts[start : start + 500], [post_id])
 
 
 @handles("feed", "hold_post")
