@@ -13,11 +13,12 @@ from urllib.parse import urlparse
 
 import redis
 from gevent.monkey import get_original
+from redis._parsers import CommandsParser
 from redis.cluster import ClusterNode, LoadBalancingStrategy
 from sqlalchemy import Engine, create_engine, event, exc, text
 
 from feed.auth import Passwords, Tokens
-from feed.config import Settings, sqlalchemy_url
+from feed.config import Settings, broker_urls, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
 from feed.readmodel import FeedKeepAlive, Store
 
@@ -98,6 +99,28 @@ def build_redis(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url, **_FAIL_FAST)
 
 
+class FunctionKeys(CommandsParser):
+    """redis-py's command parser, but the keys of ``FCALL`` and ``FCALL_RO`` are read from the
+    call itself (``FCALL name numkeys key...``), as redis-py already does for ``EVAL``. Its own
+    way for commands with movable keys is a ``COMMAND GETKEYS`` round trip to the cluster's
+    default node for every call, and none at all once that node is dead (it is not replaced)."""
+
+    CALLS = frozenset({"FCALL", "FCALL_RO"})
+
+    def get_keys(self, redis_conn: Any, *args: Any) -> list[Any] | None:
+        if args and str(args[0]).upper() in self.CALLS:
+            return list(args[3 : 3 + int(args[2])])
+        return super().get_keys(redis_conn, *args)
+
+
+class FeedRedisCluster(redis.RedisCluster):
+    """redis-py's cluster client, routing function calls by their declared keys."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands_parser = FunctionKeys(self)  # its pipelines take it from here
+
+
 def build_redis_cluster(
     nodes: tuple[str, ...], *, from_replicas: bool = False
 ) -> redis.RedisCluster:
@@ -109,9 +132,7 @@ def build_redis_cluster(
         host, _, port = node.rpartition(":")
         startup.append(ClusterNode(host or "127.0.0.1", int(port)))
     balancing = LoadBalancingStrategy.ROUND_ROBIN if from_replicas else None
-    return redis.RedisCluster(
-        startup_nodes=startup, load_balancing_strategy=balancing, **_FAIL_FAST
-    )
+    return FeedRedisCluster(startup_nodes=startup, load_balancing_strategy=balancing, **_FAIL_FAST)
 
 
 def build_store_clients(settings: Settings) -> tuple[Any, Any]:
@@ -184,11 +205,14 @@ def check_broker(broker_url: str | None) -> None:
     if scheme in {"amqp", "amqps"}:
         import pika
 
-        params = pika.URLParameters(broker_url)
-        params.socket_timeout = 2
-        params.blocked_connection_timeout = 2
-        params.connection_attempts = 1
-        connection = pika.BlockingConnection(params)
+        nodes = []
+        for url in broker_urls(broker_url):  # any one node of a cluster will do
+            params = pika.URLParameters(url)
+            params.socket_timeout = 2
+            params.blocked_connection_timeout = 2
+            params.connection_attempts = 1
+            nodes.append(params)
+        connection = pika.BlockingConnection(nodes)
         connection.close()
     elif scheme in {"redis", "rediss", "unix"}:
         client = build_redis(broker_url)

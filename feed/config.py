@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,11 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def broker_urls(url: str) -> list[str]:
+    """The nodes a ``BROKER_URL`` names: one URL, or several separated by ``,`` or ``;``."""
+    return [u.strip() for u in re.split(r"[,;](?=\s*amqps?://)", url) if u.strip()]
 
 
 def limiter_storage_url(redis_url: str) -> str:
@@ -72,6 +78,7 @@ class Settings:
     queue_prefix: str = ""
     projection_chunk: int = 50
     relay_linger_ms: float = 5.0
+    saga_timer_max_delay_ms: int = 10_000
     relay_max_backoff_seconds: float = 10.0
     media_max_bytes: int = 5 * 1024 * 1024
     media_quota_bytes: int = 50 * 1024 * 1024
@@ -120,6 +127,9 @@ class Settings:
             queue_prefix=env.get("FEED_QUEUE_PREFIX", ""),
             projection_chunk=max(1, _int(env, "PROJECTION_CHUNK", defaults.projection_chunk)),
             relay_linger_ms=_float(env, "RELAY_LINGER_MS", defaults.relay_linger_ms),
+            saga_timer_max_delay_ms=_int(
+                env, "SAGA_TIMER_MAX_DELAY_MS", defaults.saga_timer_max_delay_ms
+            ),
             relay_max_backoff_seconds=_float(
                 env, "RELAY_MAX_BACKOFF_SECONDS", defaults.relay_max_backoff_seconds
             ),

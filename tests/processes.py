@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pika
 
+from workers.broker import QUEUES, QUORUM_SUFFIX
+
 ROOT = Path(__file__).resolve().parent.parent
 
 COMMANDS = {
@@ -65,9 +67,13 @@ class Processes:
         self.log_dir = log_dir
         self.running: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, extra_env: dict[str, str] | None = None, *, command: str | None = None
+    ) -> subprocess.Popen:
+        """Start ``command`` (one of ``COMMANDS``; ``name`` by default) under ``name``, so
+        that several of one kind can run: ``start("relay-2", command="relay")``."""
         log = (self.log_dir / f"{name}.log").open("a")
-        process = spawn(COMMANDS[name], {**self.env, **(extra_env or {})}, log)
+        process = spawn(COMMANDS[command or name], {**self.env, **(extra_env or {})}, log)
         self.running[name] = process
         return process
 
@@ -129,9 +135,10 @@ def delete_queues(broker_url: str, prefix: str) -> None:
     except pika.exceptions.AMQPError:
         return
     channel = connection.channel()
-    for base in ("projections", "fanout", "sagas"):
-        for suffix in ("", ".DQ", ".XQ"):
-            channel.queue_delete(queue=f"{prefix}{base}{suffix}")
+    for base in QUEUES:
+        for name in (f"{prefix}{base}", f"{prefix}{base}{QUORUM_SUFFIX}"):
+            for suffix in ("", ".DQ", ".XQ"):
+                channel.queue_delete(queue=f"{name}{suffix}")
     connection.close()
 
 

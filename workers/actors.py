@@ -34,7 +34,7 @@ from feed.projections import (
 )
 from feed.readmodel import configure_compact_encoding
 from sagas.runtime import handle_saga_event, react_to_event
-from workers.broker import setup_broker
+from workers.broker import queue_name, setup_broker
 
 SETTINGS = Settings.from_env()
 configure_logging(json_output=SETTINGS.log_json)
@@ -61,7 +61,7 @@ def services() -> Services:
 RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), **RETRY)
 def project_events(message: dict) -> None:
     """Project a run of outbox events: the relay sends them several to a message, one broker
     round trip for many. Its published posts are projected together (one query, one Redis
@@ -95,7 +95,7 @@ def project_events(message: dict) -> None:
             project_event.send(event)
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}projections", **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), **RETRY)
 def project_event(message: dict) -> None:
     """Project one outbox event (one that failed in a ``project_events`` run)."""
     _project(message)
@@ -156,25 +156,30 @@ def _fan_out(pages: list[FanOutPage], envelope: Envelope) -> None:
         )
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}sagas", **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "sagas"), **RETRY)
 def saga_message(message: dict) -> None:
     """A saga step for a participant, a participant's reply, or a retry timer."""
     envelope = Envelope(**message)
     if not handle_saga_event(services(), envelope):
-        # a retry timer that is not due yet: come back when it is
+        # A retry timer that is not due yet: a short wait comes back as a Dramatiq delay. A
+        # long one is left to the sweeper, which fires it from PostgreSQL: the worker holds a
+        # delayed message unacknowledged, and past RabbitMQ's consumer timeout it would loop.
         due = datetime.fromisoformat(envelope.payload["at"])
         wait_ms = max(10, int((due - datetime.now(UTC)).total_seconds() * 1000))
+        if wait_ms > SETTINGS.saga_timer_max_delay_ms:
+            log.info("saga_timer_left_to_sweeper", saga_id=envelope.aggregate_id, wait_ms=wait_ms)
+            return
         saga_message.send_with_options(args=(message,), delay=wait_ms)
     log.info("saga_message", type=envelope.type, saga_id=envelope.aggregate_id)
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}sagas", **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "sagas"), **RETRY)
 def participant_event(message: dict) -> None:
     """A write-model event a participant reacts to (a deleted post's media go with it)."""
     react_to_event(services(), Envelope(**message))
 
 
-@dramatiq.actor(queue_name=f"{SETTINGS.queue_prefix}fanout", **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "fanout"), **RETRY)
 def fan_out_page(message: dict) -> None:
     """Apply one page of a fan-out (about a thousand followers) in one Redis script call."""
     _apply_page(FanOutPage.from_message(message), message.get("created_at"))
