@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,10 +86,11 @@ def wait_for_position(store: Store, position: int) -> bool:
 def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None = None) -> Page:
     """The caller's home feed: its own posts, those it follows, pulled high-follower posts.
 
-    Two round trips: the feed's window, the reader's votes on it and which pulled accounts it
-    follows, from the reader's slot (with the pull set's version, to check this process's copy
-    of it); then the posts' hashes. Three when it follows pulled accounts: their posts' windows
-    come between.
+    Two round trips. First the feed's window, the reader's votes on it and which pulled
+    accounts it follows, from the reader's slot, with the pull set's version (to check this
+    process's copy of it) and the windows of the pulled accounts the reader followed at its
+    last read (from their slots); then the posts' hashes. When the reader's pulled accounts
+    changed, their windows take one more round trip between.
     """
     if position is not None and not wait_for_position(store, position):
         return _home_timeline_from_db(store, me, cursor)
@@ -97,7 +99,8 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
     celebrities, rebuilt = store.celebrities, []
     window_args = _window_args(cursor)
     for _ in range(MAX_REBUILDS + 1):  # one more: this process's copy of the pull set moved
-        version, window = store.run(
+        guessed = celebrities.followed_by(me)
+        version, window, *guessed_windows = store.run(
             [
                 celebrities.version_command(),
                 store.call(
@@ -105,6 +108,7 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
                     [feed_key(me), following_key(me), my_votes_key(me)],
                     [*window_args, *celebrities.members],
                 ),
+                *(_posts_window(store, author, window_args) for author in guessed),
             ],
             client=client,
         )
@@ -123,10 +127,14 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
         count = int(window[1])
         entries = window[2 : 2 + 2 * count]
         votes = dict(zip([i.decode() for i in entries[0::2]], entries[1::2], strict=True))
-        followed = [a.decode() for a in window[2 + 2 * count :]]
+        followed = tuple(a.decode() for a in window[2 + 2 * count :])
+        celebrities.remember(me, followed)
         pulled: set[str] = set()
         if followed:
-            pulled, missing = _pulled_posts(store, client, cursor, list(votes), followed)
+            if followed == guessed:
+                pulled, missing = _pulled_ids(followed, guessed_windows)
+            else:
+                pulled, missing = _pulled_posts(store, client, cursor, list(votes), followed)
             if missing:
                 for author in missing:
                     rebuild_posts(store, int(author))
@@ -154,7 +162,7 @@ def _pulled_posts(
     client: Any,
     cursor: Cursor,
     feed_ids: list[str],
-    authors: list[str],
+    authors: Sequence[str],
 ) -> tuple[set[str], list[str]]:
     """The newest posts in the cursor's window of the pulled accounts the reader follows,
     each from its author's slot; and the authors whose list is missing."""
@@ -165,9 +173,17 @@ def _pulled_posts(
         if window_args[4] == "+inf" or ceiling < window_args[4]:
             window_args[4] = ceiling
     replies = store.run(
-        [store.call("read_posts_window", [posts_key(int(a))], window_args) for a in authors],
-        client=client,
+        [_posts_window(store, author, window_args) for author in authors], client=client
     )
+    return _pulled_ids(authors, replies)
+
+
+def _posts_window(store: Store, author: str, window_args: list[Any]) -> tuple[Any, ...]:
+    return store.call("read_posts_window", [posts_key(author)], window_args)
+
+
+def _pulled_ids(authors: Sequence[str], replies: list[Any]) -> tuple[set[str], list[str]]:
+    """The post ids of the pulled accounts' windows; and the accounts whose list is missing."""
     missing = [a for a, reply in zip(authors, replies, strict=True) if reply[0] == b"miss"]
     return {i.decode() for reply in replies if reply[0] == b"ok" for i in reply[1:]}, missing
 

@@ -146,9 +146,24 @@ class Celebrities:
 
     VERSION_FIELD = "_version"
 
-    def __init__(self) -> None:
+    def __init__(self, max_readers: int = 100_000) -> None:
         self.version: bytes | None = None
         self.members: tuple[str, ...] = ()
+        self.max_readers = max_readers
+        self._followed: dict[int, tuple[str, ...]] = {}
+
+    def followed_by(self, reader: int) -> tuple[str, ...]:
+        """The pulled accounts ``reader`` followed at its last read here (a guess, checked by
+        the read: their windows go out with the first round trip)."""
+        return self._followed.get(reader, ())
+
+    def remember(self, reader: int, followed: tuple[str, ...]) -> None:
+        if followed:
+            if len(self._followed) >= self.max_readers:
+                self._followed.clear()
+            self._followed[reader] = followed
+        else:
+            self._followed.pop(reader, None)
 
     def version_command(self) -> tuple[Any, ...]:
         return ("HGET", CELEBS_KEY, self.VERSION_FIELD)
@@ -206,5 +221,6 @@ class Store:
         return self.functions.execute(command, client)
 
     def close(self) -> None:
+        self.functions.close()
         for client in {id(self.redis): self.redis, id(self.replica): self.replica}.values():
             client.close()

@@ -180,6 +180,7 @@ class PrivateRedisCluster:
         return tuple(f"127.0.0.1:{port}" for port in self.ports)
 
     def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         while len(self.ports) < self.count:
             port = free_cluster_port()
             if port not in self.ports:
@@ -242,6 +243,18 @@ class PrivateRedisCluster:
             for port, process in self.processes.items()
             if process.poll() is None and "role:master" in self.cli(port, "info", "replication")
         ]
+
+    def wait_replicated(self, primary: int, timeout: float = 10) -> None:
+        """Until the replica of ``primary`` has everything the primary has."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.cli(primary, "info", "replication")
+            offset = int(info.split("master_repl_offset:")[1].split()[0])
+            replicas = [line for line in info.splitlines() if line.startswith("slave")]
+            if replicas and all(f"offset={offset}," in line for line in replicas):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the replica of {primary} did not catch up in {timeout}s")
 
     def kill(self, port: int) -> None:
         process = self.processes[port]

@@ -1,0 +1,33 @@
+"""The check that ends every fault run: what clients read equals what PostgreSQL says."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from feed.rebuild import feed_ids_from_db
+
+
+def mismatches(app, accounts) -> list[str]:
+    """Where what clients read differs from PostgreSQL: every feed (every post once, newest
+    first) and every account's counters."""
+    client, svc = app.test_client(), app.extensions["feed"]
+    found = []
+    with svc.engine.connect() as conn:
+        for me in accounts:
+            want = [str(i) for i in feed_ids_from_db(svc.store, conn, int(me["id"]))][:40]
+            page = client.get("/api/v1/timelines/home?limit=40", headers=me["auth"]).get_json()
+            got = [p["id"] for p in page["items"]]
+            if got != want:
+                found.append(f"feed of {me['id']}: {got} != {want}")
+            row = conn.execute(
+                text(
+                    "SELECT followers_count, following_count, posts_count FROM accounts "
+                    "WHERE id = :id"
+                ),
+                {"id": int(me["id"])},
+            ).one()
+            profile = client.get(f"/api/v1/accounts/{me['id']}").get_json()
+            read = (profile["followers_count"], profile["following_count"], profile["posts_count"])
+            if read != tuple(row):
+                found.append(f"counts of {me['id']}: {read} != {tuple(row)}")
+    return found
