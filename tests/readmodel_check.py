@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import text
 
 from feed.rebuild import feed_ids_from_db
@@ -31,3 +33,17 @@ def mismatches(app, accounts) -> list[str]:
             if read != tuple(row):
                 found.append(f"counts of {me['id']}: {read} != {tuple(row)}")
     return found
+
+
+def register(client, n: int) -> list[dict]:
+    """``n`` new accounts, logged in: each an id and the headers of its token."""
+    accounts = []
+    for i in range(n):
+        handle = f"c{i}_{uuid.uuid4().hex[:6]}"
+        client.post("/api/v1/accounts", json={"handle": handle, "password": "12345678"})
+        session = client.post("/api/v1/sessions", json={"handle": handle, "password": "12345678"})
+        body = session.get_json()
+        accounts.append(
+            {"id": body["account"]["id"], "auth": {"Authorization": f"Bearer {body['token']}"}}
+        )
+    return accounts

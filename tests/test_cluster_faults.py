@@ -5,7 +5,6 @@ PostgreSQL says; the check itself fails when one event is dropped on purpose."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import redis
@@ -16,7 +15,7 @@ from feed.bootstrap import build_services
 from feed.keys import feed_key
 from feed.outbox import claim_batch, mark_published
 from tests.conftest import drain, make_settings
-from tests.readmodel_check import mismatches
+from tests.readmodel_check import mismatches, register
 from tests.servers import PrivateRedisCluster
 
 pytestmark = pytest.mark.slow
@@ -52,19 +51,6 @@ def clean_tables(database_url):
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()
-
-
-def register(client, n: int) -> list[dict]:
-    accounts = []
-    for i in range(n):
-        handle = f"c{i}_{uuid.uuid4().hex[:6]}"
-        client.post("/api/v1/accounts", json={"handle": handle, "password": "12345678"})
-        session = client.post("/api/v1/sessions", json={"handle": handle, "password": "12345678"})
-        body = session.get_json()
-        accounts.append(
-            {"id": body["account"]["id"], "auth": {"Authorization": f"Bearer {body['token']}"}}
-        )
-    return accounts
 
 
 def drain_through_faults(services, timeout: float = 60) -> None:

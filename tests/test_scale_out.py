@@ -5,14 +5,13 @@ metrics of all four processes add up in one directory."""
 from __future__ import annotations
 
 import glob
-import uuid
 
 import pytest
 from prometheus_client import multiprocess
 from sqlalchemy import text
 
 from tests.processes import Processes, delete_queues, eventually, process_env
-from tests.readmodel_check import mismatches
+from tests.readmodel_check import mismatches, register
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +34,7 @@ def test_two_relays_and_two_workers_share_a_backlog_and_publish_each_event_once(
     app, settings, tmp_path
 ):
     client, svc = app.test_client(), app.extensions["feed"]
-    accounts = []
-    for i in range(ACCOUNTS):
-        handle = f"s{i}_{uuid.uuid4().hex[:6]}"
-        client.post("/api/v1/accounts", json={"handle": handle, "password": "12345678"})
-        body = client.post(
-            "/api/v1/sessions", json={"handle": handle, "password": "12345678"}
-        ).get_json()
-        accounts.append(
-            {"id": body["account"]["id"], "auth": {"Authorization": f"Bearer {body['token']}"}}
-        )
+    accounts = register(client, ACCOUNTS)
     for i, me in enumerate(accounts):
         client.get("/api/v1/timelines/home", headers=me["auth"])  # a live feed gets fan-out
         for step in (1, 2, 3):
