@@ -3,13 +3,17 @@ temporary directory, so killing one never touches the machine's own servers."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import redis
 
 
 def free_port() -> int:
@@ -72,12 +76,15 @@ class PrivateRedis:
 class PrivateRabbitMQ:
     """A RabbitMQ node with its own name, ports and directories, run as the rabbitmq user."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: str = "", advanced: str = "") -> None:
+        """``config`` is more of ``rabbitmq.conf`` (``consumer_timeout = 5000``...),
+        ``advanced`` the body of ``advanced.config``'s list (``{rabbit, [...]}``)."""
         # Its own directory under /tmp: the rabbitmq user cannot enter pytest's (mode 700) ones.
         self.directory = Path(tempfile.mkdtemp(prefix="feed-rabbitmq-"))
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"feedtest{self.port}@localhost"
+        self.config, self.advanced = config, advanced
         self.process: subprocess.Popen | None = None
 
     @property
@@ -98,14 +105,16 @@ class PrivateRabbitMQ:
             "RABBITMQ_PID_FILE": str(base / "pid"),
             # The machine's /etc/rabbitmq/rabbitmq.conf pins 5672: use a config of our own.
             "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
         }
 
     def start(self, timeout: float = 90) -> None:
         for sub in ("log", "mnesia"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
         (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n{self.config}\n"
         )
+        (self.directory / "advanced.config").write_text(f"[{self.advanced}].\n")
         shutil.chown(self.directory, "rabbitmq", "rabbitmq")
         for path in self.directory.rglob("*"):
             shutil.chown(path, "rabbitmq", "rabbitmq")
@@ -118,6 +127,23 @@ class PrivateRabbitMQ:
             start_new_session=True,
         )
         wait_for_port(self.port, timeout, self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the node (the Erlang VM and its start script): a crash."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+            self.process = None
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        return subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *args],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        ).stdout
 
     def remove(self) -> None:
         """Stop the node if it runs and delete its directory."""
@@ -148,6 +174,56 @@ class PrivateRabbitMQ:
                 if sock.connect_ex(("127.0.0.1", self.port)) != 0:
                     return
             time.sleep(0.2)
+
+
+class PrivateRabbitMQCluster:
+    """Three (``size``) RabbitMQ nodes of our own, clustered: a quorum queue's messages are
+    on every node, and a node SIGKILLed comes back into the cluster when started again."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [PrivateRabbitMQ() for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        """``BROKER_URL`` for every node, comma-separated, the first node first."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0].node
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first)
+            node.ctl("start_app")
+        self.wait_until_clustered()
+
+    def running(self) -> list[str]:
+        """The names of the nodes a live node says are running."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                status = node.ctl("cluster_status", "--formatter", "json", timeout=30)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                continue
+            return json.loads(status)["running_nodes"]
+        return []
+
+    def wait_until_clustered(self, timeout: float = 90) -> None:
+        """Until every started node runs, in one cluster."""
+        deadline = time.monotonic() + timeout
+        want = {node.node for node in self.nodes if node.process is not None}
+        while time.monotonic() < deadline:
+            if set(self.running()) == want:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"the RabbitMQ cluster is not {sorted(want)} after {timeout}s")
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.kill()
+            node.remove()
 
 
 def free_cluster_port() -> int:
@@ -255,6 +331,49 @@ class PrivateRedisCluster:
                 return
             time.sleep(0.1)
         raise AssertionError(f"the replica of {primary} did not catch up in {timeout}s")
+
+    def begin_move(self, slot: int, source: int, target: int) -> None:
+        """Mark ``slot`` as moving from primary ``source`` to primary ``target`` (IMPORTING,
+        MIGRATING): its keys still on ``source`` answer there, the rest answer ASK."""
+        self.cli(target, "cluster", "setslot", str(slot), "importing", self.node_id(source))
+        self.cli(source, "cluster", "setslot", str(slot), "migrating", self.node_id(target))
+
+    def migrate_keys(self, slot: int, source: int, target: int, count: int | None = None) -> int:
+        """Move up to ``count`` (all by default) of ``slot``'s keys, one at a time, as ``redis-cli
+        --cluster reshard`` does; how many moved."""
+        moved = 0
+        while count is None or moved < count:
+            keys = self.cli(source, "cluster", "getkeysinslot", str(slot), "1").split()
+            if not keys:
+                break
+            self.cli(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys)
+            moved += 1
+        return moved
+
+    def end_move(self, slot: int, target: int) -> None:
+        """``slot`` is ``target``'s now, on every primary (the others learn it by gossip)."""
+        owner = self.node_id(target)
+        for port in [target, *(p for p in self.primaries() if p != target)]:
+            self.cli(port, "cluster", "setslot", str(slot), "node", owner)
+
+    def move_slot(self, slot: int, source: int, target: int) -> int:
+        """Reshard ``slot`` live from ``source`` to ``target``; how many keys moved."""
+        self.begin_move(slot, source, target)
+        moved = self.migrate_keys(slot, source, target)
+        self.end_move(slot, target)
+        return moved
+
+    def owner(self, slot: int, asked: int | None = None) -> int:
+        """The port of the primary that node ``asked`` (any primary by default) says owns
+        ``slot``."""
+        with redis.Redis(port=asked or self.primaries()[0], socket_timeout=10) as node:
+            for start, end, primary, *_ in node.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return primary[1]
+        raise AssertionError(f"no primary owns slot {slot}")
+
+    def node_id(self, port: int) -> str:
+        return self.cli(port, "cluster", "myid").strip()
 
     def kill(self, port: int) -> None:
         process = self.processes[port]

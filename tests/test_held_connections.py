@@ -1,4 +1,4 @@
-"""A node's held connections (``feed.functions.HeldConnections``), on real servers: a
+"""A node's held connections (``feed.connections.HeldConnections``), on real servers: a
 connection is reused only after complete replies, and a closed or restarted server costs a batch
 nothing."""
 
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from feed.functions import HeldConnections
+from feed.connections import HeldConnections
 from tests.conftest import REDIS_URL
 from tests.servers import PrivateRedis
 
@@ -218,7 +218,7 @@ import sys
 import gevent
 import redis
 
-from feed.functions import HeldConnections
+from feed.connections import HeldConnections
 
 client = redis.Redis.from_url(sys.argv[1])
 held = HeldConnections(client)

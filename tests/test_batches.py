@@ -1,0 +1,71 @@
+"""A cluster's batches (``feed.connections.Batches``) on a real Redis Cluster whose slots move
+while the client holds an old slot table: replies that redirect (MOVED, ASK) are sent again
+where the cluster says, and a batch still answers every command, in order."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from feed.bootstrap import build_redis_cluster
+from feed.connections import Batches
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def on_cluster(redis_cluster):
+    client = build_redis_cluster(redis_cluster.nodes)
+    batches = Batches(client)
+    yield client, batches
+    batches.close()
+    client.close()
+
+
+def keys_of_one_slot(client, n: int) -> tuple[int, list[str]]:
+    tag = uuid.uuid4().hex[:8]
+    keys = [f"moving:{{{tag}}}:{i}" for i in range(n)]
+    return client.keyslot(keys[0]), keys
+
+
+def another_primary(cluster, port: int) -> int:
+    return next(p for p in cluster.primaries() if p != port)
+
+
+def test_a_batch_follows_a_slot_moved_behind_its_back(redis_cluster, on_cluster):
+    client, batches = on_cluster
+    slot, keys = keys_of_one_slot(client, 3)
+    still = f"still:{{{uuid.uuid4().hex[:8]}}}"
+    batches.run([("SET", key, i) for i, key in enumerate(keys)] + [("SET", still, "here")])
+    source = redis_cluster.owner(slot)
+    target = another_primary(redis_cluster, source)
+
+    assert redis_cluster.move_slot(slot, source, target) == 3
+    # The client's table still says ``source``, which now answers MOVED.
+    assert client.nodes_manager.get_node_from_slot(slot).port == source
+    replies = batches.run([("GET", keys[0]), ("GET", still), ("INCR", keys[1]), ("GET", keys[2])])
+
+    assert replies == [b"0", b"here", 2, b"2"]
+    assert client.nodes_manager.get_node_from_slot(slot).port == target  # learnt from MOVED
+    assert batches.run([("GET", key) for key in keys]) == [b"0", b"2", b"2"]
+
+
+def test_a_batch_reads_and_writes_a_slot_in_the_middle_of_its_move(redis_cluster, on_cluster):
+    client, batches = on_cluster
+    slot, keys = keys_of_one_slot(client, 4)
+    batches.run([("SET", key, i) for i, key in enumerate(keys)])
+    source = redis_cluster.owner(slot)
+    target = another_primary(redis_cluster, source)
+
+    redis_cluster.begin_move(slot, source, target)
+    try:
+        assert redis_cluster.migrate_keys(slot, source, target, count=2) == 2
+        # Two keys answer on ``source``, two answer ASK there and live on ``target``.
+        replies = batches.run([("GET", key) for key in keys] + [("INCR", key) for key in keys])
+        assert replies == [b"0", b"1", b"2", b"3", 1, 2, 3, 4]
+        assert client.nodes_manager.get_node_from_slot(slot).port == source  # ASK: one-off
+    finally:
+        redis_cluster.migrate_keys(slot, source, target)
+        redis_cluster.end_move(slot, target)
+    assert batches.run([("GET", key) for key in keys]) == [b"1", b"2", b"3", b"4"]
