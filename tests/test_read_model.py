@@ -369,6 +369,18 @@ def test_a_command_keeps_its_callers_feed_alive_at_most_once_a_minute(app, clien
     assert redis.ttl(feed_key(ada.id)) <= 100
 
 
+def test_reading_its_home_feed_keeps_the_feed_alive(app, client, ada_and_fans):
+    ada, _ = ada_and_fans
+    redis = app.extensions["feed"].redis
+    home(client, ada)  # the feed exists
+    app.extensions["feed"].keep_alive = FeedKeepAlive()  # nothing refreshed yet
+    redis.expire(feed_key(ada.id), 100)
+
+    home(client, ada)
+
+    assert redis.ttl(feed_key(ada.id)) > 13 * 24 * 3600
+
+
 def test_feed_keep_alive_is_due_again_after_its_interval_and_stays_bounded(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr("feed.readmodel.time.monotonic", lambda: now[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Response, g, request
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -90,7 +90,6 @@ class HomeTimeline(MethodView):
     def get(self):
         """The caller's home feed, newest first."""
         me = require_principal().account_id
-        g.activity_touched = True  # the page script refreshes the feed's lifetime itself
         cursor = parse_cursor()
         page = queries.home_timeline(services().store, me, cursor, position=consistency_position())
         return page_response(page, cursor)
