@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import os
 import sys
@@ -93,13 +94,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="reads also from a second service with these settings, in alternating order",
+    )
     args = parser.parse_args()
+    against = dict(setting.split("=", 1) for setting in args.against)
     ensure_wrk()
     with (RESULTS / "credentials.csv").open() as source:
         accounts = list(csv.DictReader(source))[:64]
     engine = create_engine(sqlalchemy_url(DATABASE_URL))
     client = redis.Redis.from_url(REDIS_URL)
-    with service(args.port, RESULTS / "cpu-service.log") as base:
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(service(args.port, RESULTS / "cpu-service.log"))
+        other = None
+        if against:
+            log = RESULTS / "cpu-service-against.log"
+            other = stack.enter_context(service(args.port + 1, log, **against))
         tokens = RESULTS / "tokens.txt"
         tokens.write_text("\n".join(log_in(base, accounts)) + "\n")
         size = 0
@@ -108,16 +122,20 @@ def main() -> int:
             size = len(page.content)
         constant = f"/bench/constant?bytes={size}"
         wait_until_drained(engine, client)
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             if "reads" in args.kinds:
                 baseline = wrk(base, "GET", constant, None, args.seconds, 16)
-                reads, cpu = measured(lambda: wrk(base, "GET", HOME, tokens, args.seconds, 16))
-                print(
-                    f"reads {reads['rps']:.0f}/s ({reads['rps'] / baseline['rps']:.0%} of "
-                    f"{baseline['rps']:.0f}) p50 {reads['p50_ms']:.1f} ms "
-                    f"p99 {reads['p99_ms']:.1f} ms; CPU/s {cpu}",
-                    flush=True,
-                )
+                services = [("", base)] + ([(f"{against} ", other)] if other else [])
+                for label, url in services[:: 1 if round_ % 2 == 0 else -1]:
+                    reads, cpu = measured(
+                        lambda url=url: wrk(url, "GET", HOME, tokens, args.seconds, 16)
+                    )
+                    print(
+                        f"{label}reads {reads['rps']:.0f}/s ({reads['rps'] / baseline['rps']:.1%}"
+                        f" of {baseline['rps']:.0f}) p50 {reads['p50_ms']:.1f} ms "
+                        f"p99 {reads['p99_ms']:.1f} ms; CPU/s {cpu}",
+                        flush=True,
+                    )
             if "posts" in args.kinds:
                 wait_until_drained(engine, client)
                 events, messages = events_and_messages(base)

@@ -31,6 +31,7 @@ from feed.config import Settings, sqlalchemy_url
 from feed.keys import feed_key
 from feed.readmodel import SENTINEL, SENTINEL_SCORE, configure_compact_encoding, score_of
 from feed.unit_of_work import UnitOfWork
+from workers.queues import delete_queues
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -136,21 +137,24 @@ def bytes_per_feed_entry(client: redis.Redis) -> dict[str, float]:
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-
+def measure(sizes: list[int], repeat: int, cluster_nodes: tuple[str, ...] = ()) -> dict:
+    """Fan-out against raw pipelined ZADD for each size, on the Redis of ``REDIS_URL`` or, with
+    ``cluster_nodes``, on that Redis Cluster (raw ZADD through redis-py's cluster pipeline,
+    spread over the same nodes); the report ``fanout.json`` holds."""
     name = f"feed_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(sqlalchemy_url(SERVER), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     database_url = SERVER.rpartition("/")[0] + "/" + name
+    redis_env = (
+        {"REDIS_URL": "", "REDIS_CLUSTER_NODES": ",".join(cluster_nodes)}
+        if cluster_nodes
+        else {"REDIS_URL": REDIS_URL}
+    )
     settings = Settings(
         database_url=database_url,
-        redis_url=REDIS_URL,
+        redis_url=None if cluster_nodes else REDIS_URL,
+        redis_cluster_nodes=cluster_nodes,
         broker_url=BROKER_URL,
         secret_key="bench",
         feed_pull_threshold=10**9,
@@ -169,7 +173,7 @@ def main() -> int:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "REDIS_URL": REDIS_URL,
+        **redis_env,
         "BROKER_URL": BROKER_URL,
         "SECRET_KEY": "bench",
         "LOG_JSON": "true",
@@ -199,26 +203,17 @@ def main() -> int:
             # the same insert a fan-out makes: a post newer than every post in the feeds
             newest = 2_000_000 << 22
             raw = statistics.median(
-                raw_zadd_rate(client, keys, str(newest), score_of(newest))
-                for _ in range(args.repeat)
+                raw_zadd_rate(client, keys, str(newest), score_of(newest)) for _ in range(repeat)
+            )
+            pages = -(-size // settings.fanout_page_size)
+            # warm-up: connections, functions loaded, pages of this size
+            fan_out_seconds(
+                services, author, log_path, pages, len(log_path.read_text().splitlines())
             )
             times = []
-            fan_out_seconds(  # warm-up: connections, scripts loaded, pages of this size
-                services,
-                author,
-                log_path,
-                pages=-(-size // settings.fanout_page_size),
-                since=len(log_path.read_text().splitlines()),
-            )
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 since = len(log_path.read_text().splitlines())
-                seconds, post_id = fan_out_seconds(
-                    services,
-                    author,
-                    log_path,
-                    pages=-(-size // settings.fanout_page_size),
-                    since=since,
-                )
+                seconds, post_id = fan_out_seconds(services, author, log_path, pages, since)
                 missing = _missing(client, keys, post_id)
                 if missing:
                     raise RuntimeError(f"{missing} feeds lack post {post_id}")
@@ -239,33 +234,50 @@ def main() -> int:
         relay.terminate()
         workers.wait(30)
         relay.wait(30)
-    memory = bytes_per_feed_entry(client)
+    report = {
+        "raw_zadd_per_s": statistics.median(r["raw_zadd_per_s"] for r in runs),
+        "runs": runs,
+        "redis": f"cluster of {len(cluster_nodes)} primaries" if cluster_nodes else "one node",
+        "load_generator": "in-process command; relay + 2x4 Dramatiq workers over RabbitMQ",
+    }
+    if not cluster_nodes:  # CONFIG SET and MEMORY USAGE of one node
+        memory = bytes_per_feed_entry(client)
+        report["redis_bytes_per_feed_entry"] = round(memory["compact"], 1)
+        report["redis_bytes_per_feed_entry_default_encoding"] = round(memory["redis_default"], 1)
     client.flushdb(asynchronous=True)
     services.close()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    _delete_queues(env["FEED_QUEUE_PREFIX"])
+    delete_queues(BROKER_URL, env["FEED_QUEUE_PREFIX"])
+    return report
 
-    raw_overall = statistics.median(r["raw_zadd_per_s"] for r in runs)
-    report = {
-        "raw_zadd_per_s": raw_overall,
-        "runs": runs,
-        "redis_bytes_per_feed_entry": round(memory["compact"], 1),
-        "redis_bytes_per_feed_entry_default_encoding": round(memory["redis_default"], 1),
-        "load_generator": "in-process command; relay + 2x4 Dramatiq workers over RabbitMQ",
-    }
-    (RESULTS / "fanout.json").write_text(json.dumps(report, indent=2))
+
+def print_table(report: dict) -> None:
     header = ("followers", "seconds (median)", "inserts/s", "raw ZADD/s", "ratio")
-    print("\n{:>10} {:>17} {:>11} {:>11} {:>6}".format(*header))
-    for r in runs:
+    print(f"\nfan-out on {report['redis']}")
+    print("{:>10} {:>17} {:>11} {:>11} {:>6}".format(*header))
+    for r in report["runs"]:
         print(
             f"{r['followers']:>10} {r['seconds']:>17.3f} {r['inserts_per_s']:>11} "
             f"{r['raw_zadd_per_s']:>11} {r['ratio_to_raw']:>6.2f}"
         )
-    print(
-        f"\nRedis bytes per feed entry (800-entry feed, MEMORY USAGE): {memory['compact']:.1f} "
-        f"compact, {memory['redis_default']:.1f} with Redis's default encoding"
-    )
+    if "redis_bytes_per_feed_entry" in report:
+        print(
+            "\nRedis bytes per feed entry (800-entry feed, MEMORY USAGE): "
+            f"{report['redis_bytes_per_feed_entry']:.1f} compact, "
+            f"{report['redis_bytes_per_feed_entry_default_encoding']:.1f} with Redis's default "
+            "encoding"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    report = measure([int(s) for s in args.sizes.split(",")], args.repeat)
+    (RESULTS / "fanout.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
     print(f"wrote {RESULTS / 'fanout.json'}")
     return 0
 
@@ -284,17 +296,6 @@ def _missing(client: redis.Redis, keys: list[str], post_id: str) -> int:
     for key in keys:
         pipe.zscore(key, post_id)
     return sum(score is None for score in pipe.execute())
-
-
-def _delete_queues(prefix: str) -> None:
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    channel = connection.channel()
-    for base in ("projections", "fanout", "sagas"):
-        for suffix in ("", ".DQ", ".XQ"):
-            channel.queue_delete(queue=f"{prefix}{base}{suffix}")
-    connection.close()
 
 
 if __name__ == "__main__":

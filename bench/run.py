@@ -52,9 +52,10 @@ from argon2 import PasswordHasher
 from sqlalchemy import create_engine, text
 
 from bench.seed import DEFAULT_DATABASE, DEFAULT_REDIS, PASSWORD
-from feed.config import sqlalchemy_url
+from feed.config import Settings, sqlalchemy_url
 from feed.keys import FEED_PREFIX, feed_key
 from feed.readmodel import SENTINEL, SENTINEL_SCORE
+from workers.broker import QUEUES, queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -117,8 +118,9 @@ def ensure_seeded(seed_args: list[str]) -> None:
 
 
 @contextmanager
-def service(port: int, log_path: Path) -> Iterator[str]:
-    """``feed.launcher`` (gunicorn + relay + workers) on the bench data; yields its base URL."""
+def service(port: int, log_path: Path, **extra_env: str) -> Iterator[str]:
+    """``feed.launcher`` (gunicorn + relay + workers) on the bench data, with ``extra_env``
+    over the bench's settings; yields its base URL."""
     env = {
         **os.environ,
         "DATABASE_URL": DATABASE_URL,
@@ -130,6 +132,7 @@ def service(port: int, log_path: Path) -> Iterator[str]:
         "BENCH_BASELINE": "true",
         "FEED_QUEUE_PREFIX": QUEUE_PREFIX,
         "LOG_JSON": "true",
+        **extra_env,
     }
     base = f"http://127.0.0.1:{port}"
     try:
@@ -193,7 +196,8 @@ def wait_until_drained(engine, client: redis.Redis, timeout: float = 300) -> flo
     started = time.monotonic()
     connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
     channel = connection.channel()
-    queues = [f"{QUEUE_PREFIX}{name}" for name in ("projections", "fanout", "sagas")]
+    settings = Settings(broker_url=BROKER_URL, queue_prefix=QUEUE_PREFIX)
+    queues = [queue_name(settings, name) for name in QUEUES]
     try:
         quiet = 0
         while time.monotonic() - started < timeout:

@@ -56,6 +56,7 @@ class Settings:
     redis_url: str | None = None
     redis_cluster_nodes: tuple[str, ...] = ()  # host:port of some of a Redis Cluster's nodes
     redis_read_from_replicas: bool = False
+    redis_held_connections: bool = True  # False: batches through redis-py's pipelines
     broker_url: str | None = None
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     port: int = 8000
@@ -102,6 +103,7 @@ class Settings:
                 if node.strip()
             ),
             redis_read_from_replicas=_bool(env, "REDIS_READ_FROM_REPLICAS", False),
+            redis_held_connections=_bool(env, "REDIS_HELD_CONNECTIONS", True),
             broker_url=env.get("BROKER_URL") or None,
             secret_key=env.get("SECRET_KEY") or _persistent_secret(env),
             port=_int(env, "PORT", defaults.port),

@@ -289,12 +289,12 @@ class Batches:
     """Sends a batch of commands in one round trip per node: on one node, or on a cluster's
     nodes at once, each command to the node of its key's slot."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, held: bool = True) -> None:
         self.client = client
         self.cluster = isinstance(client, redis.RedisCluster)
         self.from_replicas = self.cluster and client.load_balancing_strategy is not None
         self._nodes: dict[str, HeldConnections] = {}
-        self._own = self.cluster or supported(client.connection_pool)
+        self._own = held and (self.cluster or supported(client.connection_pool))
         if not self.cluster and self._own:
             self._node = HeldConnections(client)
 

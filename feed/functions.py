@@ -38,8 +38,15 @@ def _is_missing(error: redis.ResponseError) -> bool:
 class Functions:
     """The library's functions on one client (a node or a cluster): build calls, run them."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster, source: str | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        source: str | None = None,
+        *,
+        held: bool = True,
+    ) -> None:
         self.client = client
+        self.held = held  # batches on this process's own links, else redis-py's pipelines
         self.source = source if source is not None else LIBRARY.read_text()
         registered = re.findall(
             r"register_function\{function_name='(\w+)',\s*callback=\w+(,\s*flags=\{'no-writes'\})?",
@@ -101,7 +108,7 @@ class Functions:
     def _pipeline(self, client: Any, commands: Sequence[Command]) -> list[Any]:
         batches = self._batches.get(id(client))
         if batches is None:
-            batches = self._batches.setdefault(id(client), Batches(client))
+            batches = self._batches.setdefault(id(client), Batches(client, held=self.held))
         return batches.run(commands)
 
     def close(self) -> None:

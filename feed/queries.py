@@ -141,7 +141,10 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
                 rebuilt.append("posts")
                 client = store.redis
                 continue
-        ids = sorted(votes.keys() | pulled, key=int, reverse=True)[: cursor.limit + 1]
+        if pulled:
+            ids = sorted(votes.keys() | pulled, key=int, reverse=True)[: cursor.limit + 1]
+        else:  # the window comes newest first
+            ids = list(votes)[: cursor.limit + 1]
         page_ids = ids[: cursor.limit]
         unvoted = [i for i in page_ids if i not in votes]
         commands = [("HMGET", post_key(i), "json", "up", "down") for i in page_ids]

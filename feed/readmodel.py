@@ -204,7 +204,7 @@ class Store:
 
     def __post_init__(self) -> None:
         self.replica = self.replica if self.replica is not None else self.redis
-        self.functions = Functions(self.redis)
+        self.functions = Functions(self.redis, held=self.settings.redis_held_connections)
         self.celebrities = Celebrities()
         self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 

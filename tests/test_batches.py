@@ -7,11 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis
 
 from feed.bootstrap import build_redis_cluster
 from feed.connections import Batches
-
-pytestmark = pytest.mark.slow
+from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -33,6 +33,7 @@ def another_primary(cluster, port: int) -> int:
     return next(p for p in cluster.primaries() if p != port)
 
 
+@pytest.mark.slow
 def test_a_batch_follows_a_slot_moved_behind_its_back(redis_cluster, on_cluster):
     client, batches = on_cluster
     slot, keys = keys_of_one_slot(client, 3)
@@ -51,6 +52,7 @@ def test_a_batch_follows_a_slot_moved_behind_its_back(redis_cluster, on_cluster)
     assert batches.run([("GET", key) for key in keys]) == [b"0", b"2", b"2"]
 
 
+@pytest.mark.slow
 def test_a_batch_reads_and_writes_a_slot_in_the_middle_of_its_move(redis_cluster, on_cluster):
     client, batches = on_cluster
     slot, keys = keys_of_one_slot(client, 4)
@@ -69,3 +71,18 @@ def test_a_batch_reads_and_writes_a_slot_in_the_middle_of_its_move(redis_cluster
         redis_cluster.migrate_keys(slot, source, target)
         redis_cluster.end_move(slot, target)
     assert batches.run([("GET", key) for key in keys]) == [b"1", b"2", b"3", b"4"]
+
+
+def test_with_held_connections_off_a_batch_goes_through_the_librarys_pipeline():
+    client = redis.Redis.from_url(REDIS_URL)
+    held, library = Batches(client), Batches(client, held=False)
+    key = f"batches:{{{uuid.uuid4().hex[:8]}}}"
+    try:
+        assert library.run([("SET", key, 1), ("INCR", key)]) == [True, 2]
+        assert client.connection_pool._created_connections == 1  # the pool's own
+        assert held.run([("INCR", key), ("GET", key)]) == [3, b"3"]
+        assert held._node.open() == 1 and client.connection_pool._created_connections == 1
+    finally:
+        client.delete(key)
+        held.close()
+        client.close()

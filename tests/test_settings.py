@@ -41,3 +41,9 @@ def test_a_chunk_below_one_event_is_one_event(tmp_path):
 def test_a_malformed_number_stops_the_start(tmp_path):
     with pytest.raises(ValueError):
         Settings.from_env({"FEED_DATA_DIR": str(tmp_path), "RELAY_LINGER_MS": "soon"})
+
+
+def test_held_connections_are_on_unless_turned_off(tmp_path):
+    assert Settings.from_env({"FEED_DATA_DIR": str(tmp_path)}).redis_held_connections
+    off = Settings.from_env({"FEED_DATA_DIR": str(tmp_path), "REDIS_HELD_CONNECTIONS": "false"})
+    assert not off.redis_held_connections

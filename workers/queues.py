@@ -73,6 +73,19 @@ def move_classic(broker_url: str, prefix: str = "") -> dict[str, int]:
     return moved
 
 
+def delete_queues(broker_url: str, prefix: str) -> None:
+    """Delete every queue of the deployment named by ``prefix`` (a test's or a benchmark's
+    own): the quorum queues, the old classic ones, and their delay and dead-letter queues."""
+    connection = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(broker_url)])
+    try:
+        channel = connection.channel()
+        for old, new in classic_to_quorum(prefix).items():
+            channel.queue_delete(queue=old)
+            channel.queue_delete(queue=new)
+    finally:
+        connection.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.queues", description=__doc__)
     parser.add_argument("command", choices=["move-classic"])

@@ -76,7 +76,9 @@ def page_response(page: queries.Page, cursor: queries.Cursor) -> Response:
     headers = {READ_MODEL_HEADER: page.source}
     if page.next_max_id:
         query = {"limit": cursor.limit, "max_id": page.next_max_id}
-        headers["Link"] = f'<{request.base_url}?{urlencode(query)}>; rel="next"'
+        # Not request.base_url: its IRI conversion cost a feed page ~4% of its CPU.
+        here = f"{request.scheme}://{request.host}{request.root_path}{request.path}"
+        headers["Link"] = f'<{here}?{urlencode(query)}>; rel="next"'
     return json_response(queries.render_page(page), 200, headers)
 
 
