@@ -577,6 +577,7 @@ def main() -> int:
     parser.add_argument("--locust-seconds", type=int, default=60)
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument("--skip-cluster", action="store_true")
     parser.add_argument("--fanout-sizes", default="1000,10000,100000")
     parser.add_argument("--seed-args", default="", help="flags for bench.seed if it must run")
     args = parser.parse_args()
@@ -618,23 +619,41 @@ def main() -> int:
         constant = f"/bench/constant?bytes={body_size}"
 
         wait_until_drained(engine, client)  # nothing left over from an earlier run
-        print(f"phase 1: feed reads vs constant JSON ({body_size} bytes)", flush=True)
-        wrk(base, "GET", constant, None, 3, args.connections)  # warm-up
-        wrk(base, "GET", HOME, tokens_file, 3, args.connections)
-        baselines, reads, splits = [], [], []
-        for _ in range(args.rounds):
-            baselines.append(wrk(base, "GET", constant, None, args.seconds, args.connections))
-            split = ConnectionSplit(args.port)
-            reads.append(wrk(base, "GET", HOME, tokens_file, args.seconds, args.connections))
-            splits.append(split.result())
-            print(
-                f"  baseline {baselines[-1]['rps']:.0f}/s p99 {baselines[-1]['p99_ms']:.1f} ms;"
-                f" feed {reads[-1]['rps']:.0f}/s p99 {reads[-1]['p99_ms']:.1f} ms"
-                f" (connections per worker {splits[-1] or '?'})",
-                flush=True,
-            )
-        _fail_on_errors("feed reads", reads + baselines)
+        print(
+            f"phase 1: feed reads vs constant JSON ({body_size} bytes), and through redis-py's "
+            "pipelines (a second service, REDIS_HELD_CONNECTIONS=false)",
+            flush=True,
+        )
+        log = RESULTS / "bench-service-library.log"
+        with service(args.port + 1, log, REDIS_HELD_CONNECTIONS="false") as library:
+            wrk(base, "GET", constant, None, 3, args.connections)  # warm-up
+            for url in (base, library):
+                wrk(url, "GET", HOME, tokens_file, 3, args.connections)
+            baselines, reads, splits, library_reads = [], [], [], []
+            for round_ in range(args.rounds):
+                baselines.append(wrk(base, "GET", constant, None, args.seconds, args.connections))
+                # the two read paths in alternating order, each beside the same baseline
+                for url in (base, library)[:: 1 if round_ % 2 == 0 else -1]:
+                    if url == library:
+                        library_reads.append(
+                            wrk(library, "GET", HOME, tokens_file, args.seconds, args.connections)
+                        )
+                        continue
+                    split = ConnectionSplit(args.port)
+                    reads.append(
+                        wrk(base, "GET", HOME, tokens_file, args.seconds, args.connections)
+                    )
+                    splits.append(split.result())
+                print(
+                    f"  baseline {baselines[-1]['rps']:.0f}/s p99 {baselines[-1]['p99_ms']:.1f} ms;"
+                    f" feed {reads[-1]['rps']:.0f}/s p99 {reads[-1]['p99_ms']:.1f} ms"
+                    f" (connections per worker {splits[-1] or '?'});"
+                    f" through the library {library_reads[-1]['rps']:.0f}/s",
+                    flush=True,
+                )
+        _fail_on_errors("feed reads", reads + baselines + library_reads)
         report.update(_summarise("baseline", baselines), **_summarise("feed_read", reads))
+        report.update(_summarise("feed_read_library", library_reads))
         report["feed_read_rounds_p99_ms"] = [round(r["p99_ms"], 2) for r in reads]
         report["feed_read_rounds_connections_per_worker"] = splits
         curves["constant JSON (baseline)"] = _median_curve(baselines)
@@ -740,10 +759,23 @@ def main() -> int:
             "redis_bytes_per_feed_entry_default_encoding"
         ]
 
+    if not args.skip_cluster:
+        print("phase 6: the same on a loopback Redis Cluster of 3 primaries", flush=True)
+        command = [sys.executable, "-m", "bench.cluster", "--rounds", str(args.rounds)]
+        command += ["--seconds", str(args.seconds), "--connections", str(args.connections)]
+        if args.skip_fanout:
+            command.append("--skip-fanout")
+        command += ["--fanout-sizes", args.fanout_sizes]
+        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        report["cluster"] = json.loads((RESULTS / "cluster.json").read_text())
+
     # The machine is shared: each round's rate is divided by the baseline round run beside it,
     # and the median of those ratios is quoted.
     report["feed_read_ratio"] = _paired_ratio(
         report["feed_read_rounds_rps"], report["baseline_rounds_rps"]
+    )
+    report["feed_read_library_ratio"] = _paired_ratio(
+        report["feed_read_library_rounds_rps"], report["baseline_rounds_rps"]
     )
     report["post_ratio"] = _paired_ratio(
         report["post_rounds_rps"], report["post_baseline_rounds_rps"]
@@ -846,6 +878,14 @@ def render_table(r: dict[str, Any]) -> str:
             verdict(r["feed_read_ratio"] >= 0.40),
         ),
         (
+            "feed reads through redis-py's pipelines (REDIS_HELD_CONNECTIONS=false)",
+            f"{r['feed_read_library_rps']:.0f} req/s = {r['feed_read_library_ratio']:.1%} of "
+            f"baseline ({r['feed_read_ratio'] - r['feed_read_library_ratio']:+.1%} with the "
+            "held links)",
+            "",
+            "",
+        ),
+        (
             "feed read latency",
             f"p50 {r['feed_read_p50_ms']:.1f} ms, p99 {r['feed_read_p99_ms']:.1f} ms"
             + _per_round_split(r),
@@ -906,6 +946,28 @@ def render_table(r: dict[str, Any]) -> str:
             (
                 f"fan-out to {run['followers']:,} followers",
                 f"{run['seconds']:.3f} s = {run['ratio_to_raw']:.0%} of raw ZADD rate",
+                "",
+                "",
+            )
+        )
+    cluster = r.get("cluster")
+    if cluster:
+        for run in cluster.get("fanout", {}).get("runs", []):
+            rows.append(
+                (
+                    f"cluster of 3 primaries: fan-out to {run['followers']:,} followers",
+                    f"{run['seconds']:.3f} s = {run['ratio_to_raw']:.0%} of raw ZADD rate over "
+                    "the same nodes",
+                    "",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                "cluster of 3 primaries: feed reads",
+                f"{statistics.median(cluster['feed_read_rounds_rps']):.0f} req/s = "
+                f"{cluster['feed_read_ratio']:.1%} of baseline, "
+                f"p99 {cluster['feed_read_p99_ms']:.1f} ms",
                 "",
                 "",
             )

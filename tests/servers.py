@@ -239,13 +239,16 @@ def free_cluster_port() -> int:
 
 
 class PrivateRedisCluster:
-    """A Redis Cluster of our own: ``primaries`` primaries, each with one replica, on free
-    ports, keeping nothing on disk. A primary killed is replaced by its replica after
+    """A Redis Cluster of our own: ``primaries`` primaries, each with ``replicas`` replicas, on
+    free ports, keeping nothing on disk. A primary killed is replaced by its replica after
     ``node_timeout_ms``."""
 
-    def __init__(self, directory: Path, primaries: int = 3, node_timeout_ms: int = 1500) -> None:
+    def __init__(
+        self, directory: Path, primaries: int = 3, node_timeout_ms: int = 1500, replicas: int = 1
+    ) -> None:
         self.directory = directory
-        self.count = primaries * 2
+        self.count = primaries * (1 + replicas)
+        self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         self.processes: dict[int, subprocess.Popen] = {}
@@ -264,7 +267,8 @@ class PrivateRedisCluster:
         for port in self.ports:
             self.start_node(port)
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *self.nodes, "--cluster-replicas", "1"]
+            ["redis-cli", "--cluster", "create", *self.nodes]
+            + ["--cluster-replicas", str(self.replicas)]
             + ["--cluster-yes"],
             check=True,
             stdout=subprocess.DEVNULL,

@@ -363,31 +363,22 @@ def test_an_inactive_account_gets_no_fan_out_and_is_rebuilt_when_it_reads(
     assert redis.ttl(feed_key(fan.id)) > 13 * 24 * 3600
 
 
-def test_a_command_keeps_its_callers_feed_alive_at_most_once_a_minute(app, client, ada_and_fans):
+@pytest.mark.parametrize("request_of", [post, home], ids=["a command", "a home read"])
+def test_a_request_keeps_its_callers_feed_alive_at_most_once_a_minute(
+    app, client, ada_and_fans, request_of
+):
     ada, _ = ada_and_fans
     redis = app.extensions["feed"].redis
     home(client, ada)  # the feed exists
     app.extensions["feed"].keep_alive = FeedKeepAlive()  # nothing refreshed yet
     redis.expire(feed_key(ada.id), 100)
 
-    post(client, ada)
+    request_of(client, ada)
     assert redis.ttl(feed_key(ada.id)) > 13 * 24 * 3600
 
     redis.expire(feed_key(ada.id), 100)
-    post(client, ada)  # within the minute: no second EXPIRE
+    request_of(client, ada)  # within the minute: no second EXPIRE
     assert redis.ttl(feed_key(ada.id)) <= 100
-
-
-def test_reading_its_home_feed_keeps_the_feed_alive(app, client, ada_and_fans):
-    ada, _ = ada_and_fans
-    redis = app.extensions["feed"].redis
-    home(client, ada)  # the feed exists
-    app.extensions["feed"].keep_alive = FeedKeepAlive()  # nothing refreshed yet
-    redis.expire(feed_key(ada.id), 100)
-
-    home(client, ada)
-
-    assert redis.ttl(feed_key(ada.id)) > 13 * 24 * 3600
 
 
 def test_feed_keep_alive_is_due_again_after_its_interval_and_stays_bounded(monkeypatch):
