@@ -20,7 +20,7 @@ from feed.keys import (
     posts_key,
 )
 from feed.outbox import claim_batch
-from feed.projections import FanOutPage, apply_fan_out_page, project
+from feed.projections import FanOutPage, add_to_feeds, apply_fan_out_page, project
 from feed.readmodel import ID_SHIFT, SENTINEL, SENTINEL_SCORE, FeedKeepAlive, score_of
 from tests.conftest import READ_MODELS, drain, settings_on
 
@@ -252,6 +252,37 @@ def test_a_vote_projected_after_its_posts_deletion_leaves_no_hash(
     assert vote.type == "VoteCast" and deleted.type == "PostDeleted"
     assert not store.redis.exists(post_key(doomed))
     assert store.redis.hget(my_votes_key(fan.id), doomed).startswith(b"1:")
+
+
+def test_a_post_deleted_while_its_fan_out_runs_leaves_no_feed(
+    app, client, ada_and_fans, engine, monkeypatch
+):
+    """The deletion lands between the fan-out's check of the tombstone and its writes: the
+    check after the writes takes the post out of every feed again."""
+    ada, fans = ada_and_fans
+    for fan in fans:
+        home(client, fan)  # live feeds get fan-out
+    doomed = post(client, ada, "deleted mid-fan-out")
+    client.delete(f"/api/v1/posts/{doomed}", headers=ada.auth)
+    store = app.extensions["feed"].store
+    with engine.begin() as conn:
+        published, deleted = claim_batch(conn, 1000)
+    assert deleted.type == "PostDeleted"
+    run, checked = store.run, []
+
+    def deletion_after_the_first_check(commands, **kwargs):
+        replies = run(commands, **kwargs)
+        if not checked and commands[0][0] == "EXISTS":
+            checked.append(replies)  # "not deleted" ... and now it is
+            project(store, deleted, lambda page: apply_fan_out_page(store, page))
+        return replies
+
+    monkeypatch.setattr(store, "run", deletion_after_the_first_check)
+    add_to_feeds(store, [int(fan.id) for fan in fans], [int(doomed)])
+
+    assert checked == [[0]]
+    for fan in fans:
+        assert store.redis.zscore(feed_key(fan.id), doomed) is None
 
 
 def test_a_read_with_a_consistency_token_sees_the_write_before_projection(client, ada_and_fans):
