@@ -84,6 +84,13 @@ class Processes:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP the process and its children: it holds its connections but does nothing."""
+        os.killpg(self.running[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        os.killpg(self.running[name].pid, signal.SIGCONT)
+
     def stop_all(self) -> None:
         for name in list(self.running):
             process = self.running[name]

@@ -3,6 +3,7 @@ temporary directory, so killing one never touches the machine's own servers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -131,6 +132,11 @@ class PrivateRabbitMQ:
     def kill(self) -> None:
         """SIGKILL the node (the Erlang VM and its start script): a crash."""
         if self.process is not None:
+            # ``su`` runs the VM in a session of its own: the start script's group is not enough.
+            vm = self._vm_pid()
+            if vm is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(os.getpgid(vm), signal.SIGKILL)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
             self.process = None
@@ -149,6 +155,44 @@ class PrivateRabbitMQ:
         """Stop the node if it runs and delete its directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _vm_pid(self) -> int | None:
+        """The Erlang VM's pid (from the node's pid file), if it is a live descendant of the
+        start script we ran: never another process that reused the number."""
+        try:
+            pid = int((self.directory / "pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        ancestor = pid
+        while ancestor > 1:
+            try:
+                stat = Path(f"/proc/{ancestor}/stat").read_text()
+            except FileNotFoundError:
+                return None
+            if ancestor != pid and ancestor == self.process.pid:
+                return pid
+            ancestor = int(stat.rpartition(")")[2].split()[1])  # the parent's pid
+        return None
+
+    def log(self) -> str:
+        """What the node has logged so far."""
+        path = self.directory / "log" / f"{self.node}.log"
+        return path.read_text() if path.exists() else ""
+
+    def connection_ports(self) -> list[int]:
+        """The server port of every AMQP connection in the cluster: which node each client is
+        connected to."""
+        listed = self.ctl("list_connections", "port", "--formatter", "json", timeout=30)
+        return [row["port"] for row in json.loads(listed)]
+
+    def queue_depths(self, prefix: str) -> dict[str, int]:
+        """Messages in each queue whose name starts with ``prefix`` (ready and unacknowledged)."""
+        listed = self.ctl("list_queues", "name", "messages", "--formatter", "json", timeout=30)
+        return {
+            row["name"]: row["messages"]
+            for row in json.loads(listed)
+            if row["name"].startswith(prefix)
+        }
 
     def stop(self) -> None:
         """Stop the node (its queues survive on disk for the next start)."""
@@ -224,6 +268,13 @@ class PrivateRabbitMQCluster:
         for node in self.nodes:
             node.kill()
             node.remove()
+
+    def start_dead_nodes(self) -> None:
+        """Start again every node that was killed or stopped, and wait until it has rejoined."""
+        for node in self.nodes:
+            if node.process is None:
+                node.start()
+        self.wait_until_clustered()
 
 
 def free_cluster_port() -> int:
