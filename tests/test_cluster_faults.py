@@ -15,6 +15,7 @@ from feed.bootstrap import build_services
 from feed.keys import feed_key
 from feed.outbox import claim_batch, mark_published
 from tests.conftest import drain, make_settings
+from tests.processes import eventually
 from tests.readmodel_check import mismatches, register
 from tests.servers import PrivateRedisCluster
 
@@ -120,6 +121,34 @@ def test_a_primary_that_lost_its_functions_gets_them_again(service, dying_cluste
     assert mismatches(service, accounts) == []
 
 
+def test_reads_while_the_cluster_is_down_answer_503_not_500(service, dying_cluster):
+    """A primary and its replica dead: no node answers for their slots and the live ones say
+    CLUSTERDOWN. A read is then "retry shortly" (503), as with a node that does not answer."""
+    client, svc = service.test_client(), service.extensions["feed"]
+    (me,) = register(client, 1)
+    client.get("/api/v1/timelines/home", headers=me["auth"])
+    posted = client.post("/api/v1/posts", json={"body": "hello"}, headers=me["auth"])
+    token = {"X-Consistency-Token": posted.headers["X-Consistency-Token"]}
+    mine = svc.redis.keyslot(feed_key(me["id"]))  # every key of the account is in this slot
+    victim = next(p for p in dying_cluster.primaries() if dying_cluster.owner(mine, p) != p)
+    replica = replica_of(dying_cluster, victim)
+    dying_cluster.kill(replica)
+    dying_cluster.kill(victim)
+    alive = [p for p in dying_cluster.ports if p not in (victim, replica)]
+    eventually(
+        lambda: all("cluster_state:fail" in dying_cluster.cli(p, "cluster", "info") for p in alive)
+    )
+
+    for path, headers in [
+        (f"/api/v1/accounts/{me['id']}", {}),  # on a live node, which answers CLUSTERDOWN
+        ("/api/v1/timelines/home", {}),
+        ("/api/v1/timelines/home", token),
+        (f"/api/v1/posts/{posted.get_json()['id']}", {}),
+    ]:
+        response = client.get(path, headers={**me["auth"], **headers})
+        assert (response.status_code, response.headers.get("Retry-After")) == (503, "5"), path
+
+
 def test_the_check_fails_when_one_event_is_dropped(service):
     client, svc = service.test_client(), service.extensions["feed"]
     accounts = register(client, 3)
@@ -148,3 +177,12 @@ def _slots_by_primary(cluster: PrivateRedisCluster) -> dict[int, set[int]]:
                     start, _, end = part.partition("-")
                     owned[port] |= set(range(int(start), int(end or start) + 1))
     return owned
+
+
+def replica_of(cluster: PrivateRedisCluster, primary: int) -> int:
+    """The port of the replica of ``primary``."""
+    return next(
+        port
+        for port in cluster.ports
+        if port != primary and f"master_port:{primary}" in cluster.cli(port, "info", "replication")
+    )

@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, json
+from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -132,6 +133,7 @@ def register_problem_handlers(app: Flask) -> None:
 
     @app.errorhandler(RedisConnectionError)
     @app.errorhandler(RedisTimeoutError)
+    @app.errorhandler(ClusterDownError)  # a slot without a primary, until a replica takes over
     def redis_down(error: Exception) -> Response:
         log.warning("redis_unavailable", error=str(error))
         return problem(
