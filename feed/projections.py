@@ -41,6 +41,7 @@ from feed.keys import (
 from feed.outbox import Envelope
 from feed.readmodel import (
     APPLIED_SECONDS,
+    ID_SHIFT,
     SENTINEL,
     TOMBSTONE_SECONDS,
     Store,
@@ -255,13 +256,16 @@ def project_account_unfollowed(store: Store, event: AccountUnfollowed, send: Sen
     if not _apply_follow_edge(store, event, send, follow=False):
         return
     follower, followee = int(event.follower_id), int(event.followee_id)
-    _ensure_posts(store, followee)
-    # The followee's posts newer than the feed's oldest entry (the last before the sentinel).
+    # The followee's posts newer than the feed's oldest entry (the last before the sentinel),
+    # from PostgreSQL and whatever their status: a deletion projected first has taken its post
+    # out of the followee's list, and out of the feeds of those who follow the followee now,
+    # which this follower no longer does.
     oldest = store.redis.zrange(feed_key(follower), -2, -2, withscores=True)
     if not oldest:
         return
-    newer = store.redis.zrangebyscore(posts_key(followee), "-inf", oldest[0][1])
-    ids = [i for i in newer if i != SENTINEL.encode()]
+    since = -int(oldest[0][1]) << ID_SHIFT  # the smallest id of that millisecond
+    with store.reader.connect() as conn:
+        ids = conn.execute(POSTS_SINCE, {"author": followee, "since": since}).scalars().all()
     if ids:
         store.redis.zrem(feed_key(follower), *ids)
 
@@ -449,6 +453,7 @@ POSTS_STATE = text(
     + " END AS followers FROM unnest(CAST(:ids AS int8[]), CAST(:with_followers AS bool[]))"
     " AS x(id, with_followers) LEFT JOIN posts p ON p.id = x.id"
 )
+POSTS_SINCE = text("SELECT id FROM posts WHERE author_id = :author AND id >= :since")
 STILL_FOLLOWING = text(
     "SELECT follower_id FROM follows WHERE followee_id = :author AND follower_id = ANY(:ids)"
 )

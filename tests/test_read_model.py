@@ -285,6 +285,28 @@ def test_a_post_deleted_while_its_fan_out_runs_leaves_no_feed(
         assert store.redis.zscore(feed_key(fan.id), doomed) is None
 
 
+def test_a_post_deleted_then_its_author_unfollowed_before_either_is_projected_leaves_the_feed(
+    app, client, ada_and_fans, project_all
+):
+    """The deletion, projected first, takes the post out of the feeds of those PostgreSQL says
+    follow its author (the unfollower is no longer one) and out of the author's list; the
+    unfollow then takes it out of the unfollower's feed all the same."""
+    ada, (gone, stays, _) = ada_and_fans
+    for fan in (gone, stays):
+        home(client, fan)
+    doomed = post(client, ada, "deleted, then unfollowed")
+    project_all()
+    store = app.extensions["feed"].store
+    assert store.redis.zscore(feed_key(gone.id), doomed) is not None
+
+    client.delete(f"/api/v1/posts/{doomed}", headers=ada.auth)
+    client.delete(f"/api/v1/accounts/{ada.id}/follow", headers=gone.auth)
+    project_all()  # the deletion, then the unfollow
+
+    for fan in (gone, stays):  # in Redis: a read would take a deleted post out itself
+        assert store.redis.zscore(feed_key(fan.id), doomed) is None
+
+
 def test_a_read_with_a_consistency_token_sees_the_write_before_projection(client, ada_and_fans):
     ada, _ = ada_and_fans
     home(client, ada)  # her feed exists in Redis, so a read without the token is served from it
