@@ -42,14 +42,12 @@ from feed.outbox import Envelope
 from feed.readmodel import (
     APPLIED_SECONDS,
     ID_SHIFT,
-    SENTINEL,
     TOMBSTONE_SECONDS,
     Store,
     account_document,
     post_document,
     score_of,
 )
-from feed.rebuild import rebuild_posts
 
 log = structlog.get_logger(__name__)
 
@@ -273,8 +271,8 @@ def project_account_unfollowed(store: Store, event: AccountUnfollowed, send: Sen
 def _apply_follow_edge(
     store: Store, event: AccountFollowed | AccountUnfollowed, send: SendPage, *, follow: bool
 ) -> bool:
-    """Both accounts' counters and the follower's edge, in one round trip; True if the edge
-    changed."""
+    """Both accounts' counters and the follower's edge, in one round trip; True if the edge is
+    this event's: changed now, or by an earlier delivery that died before the feed was done."""
     follower_answer, followee_answer, applied = store.run(
         [
             _counts_call(store, event.follower_id, event.follower_counts),
@@ -292,26 +290,30 @@ def _apply_follow_edge(
 
 
 def merge_author_posts(store: Store, author_id: int, follower_ids: Sequence[int]) -> int:
-    """Merge the author's newest posts into each follower's feed (those that exist): read
-    from the author's slot, written to each follower's. A post deleted in between is taken
-    out again: after the writes, what left the author's list leaves the feeds."""
-    _ensure_posts(store, author_id)
-    latest = store.redis.zrange(
-        posts_key(author_id), 0, store.settings.feed_size - 1, withscores=True
-    )
-    posts = [(member, int(score)) for member, score in latest if member != SENTINEL.encode()]
-    if not posts or not follower_ids:
+    """Merge the author's newest posts into each follower's feed (those that exist), taken from
+    PostgreSQL: a post is there from its commit on, while its own projection (which may have
+    read the followers before this one) may not have reached the author's list in Redis yet.
+    A post deleted in between is taken out again: after the writes, what is no longer published
+    leaves the feeds (a deletion committed later is projected later, to these followers too)."""
+    if not follower_ids:
         return 0
-    pairs = [value for member, score in posts for value in (member, score)]
+    with store.reader.connect() as conn:
+        ids = (
+            conn.execute(NEWEST_POSTS, {"author": author_id, "n": store.settings.feed_size})
+            .scalars()
+            .all()
+        )
+    if not ids:
+        return 0
+    pairs = [value for post_id in ids for value in (post_id, score_of(post_id))]
     changed = store.run(
         [
             store.call("feed_merge", [feed_key(f)], [store.settings.feed_size, *pairs])
             for f in follower_ids
         ]
     )
-    ids = [member for member, _ in posts]
-    still = store.redis.zmscore(posts_key(author_id), ids)
-    gone = [member for member, score in zip(ids, still, strict=True) if score is None]
+    with store.reader.connect() as conn:
+        gone = conn.execute(UNPUBLISHED, {"ids": ids}).scalars().all()
     if gone:
         store.run([("ZREM", feed_key(f), *gone) for f in follower_ids])
     return sum(int(n) for n in changed)
@@ -454,6 +456,11 @@ POSTS_STATE = text(
     " AS x(id, with_followers) LEFT JOIN posts p ON p.id = x.id"
 )
 POSTS_SINCE = text("SELECT id FROM posts WHERE author_id = :author AND id >= :since")
+NEWEST_POSTS = text(
+    "SELECT id FROM posts WHERE author_id = :author AND status = 'published' "
+    "ORDER BY id DESC LIMIT :n"
+)
+UNPUBLISHED = text("SELECT id FROM posts WHERE id = ANY(:ids) AND status <> 'published'")
 STILL_FOLLOWING = text(
     "SELECT follower_id FROM follows WHERE followee_id = :author AND follower_id = ANY(:ids)"
 )
@@ -539,11 +546,6 @@ def _after_counts(
         log.info("account_demoted_from_pull", account_id=str(account_id))
         for followers in follower_pages(store, int(account_id)):
             send(FanOutPage("merge_author", int(account_id), followers))
-
-
-def _ensure_posts(store: Store, account_id: str | int) -> None:
-    if not store.redis.exists(posts_key(account_id)):
-        rebuild_posts(store, int(account_id))
 
 
 def _posts_state(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 from app import create_app
-from feed import queries
+from feed import projections, queries
 from feed.bootstrap import build_services
 from feed.keys import (
     CELEBS_KEY,
@@ -305,6 +306,72 @@ def test_a_post_deleted_then_its_author_unfollowed_before_either_is_projected_le
 
     for fan in (gone, stays):  # in Redis: a read would take a deleted post out itself
         assert store.redis.zscore(feed_key(fan.id), doomed) is None
+
+
+def test_a_follow_projected_while_the_authors_post_fans_out_still_brings_the_post(
+    app, client, ada_and_fans, make_account, engine, monkeypatch
+):
+    """The post's fan-out read the followers before the follow; the follow's merge ran before
+    the post reached its author's list in Redis: the merge takes the author's posts from
+    PostgreSQL, where the post is from its commit on."""
+    ada, _ = ada_and_fans
+    late = make_account("late_fan")
+    home(client, late)  # a live feed
+    hers = post(client, ada, "fanned out while followed")
+    store = app.extensions["feed"].store
+    with engine.begin() as conn:
+        (published,) = [e for e in claim_batch(conn, 1000) if e.type == "PostPublished"]
+    read = projections._posts_state
+
+    def follow_after_the_read(*args, **kwargs):
+        states = read(*args, **kwargs)  # the followers, without the late fan
+        client.post(f"/api/v1/accounts/{ada.id}/follow", headers=late.auth)
+        with engine.begin() as conn:
+            (followed,) = [e for e in claim_batch(conn, 1000) if e.type == "AccountFollowed"]
+        project(store, followed, lambda page: apply_fan_out_page(store, page))
+        return states
+
+    monkeypatch.setattr(projections, "_posts_state", follow_after_the_read)
+    project(store, published, lambda page: apply_fan_out_page(store, page))
+
+    assert store.redis.zscore(feed_key(late.id), hers) is not None
+
+
+@pytest.mark.parametrize("change", ["follow", "unfollow"])
+def test_a_follow_change_cut_after_its_edge_is_recorded_completes_when_delivered_again(
+    app, client, ada_and_fans, make_account, engine, project_all, monkeypatch, change
+):
+    """The edge was recorded, but another node of that pipeline had died (the followee's
+    counters): the retry finds the edge already there, and takes the author's posts into or
+    out of the follower's feed all the same."""
+    ada, (fan, *_) = ada_and_fans
+    newcomer = make_account("newcomer")
+    for reader in (fan, newcomer):
+        home(client, reader)
+    hers = post(client, ada, "before the change")
+    project_all()
+    reader = newcomer if change == "follow" else fan
+    method = client.post if change == "follow" else client.delete
+    method(f"/api/v1/accounts/{ada.id}/follow", headers=reader.auth)
+    with engine.begin() as conn:
+        (edge,) = claim_batch(conn, 1000)
+    store = app.extensions["feed"].store
+    run = store.run
+
+    def edge_recorded_then_a_node_died(commands, **kwargs):
+        replies = run(commands, **kwargs)
+        if any("apply_follow_edge" in command for command in commands):
+            raise redis.ConnectionError("a node of this pipeline died")
+        return replies
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "run", edge_recorded_then_a_node_died)
+        with pytest.raises(redis.ConnectionError):
+            project(store, edge, lambda page: apply_fan_out_page(store, page))
+    project(store, edge, lambda page: apply_fan_out_page(store, page))  # the retry
+
+    in_feed = store.redis.zscore(feed_key(reader.id), hers) is not None
+    assert in_feed == (change == "follow")
 
 
 def test_a_read_with_a_consistency_token_sees_the_write_before_projection(client, ada_and_fans):

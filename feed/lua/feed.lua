@@ -89,11 +89,14 @@ local function author_add(keys, args)
 end
 
 -- KEYS: [1] following set, [2] edge versions. ARGV: followee, version, 1 follow / 0 unfollow.
--- Applies a follow edge change only when it is newer than the one recorded. Returns 1 if applied.
+-- Applies a follow edge change only when it is newer than the one recorded. Returns 1 if the
+-- recorded edge is this one: applied now, or by an earlier delivery of it that may have died
+-- before its caller took the followee's posts into or out of the feed (the caller does again).
 local function apply_follow_edge(keys, args)
   local current = tonumber(redis.call('HGET', keys[2], args[1]) or '0')
   local floor = tonumber(redis.call('HGET', keys[2], '_floor') or '0')
   local version = tonumber(args[2])
+  if current == (args[3] == '1' and version or -version) then return 1 end
   if math.abs(current) >= version or floor >= version then return 0 end
   if args[3] == '1' then
     redis.call('HSET', keys[2], args[1], version)
