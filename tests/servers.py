@@ -284,8 +284,11 @@ def free_cluster_port() -> int:
         if port + 10000 > 65535:
             continue
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port + 10000)) != 0:
-                return port
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
     raise AssertionError("no free pair of ports for a cluster node")
 
 
@@ -313,10 +316,16 @@ class PrivateRedisCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         while len(self.ports) < self.count:
             port = free_cluster_port()
-            if port not in self.ports:
-                self.ports.append(port)
-        for port in self.ports:
-            self.start_node(port)
+            if port in self.ports:
+                continue
+            try:
+                self.start_node(port)
+            except AssertionError:
+                # Another process (a client's outgoing connection) took the port or its bus
+                # port after it was found free: take another.
+                self.processes.pop(port).kill()
+                continue
+            self.ports.append(port)
         subprocess.run(
             ["redis-cli", "--cluster", "create", *self.nodes]
             + ["--cluster-replicas", str(self.replicas)]
