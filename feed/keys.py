@@ -13,7 +13,9 @@ one slot, and every key of one post in another, so each function touches one slo
     acct:{account}       hash: ``json`` (id, handle, display name, created_at), counters, ``v``
                          (their version) and ``celeb`` (1 when at or above the pull threshold)
     myvotes:{account}    hash: post -> "value:version" (and the sentinel field "0")
-    post:{post}          hash: ``json`` (the post, without counters), ``up``, ``down``, ``v``
+    post:{post}          hash: ``json`` (the post, without counters), ``up``, ``down``, ``v``;
+                         without ``json`` (counts an event wrote after a loss) it is partial,
+                         and a read completes it from PostgreSQL (so is ``acct:``)
     gone:{post}          tombstone of a deleted post, so a late event cannot bring it back
     celebs:{all}         hash of the accounts pulled at read time (``FEED_PULL_THRESHOLD``
                          followers or more): account -> its counts version, negative once it

@@ -44,10 +44,10 @@ from feed.readmodel import (
     ID_SHIFT,
     TOMBSTONE_SECONDS,
     Store,
-    account_document,
     post_document,
     score_of,
 )
+from feed.rebuild import COUNTS, account_row, account_row_commands
 
 log = structlog.get_logger(__name__)
 
@@ -95,20 +95,14 @@ def project(store: Store, envelope: Envelope, send_page: SendPage) -> None:
 
 
 def project_account_registered(store: Store, event: AccountRegistered, send: SendPage) -> None:
-    # Safe twice: the profile is the same every time; counters apply only when newer.
-    counts = {"followers_count": 0, "following_count": 0, "posts_count": 0, "counts_version": 0}
-    document = account_document(
-        account_id=event.account_id,
-        handle=event.handle,
-        display_name=event.display_name,
-        created_at=event.created_at,
-    )
-    _, answer = store.run(
-        [
-            ("HSET", account_key(event.account_id), "json", document),
-            _counts_call(store, event.account_id, counts),
-        ]
-    )
+    # Safe twice, and late: the profile and its counters are PostgreSQL's now, not the event's
+    # zeros, which after Redis lost its data would hide the counts projected before the loss.
+    with store.reader.connect() as conn:
+        row = account_row(conn, int(event.account_id))
+    if row is None or row["status"] == "deleted":
+        return  # its deletion is projected (or was) and leaves nothing
+    *_, answer = store.run(account_row_commands(store, row))
+    counts = {name: row[name] for name in COUNTS}
     _after_counts(store, event.account_id, counts, answer, send)
 
 
@@ -161,8 +155,9 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
     plans: list[_Plan | None] = []
     for event in events:
         post_id, author_id = int(event.post_id), int(event.author_id)
-        published, first_page = states[post_id]
-        if not published:
+        state = states[post_id]
+        first_page = state.followers
+        if not state.published:
             commands.append(("SET", tombstone_key(post_id), 1, "EX", TOMBSTONE_SECONDS))
             plans.append(None)
             continue
@@ -173,7 +168,7 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
             store.call(
                 "cache_post",
                 [post_key(post_id), tombstone_key(post_id)],
-                [_document_of(event)],
+                [_document_of(event), state.up, state.down, state.votes_version],
             ),
             _counts_call(store, author_id, event.author_counts),
             store.call(
@@ -450,6 +445,7 @@ FOLLOWER_PAGE = text("SELECT " + _FOLLOWER_PAGE.format(author=":author"))
 # a message's posts. A post not in PostgreSQL comes back unpublished.
 POSTS_STATE = text(
     "SELECT x.id, p.status IS NOT DISTINCT FROM 'published' AS published, "
+    "p.up, p.down, p.votes_version, "
     "CASE WHEN x.with_followers THEN "
     + _FOLLOWER_PAGE.format(author="p.author_id")
     + " END AS followers FROM unnest(CAST(:ids AS int8[]), CAST(:with_followers AS bool[]))"
@@ -548,11 +544,10 @@ def _after_counts(
             send(FanOutPage("merge_author", int(account_id), followers))
 
 
-def _posts_state(
-    store: Store, posts: Sequence[tuple[int, bool]]
-) -> dict[int, tuple[bool, list[int] | None]]:
-    """For each ``(post_id, with_followers)``: whether the post is published in PostgreSQL
-    and, if asked, its author's first page of followers (``None`` when not asked). One query."""
+def _posts_state(store: Store, posts: Sequence[tuple[int, bool]]) -> dict[int, Any]:
+    """For each ``(post_id, with_followers)``: whether the post is published in PostgreSQL,
+    its vote counts and their version and, if asked, its author's first page of followers
+    (``None`` when not asked). One query."""
     with store.reader.connect() as conn:
         rows = conn.execute(
             POSTS_STATE,
@@ -563,4 +558,4 @@ def _posts_state(
                 "n": store.settings.fanout_page_size,
             },
         ).all()
-    return {row.id: (bool(row.published), row.followers) for row in rows}
+    return {row.id: row for row in rows}

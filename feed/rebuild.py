@@ -240,38 +240,45 @@ def post_document_of(row: Any) -> str:
 def _post_row_commands(store: Store, row: Any) -> list[tuple[Any, ...]]:
     """Cache a post from a ``POST_COLUMNS`` row: its document, and its counts unless the
     cache holds newer ones."""
-    keys = [post_key(row["id"]), tombstone_key(row["id"])]
     return [
-        ("HSET", post_key(row["id"]), "json", post_document_of(row)),
-        store.call("apply_post_votes", keys, [row["up"], row["down"], row["votes_version"]]),
+        store.call(
+            "cache_post",
+            [post_key(row["id"]), tombstone_key(row["id"])],
+            [post_document_of(row), row["up"], row["down"], row["votes_version"]],
+        )
     ]
+
+
+# An account's counters, as its row and its counts events name them.
+COUNTS = ("followers_count", "following_count", "posts_count", "counts_version")
+
+
+def account_row(db: Connection, account_id: int) -> Any:
+    """The account's row (a mapping), or None."""
+    return db.execute(select(accounts).where(accounts.c.id == account_id)).mappings().first()
 
 
 def cache_account(store: Store, account_id: int, conn: Connection | None = None) -> bool:
     """Cache one account's profile and counters; False when it does not exist or is gone."""
     with _connection(store, conn) as db:
-        row = db.execute(select(accounts).where(accounts.c.id == account_id)).mappings().first()
+        row = account_row(db, account_id)
         if row is None or row["status"] == "deleted":
             store.redis.delete(account_key(account_id))
             return False
-        store.run(_account_row_commands(store, row))
+        store.run(account_row_commands(store, row))
         return True
 
 
-def _account_row_commands(store: Store, row: Any) -> list[tuple[Any, ...]]:
+def account_row_commands(store: Store, row: Any) -> list[tuple[Any, ...]]:
+    """Cache an account from its row: its profile, and its counters unless the cache holds
+    newer ones (the last command answers as ``apply_counts`` does)."""
     document = account_document(
         account_id=row["id"],
         handle=row["handle"],
         display_name=row["display_name"],
         created_at=rfc3339(row["created_at"]),
     )
-    counts = [
-        row["followers_count"],
-        row["following_count"],
-        row["posts_count"],
-        row["counts_version"],
-        store.settings.feed_pull_threshold,
-    ]
+    counts = [*(row[name] for name in COUNTS), store.settings.feed_pull_threshold]
     return [
         ("HSET", account_key(row["id"]), "json", document),
         store.call("apply_counts", [account_key(row["id"])], counts),

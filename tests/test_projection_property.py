@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -33,8 +33,10 @@ operation = st.one_of(
     st.tuples(st.just("vote"), account, st.integers(0, 20), st.sampled_from([1, -1, 0])),
 )
 # Each step may be followed by a projection of everything so far, so events meet read models
-# in every state: before, between and after the commands that change the same keys.
-step = st.tuples(operation, st.booleans())
+# in every state: before, between and after the commands that change the same keys. That
+# projection may lose Redis's data after some of its deliveries (a restart without
+# persistence, a failover to a lagging replica): the rest arrive late, after the loss.
+step = st.tuples(operation, st.booleans(), st.one_of(st.none(), st.integers(0, 40)))
 
 
 class Reversed:
@@ -47,15 +49,24 @@ class Reversed:
         return "Reversed()"
 
 
-def project_twice(svc, shuffle) -> None:
+def project_twice(svc, shuffle, lose_after: int | None = None) -> None:
     """Relay everything, delivering each event twice (a redelivery after a lost ack) and in a
     shuffled order (concurrent workers finish in any order); published posts next to each
-    other in that order are projected together."""
+    other in that order are projected together. With ``lose_after``, Redis loses everything
+    after that many deliveries."""
     store = svc.store
 
     def publish(batch):
         deliveries = [*batch, *batch]
         shuffle(deliveries)
+        if lose_after is None or lose_after >= len(deliveries):
+            project_in_order(deliveries)
+            return
+        project_in_order(deliveries[:lose_after])
+        flush_read_model(svc.redis)
+        project_in_order(deliveries[lose_after:])
+
+    def project_in_order(deliveries):
         # Runs of published posts are projected together, as a worker's project_events does.
         for posts, run in itertools.groupby(deliveries, lambda e: e.type == "PostPublished"):
             if posts:
@@ -84,7 +95,11 @@ def redis_state(redis) -> dict:
             fields = redis.hgetall(key).items()
             state[key] = sorted(k for k, v in fields if not k.startswith(b"_") and int(v) > 0)
         elif kind in ("post:", "acct:"):
-            state[key] = redis.hgetall(key)
+            fields = redis.hgetall(key)
+            # Counters without the document are partial, left by an event after a loss: a
+            # read completes them from PostgreSQL (counts with an older version yield).
+            if b"json" in fields:
+                state[key] = fields
         elif kind == "myvotes:":
             votes = {k: v.split(b":")[0] for k, v in redis.hgetall(key).items()}
             state[key] = {k: v for k, v in votes.items() if v != b"0"}
@@ -114,6 +129,10 @@ def read_state(client, accounts) -> dict:
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
+# The three registrations, a post and a vote on it, each delivered twice, newest first; Redis
+# lost after six deliveries: the post's second delivery comes after the loss, the vote's do
+# not (the case of issue 18, always tried).
+@example(steps=[(("post", 0), False, None), (("vote", 1, 0, 1), True, 6)], order=Reversed())
 @given(
     steps=st.lists(step, max_size=25),
     # newest first is the order that most often breaks a version check; random for the rest
@@ -144,7 +163,8 @@ def test_incremental_read_models_equal_a_rebuild(app, engine, steps, order):
     live: list[tuple[str, dict]] = []  # posts not deleted yet
     following: dict[int, list[int]] = {i: [] for i in range(ACCOUNTS)}
 
-    for op, project_after in steps:
+    lost = False
+    for op, project_after, lose_after in steps:
         kind = op[0]
         if kind == "post":
             author = accounts[op[1]]
@@ -174,7 +194,8 @@ def test_incremental_read_models_equal_a_rebuild(app, engine, steps, order):
                 headers=accounts[op[1]]["auth"],
             )
         if project_after:
-            project_twice(svc, order.shuffle)
+            project_twice(svc, order.shuffle, lose_after)
+            lost = lost or lose_after is not None
     project_twice(svc, order.shuffle)
 
     incremental_keys = redis_state(svc.redis)  # before any read could repair a key
@@ -185,10 +206,11 @@ def test_incremental_read_models_equal_a_rebuild(app, engine, steps, order):
     rebuilt_keys = redis_state(svc.redis)
     rebuilt = read_state(client, accounts)
 
-    for me in accounts:
-        for key_of in (feed_key, following_key, account_key, my_votes_key):
-            assert key_of(me["id"]) in incremental_keys
-    # Keys built lazily (an author's posts nobody asked for yet) may be absent incrementally;
-    # every key that exists must equal the rebuilt one.
+    if not lost:  # after a loss they are built again when read
+        for me in accounts:
+            for key_of in (feed_key, following_key, account_key, my_votes_key):
+                assert key_of(me["id"]) in incremental_keys
+    # Keys built lazily (an author's posts nobody asked for yet, or what a loss took) may be
+    # absent incrementally; every key that exists must equal the rebuilt one.
     assert {k: rebuilt_keys.get(k) for k in incremental_keys} == incremental_keys
     assert incremental == rebuilt

@@ -151,14 +151,17 @@ local function apply_celebrity(keys, args)
   return 1
 end
 
--- KEYS: [1] a post's hash, [2] its tombstone. ARGV: the post's JSON (without counters).
--- Caches a published post unless it was deleted; answers 0 when it was.
+-- KEYS: [1] a post's hash, [2] its tombstone. ARGV: the post's JSON (without counters), and
+-- up, down and votes version as PostgreSQL holds them now. Caches a published post unless it
+-- was deleted (answers 0 then). The counts are PostgreSQL's, never assumed: a post cached
+-- after Redis lost its votes must not show 0/0 (newer counts already here stay).
 local function cache_post(keys, args)
   if redis.call('EXISTS', keys[2]) == 1 then return 0 end
   redis.call('HSET', keys[1], 'json', args[1])
-  redis.call('HSETNX', keys[1], 'up', 0)
-  redis.call('HSETNX', keys[1], 'down', 0)
-  redis.call('HSETNX', keys[1], 'v', 0)
+  local current = tonumber(redis.call('HGET', keys[1], 'v') or '-1')
+  if current < tonumber(args[4]) then
+    redis.call('HSET', keys[1], 'up', args[2], 'down', args[3], 'v', args[4])
+  end
   return 1
 end
 
