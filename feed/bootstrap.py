@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event, exc, text
 from feed.auth import Passwords, Tokens
 from feed.config import Settings, broker_urls, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
+from feed.origin import check_at_start
 from feed.readmodel import FeedKeepAlive, Store
 
 
@@ -157,11 +158,13 @@ def build_services(settings: Settings) -> Services:
         )
     engine = build_engine(settings.database_url)
     client, replica = build_store_clients(settings)
+    store = Store(client, engine, settings, replica=replica)
+    check_at_start(store)  # a read model of another database, or of its past, is cleared
     return Services(
         settings=settings,
         engine=engine,
         redis=client,
-        store=Store(client, engine, settings, replica=replica),
+        store=store,
         passwords=Passwords(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_cost,

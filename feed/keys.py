@@ -22,6 +22,10 @@ one slot, and every key of one post in another, so each function touches one slo
                          left; ``_version`` counts the changes, so a process's copy can tell it
                          is stale
     applied:{position}   set once the outbox event at that position is projected (read-your-writes)
+    origin:{all}         hash: ``database`` (the id of the PostgreSQL database the read model
+                         follows) and ``position`` (the highest outbox position applied); a
+                         read model of another database, or ahead of this one's outbox (a
+                         restore), is cleared when a process starts (``feed/origin.py``)
 
 The keys before hash tags (``home:42``, ``post:9001``, ``celebs``, ...) are never read; after an
 upgrade ``flask feeds rebuild`` fills the new ones and the README says which old ones to delete.
@@ -69,6 +73,22 @@ def applied_key(position: int) -> str:
 
 
 CELEBS_KEY = "celebs:{all}"
+ORIGIN_KEY = "origin:{all}"
+ORIGIN_LOCK_KEY = "origin-lock:{all}"
+
+# The prefixes of every key above: what clearing the read model deletes, and only that.
+PREFIXES = (
+    b"home:",
+    b"authored:",
+    b"following:",
+    b"fver:",
+    b"acct:",
+    b"myvotes:",
+    b"post:",
+    b"gone:",
+    b"celebs:",
+    b"applied:",
+)
 
 
 def owner_of(key: str | bytes) -> str:

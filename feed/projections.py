@@ -28,6 +28,7 @@ from feed.events import (
 )
 from feed.keys import (
     CELEBS_KEY,
+    ORIGIN_KEY,
     account_key,
     applied_key,
     feed_key,
@@ -214,8 +215,16 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
 
 
 def mark_applied(store: Store, positions: Sequence[int]) -> None:
-    """Mark outbox positions applied to the read model (a consistency token's wait ends)."""
-    store.run([("SET", applied_key(p), 1, "EX", APPLIED_SECONDS) for p in positions])
+    """Mark outbox positions applied to the read model (a consistency token's wait ends), and
+    keep the highest in the read model's origin."""
+    if not positions:
+        return
+    store.run(
+        [
+            *(("SET", applied_key(p), 1, "EX", APPLIED_SECONDS) for p in positions),
+            store.call("note_applied", [ORIGIN_KEY], [max(positions)]),
+        ]
+    )
 
 
 def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> None:

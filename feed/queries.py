@@ -27,6 +27,7 @@ from feed.keys import (
     post_key,
     posts_key,
 )
+from feed.origin import ensure_following
 from feed.readmodel import SENTINEL, Store, score_of
 from feed.rebuild import (
     POST_COLUMNS,
@@ -92,6 +93,7 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
     last read (from their slots); then the posts' hashes. When the reader's pulled accounts
     changed, their windows take one more round trip between.
     """
+    ensure_following(store)
     if position is not None and not wait_for_position(store, position):
         return _home_timeline_from_db(store, me, cursor)
     # A read with a token, or after a rebuild, is answered by the primaries: a replica may lag.
@@ -201,6 +203,7 @@ def account_posts(
 ) -> Page:
     """One account's published posts, newest first: the window from the account's slot, then
     the posts' hashes and the viewer's votes."""
+    ensure_following(store)
     if position is not None and not wait_for_position(store, position):
         return _account_posts_from_db(store, account_id, viewer, cursor)
     client = store.redis if position is not None else store.replica
@@ -251,6 +254,7 @@ def get_post(
     store: Store, post_id: int, viewer: int | None, *, position: int | None = None
 ) -> Item:
     """One published post with its current counts (and the viewer's vote): one round trip."""
+    ensure_following(store)
     if position is not None and not wait_for_position(store, position):
         posts = _posts_from_db(store, [post_id], viewer)
         if not posts:
@@ -281,6 +285,7 @@ def get_post(
 
 def get_account(store: Store, account_id: int, *, position: int | None = None) -> Item:
     """An account's profile with its followers, following and posts counts."""
+    ensure_following(store)
     if position is not None and not wait_for_position(store, position):
         return Item(_account_from_db(store, account_id), WRITE_MODEL)
     client = store.redis if position is not None else store.replica

@@ -201,6 +201,8 @@ class Store:
     functions: Functions = field(init=False)
     celebrities: Celebrities = field(init=False)
     reader: Engine = field(init=False)
+    # Whether this process checked that the read model follows this database (feed/origin.py).
+    follows_database: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.replica = self.replica if self.replica is not None else self.redis

@@ -109,6 +109,14 @@ outbox = Table(
     ),
 )
 
+# One row, made with the database: which database a read model was built from (feed/origin.py).
+database_identity = Table(
+    "database_identity",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

@@ -6,6 +6,7 @@ never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -53,22 +54,34 @@ def _database_url(name: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh database for this test run, migrated to head, dropped afterwards."""
+@contextlib.contextmanager
+def new_database(template: str | None = None) -> Iterator[str]:
+    """A database of its own, migrated to head (or a copy of ``template``'s, as a restore from
+    a backup taken now would give), dropped afterwards; its URL."""
     name = f"feed_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(sqlalchemy_url(SERVER_URL), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        copy = f' TEMPLATE "{template.rpartition("/")[2]}"' if template else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     url = _database_url(name)
-    app = create_app(services=build_services(make_settings(url)))
-    with app.app_context():
-        upgrade()
-    app.extensions["feed"].close()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    if template is None:
+        app = create_app(services=build_services(make_settings(url)))
+        with app.app_context():
+            upgrade()
+        app.extensions["feed"].close()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test run, migrated to head, dropped afterwards."""
+    with new_database() as url:
+        yield url
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

@@ -23,6 +23,7 @@ from feed.observability import (
     PROJECTION_LAG,
     configure_logging,
 )
+from feed.origin import ensure_following
 from feed.outbox import Envelope
 from feed.projections import (
     FanOutPage,
@@ -32,7 +33,7 @@ from feed.projections import (
     project_posts_published,
     projection_lag_seconds,
 )
-from feed.readmodel import configure_compact_encoding
+from feed.readmodel import Store, configure_compact_encoding
 from sagas.runtime import handle_saga_event, react_to_event
 from workers.broker import queue_name, setup_broker
 
@@ -55,6 +56,14 @@ def services() -> Services:
             _services.store.functions.load()  # on every primary; again if a node loses it
             freeze_heap()
         return _services
+
+
+def read_model() -> Store:
+    """This process's read model, once it is known to follow this database (a projection
+    raises, and is retried, until it can be checked)."""
+    store = services().store
+    ensure_following(store)
+    return store
 
 
 # Retried quickly at first (a Redis restart), backing off to 30 s; handlers are safe to repeat.
@@ -108,7 +117,7 @@ def _project(message: dict) -> None:
         return
     envelope = Envelope(**message)
     pages: list[FanOutPage] = []
-    project(services().store, envelope, pages.append)
+    project(read_model(), envelope, pages.append)
     PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
     log.info("event_projected", type=envelope.type, position=envelope.position)
     _fan_out(pages, envelope)
@@ -117,7 +126,7 @@ def _project(message: dict) -> None:
 def _project_posts(messages: list[dict]) -> None:
     """Project ``PostPublished`` events together; posts whose authors have fewer followers than
     a page (nearly all) reach their followers' feeds in the same Redis pipeline."""
-    store = services().store
+    store = read_model()
     envelopes = [Envelope(**message) for message in messages]
     projected = project_posts_published(store, [envelope.event() for envelope in envelopes])
     mark_applied(store, [envelope.position for envelope in envelopes])
@@ -187,7 +196,7 @@ def fan_out_page(message: dict) -> None:
 
 def _apply_page(page: FanOutPage, created_at: str | None, *, just_read: bool = False) -> None:
     started = time.perf_counter()
-    changed = apply_fan_out_page(services().store, page, just_read=just_read)
+    changed = apply_fan_out_page(read_model(), page, just_read=just_read)
     FANOUT_PAGE_SIZE.observe(len(page.follower_ids))
     FANOUT_SECONDS.labels(page.op).observe(time.perf_counter() - started)
     if created_at:

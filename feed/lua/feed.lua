@@ -195,6 +195,17 @@ local function apply_my_vote(keys, args)
   return 1
 end
 
+-- KEYS: the read model's origin. ARGV: an outbox position just applied.
+-- Keeps the highest position applied, in an origin that exists (a process that starts makes
+-- it; see feed/origin.py).
+local function note_applied(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then return 0 end
+  local current = tonumber(redis.call('HGET', keys[1], 'position') or '0')
+  if tonumber(args[1]) <= current then return 0 end
+  redis.call('HSET', keys[1], 'position', args[1])
+  return 1
+end
+
 -- KEYS: [1] the reader's home feed, [2] whom it follows, [3] its votes.
 -- ARGV: [1] max id, [2] min id ('' for no bound), [3] how many, [4] the lowest score,
 -- [5] the highest, then the pulled accounts (the pull set as the caller knows it).
@@ -253,6 +264,7 @@ redis.register_function{function_name='cache_post', callback=cache_post}
 redis.register_function{function_name='delete_post', callback=delete_post}
 redis.register_function{function_name='apply_post_votes', callback=apply_post_votes}
 redis.register_function{function_name='apply_my_vote', callback=apply_my_vote}
+redis.register_function{function_name='note_applied', callback=note_applied}
 redis.register_function{function_name='read_home_window', callback=read_home_window,
                         flags={'no-writes'}}
 redis.register_function{function_name='read_posts_window', callback=read_posts_window,
