@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from feed.errors import Unauthenticated
 
@@ -136,3 +138,38 @@ class Tokens:
             raise Unauthenticated("The token has expired; log in again.") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise Unauthenticated("The token is not valid.") from None
+
+
+class ActiveAccounts:
+    """Whether an account's tokens still open the API: only while the account is active (not
+    disabled by a deletion in progress, not deleted). Read from PostgreSQL and remembered for
+    ``ttl`` seconds in this process, so a token dies with its account within that, at one
+    query per account and period. While PostgreSQL does not answer, the last status known
+    stands (an account never seen counts as active: its token is valid and signed)."""
+
+    def __init__(self, engine: Any, ttl: float, max_accounts: int = 100_000) -> None:
+        self._engine, self._ttl, self._max = engine, ttl, max_accounts
+        self._known: dict[int, tuple[bool, float]] = {}
+
+    def remember(self, account_id: int) -> None:
+        """The account was seen active a moment ago (it just logged in)."""
+        self._known[account_id] = (True, time.monotonic() + self._ttl)
+
+    def is_active(self, account_id: int) -> bool:
+        now = time.monotonic()
+        known = self._known.get(account_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            with self._engine.connect() as conn:
+                status = conn.execute(ACCOUNT_STATUS, {"id": account_id}).scalar_one_or_none()
+        except OperationalError:
+            return True if known is None else known[0]
+        if len(self._known) >= self._max:
+            self._known.clear()
+        active = status == "active"
+        self._known[account_id] = (active, now + self._ttl)
+        return active
+
+
+ACCOUNT_STATUS = text("SELECT status FROM accounts WHERE id = :id")

@@ -17,7 +17,7 @@ from redis._parsers import CommandsParser
 from redis.cluster import ClusterNode, LoadBalancingStrategy
 from sqlalchemy import Engine, create_engine, event, exc, text
 
-from feed.auth import Passwords, Tokens
+from feed.auth import ActiveAccounts, Passwords, Tokens
 from feed.config import Settings, broker_urls, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
 from feed.origin import check_at_start
@@ -36,6 +36,13 @@ class Services:
     consistency: ConsistencyTokens
     store: Store
     keep_alive: FeedKeepAlive = field(default_factory=FeedKeepAlive)
+    active_accounts: ActiveAccounts | None = None
+
+    def __post_init__(self) -> None:
+        if self.active_accounts is None:
+            self.active_accounts = ActiveAccounts(
+                self.engine, self.settings.account_status_cache_seconds
+            )
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -881,7 +881,8 @@ def erase_account(conn: Connection, account_id: int) -> AccountDeleted | None:
         .where(accounts.c.id == account_id, accounts.c.status != "deleted")
         .values(
             status="deleted",
-            handle=f"deleted_{account_id}"[:30],
+            # "-" is in no handle a registration accepts: nobody can take this one first.
+            handle=f"deleted-{account_id}",
             display_name="",
             password_hash="",
             is_admin=False,

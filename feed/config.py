@@ -65,8 +65,11 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     rate_limit_sessions: str = "10/minute;50/hour"
     rate_limit_commands: str = "120/minute"
-    rate_limit_handle: str = "30/hour"
+    rate_limit_handle: str = "100/hour"  # failed logins at one handle, from anywhere
+    rate_limit_handle_address: str = "10/hour"  # failed logins at one handle, from one address
     rate_limits_enabled: bool = True
+    account_status_cache_seconds: float = 5.0  # a token dies with its account within this
+    behind_tls: bool = False  # answers carry Strict-Transport-Security
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536
     argon2_parallelism: int = 4
@@ -115,6 +118,12 @@ class Settings:
             rate_limit_sessions=env.get("RATE_LIMIT_SESSIONS") or defaults.rate_limit_sessions,
             rate_limit_commands=env.get("RATE_LIMIT_COMMANDS") or defaults.rate_limit_commands,
             rate_limit_handle=env.get("RATE_LIMIT_HANDLE") or defaults.rate_limit_handle,
+            rate_limit_handle_address=env.get("RATE_LIMIT_HANDLE_ADDRESS")
+            or defaults.rate_limit_handle_address,
+            account_status_cache_seconds=float(
+                env.get("ACCOUNT_STATUS_CACHE_SECONDS") or defaults.account_status_cache_seconds
+            ),
+            behind_tls=_bool(env, "BEHIND_TLS", False),
             rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", True),
             argon2_time_cost=_int(env, "ARGON2_TIME_COST", defaults.argon2_time_cost),
             argon2_memory_cost=_int(env, "ARGON2_MEMORY_COST", defaults.argon2_memory_cost),

@@ -79,13 +79,36 @@ def test_deleting_an_account_removes_every_trace(app, client, engine, leaving):
     account = fetch_all(
         engine, "SELECT handle, status, password_hash FROM accounts WHERE id = :id", id=int(ada.id)
     )[0]
-    assert account == {"handle": f"deleted_{ada.id}"[:30], "status": "deleted", "password_hash": ""}
+    assert account == {"handle": f"deleted-{ada.id}", "status": "deleted", "password_hash": ""}
     # the handle is free again
     again = client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
     assert again.status_code == 201
     # and a rebuild from PostgreSQL agrees
     app.extensions["feed"].redis.flushdb()
     assert client.get("/api/v1/timelines/home", headers=bob.auth).get_json()["items"] == []
+
+
+def test_a_handle_taken_in_advance_cannot_block_a_deletion(app, client, engine, leaving):
+    """Ids are public: anyone may register the handle a deletion would rename the account to.
+    The deletion's handle is one no registration can take."""
+    ada = leaving["ada"]
+    squat = client.post(
+        "/api/v1/accounts", json={"handle": f"deleted_{ada.id}"[:30], "password": "12345678"}
+    )
+    assert squat.status_code == 201
+    saga_id = delete_me(client, ada)
+    settle(app)
+
+    saga = fetch_all(engine, "SELECT status FROM sagas WHERE id = :id", id=saga_id)[0]
+    assert saga["status"] == "completed"
+    (account,) = fetch_all(
+        engine, "SELECT status, password_hash FROM accounts WHERE id = :id", id=int(ada.id)
+    )
+    assert account == {"status": "deleted", "password_hash": ""}
+    taken = client.post(
+        "/api/v1/accounts", json={"handle": f"deleted-{ada.id}", "password": "12345678"}
+    )
+    assert taken.status_code == 422  # not a handle anyone can register
 
 
 def test_a_failure_before_the_point_of_no_return_restores_logins(app, client, engine, leaving):

@@ -10,6 +10,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from sqlalchemy import text
 
+from feed.api.limits import login_limits
 from feed.api.web import services
 from sagas import engine, repair
 from sagas.schema import STATUSES
@@ -66,7 +67,14 @@ def _is_admin(account_id: int) -> bool:
         )
 
 
+def _with_login_limits(view):
+    for limit in reversed(login_limits()):
+        view = limit(view)
+    return view
+
+
 @bp.route("/login", methods=["GET", "POST"])
+@_with_login_limits
 def login():
     error = None
     if request.method == "POST":

@@ -16,10 +16,11 @@ from feed.api import accounts, baseline, media, ops, posts, sagas, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.problems import register_problem_handlers
-from feed.api.web import services, touch_activity
+from feed.api.web import require_admin, services, touch_activity
 from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 API_PREFIX = "/api/v1"
+ADMIN_PREFIX = API_PREFIX + "/admin/"
 REQUEST_ID_HEADER = "X-Request-ID"
 # Endpoints whose body is not JSON (multipart uploads).
 NON_JSON_ENDPOINTS: set[str] = {"media.Media"}
@@ -69,8 +70,10 @@ def init_api(app: Flask) -> None:
     )
     api.register_converter(IdConverter, lambda converter: {"type": "string", "pattern": "^[0-9]+$"})
     register_problem_handlers(app)
+    app.after_request(_safe_headers)  # registered first, so it runs after the limiter's
     limiter.init_app(app)
     app.before_request(_start_request)
+    app.before_request(_admins_only)
     app.before_request(_require_json_body)
     app.after_request(_finish_request)
     api.register_blueprint(accounts.blp, url_prefix=API_PREFIX)
@@ -93,6 +96,13 @@ def _start_request() -> None:
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
 
 
+def _admins_only() -> None:
+    """Every admin route answers 401 or 403 before it looks at the request: a non-admin learns
+    nothing from validation errors."""
+    if request.path.startswith(ADMIN_PREFIX):
+        require_admin()
+
+
 def _require_json_body() -> None:
     """A command with a body must send JSON: anything else is a 400, before validation."""
     if request.method not in {"POST", "PUT", "PATCH"} or request.endpoint in NON_JSON_ENDPOINTS:
@@ -108,6 +118,17 @@ def _require_json_body() -> None:
         json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python parses
         raise BadRequest("The request body is not valid JSON.") from None
+
+
+def _safe_headers(response: Response) -> Response:
+    """On every answer. Flask-Limiter adds Retry-After (its window's reset) to every answer
+    of a limited route; it belongs to "try again later" only (API.md)."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if services().settings.behind_tls:
+        response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
 
 
 def _finish_request(response: Response) -> Response:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_limiter.util import get_remote_address
 from flask_smorest import Blueprint
 
 from feed import commands
-from feed.api.limits import handle_key, handle_limit, limiter, sessions_limit
+from feed.api.limits import login_limits
 from feed.api.schemas import (
     AccountOut,
     FollowOut,
@@ -44,10 +43,7 @@ class Accounts(MethodView):
 
 @blp.route("/sessions")
 class Sessions(MethodView):
-    decorators = [
-        limiter.limit(sessions_limit, key_func=get_remote_address),
-        limiter.limit(handle_limit, key_func=handle_key),
-    ]
+    decorators = login_limits()
 
     @blp.arguments(StartSessionIn())
     @blp.response(200, SessionOut)
@@ -62,12 +58,13 @@ class Sessions(MethodView):
             keep=lambda body: {**body, "token": svc.tokens.replayable(body["token"])},
             restore=lambda kept: {**kept, "token": svc.tokens.reissue(kept["token"])},
         )
-        return run_command(
-            200,
-            lambda uow: commands.start_session(uow, cmd, svc.passwords, svc.tokens),
-            SESSION_OUT.dump,
-            stored_form=token_free,
-        )
+
+        def start(uow):
+            session = commands.start_session(uow, cmd, svc.passwords, svc.tokens)
+            svc.active_accounts.remember(session.account["id"])  # it was active just now
+            return session
+
+        return run_command(200, start, SESSION_OUT.dump, stored_form=token_free)
 
 
 @blp.route("/accounts/<id:account_id>/follow")

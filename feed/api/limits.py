@@ -34,11 +34,50 @@ def handle_limit() -> str:
     return services().settings.rate_limit_handle
 
 
+def handle_address_limit() -> str:
+    return services().settings.rate_limit_handle_address
+
+
+def _handle() -> str:
+    """The handle a login names: in its JSON body (the API) or its form (the operators' page)."""
+    body = request.get_json(silent=True) if request.is_json else request.form
+    handle = body.get("handle") if hasattr(body, "get") else None
+    return handle[:30] if isinstance(handle, str) else "?"
+
+
 def handle_key() -> str:
-    """Login attempts at one handle, from any address."""
-    body = request.get_json(silent=True)
-    handle = body.get("handle") if isinstance(body, dict) else None
-    return f"handle:{handle}" if isinstance(handle, str) else "handle:?"
+    """Failed logins at one handle, from any address."""
+    return f"handle:{_handle()}"
+
+
+def handle_address_key() -> str:
+    """Failed logins at one handle from one address."""
+    return f"handle:{_handle()}:ip:{get_remote_address() or 'unknown'}"
+
+
+def failed_login(response) -> bool:
+    return response.status_code == 401
+
+
+def login_limits() -> list:
+    """A login's limits, on ``POST /sessions`` and the operators' ``/admin/login``: every try
+    per address; failures at one handle per address, which stop a stranger guessing; and
+    failures at one handle from anywhere, far higher, against a guesser on many addresses.
+    Only failures count against a handle, so its owner, from another address, logs in while
+    a stranger is stopped (a botnet that fails ``RATE_LIMIT_HANDLE`` times in the hour still
+    locks the handle until the hour ends)."""
+    return [
+        limiter.limit(sessions_limit, key_func=get_remote_address, methods=["POST"]),
+        limiter.limit(
+            handle_address_limit,
+            key_func=handle_address_key,
+            methods=["POST"],
+            deduct_when=failed_login,
+        ),
+        limiter.limit(
+            handle_limit, key_func=handle_key, methods=["POST"], deduct_when=failed_login
+        ),
+    ]
 
 
 def commands_limit() -> str:

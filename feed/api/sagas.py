@@ -13,9 +13,16 @@ from sqlalchemy import text
 
 from feed.api.schemas import StrictInteger, StrictSchema
 from feed.api.timelines import parse_cursor
-from feed.api.web import authenticated, json_response, require_principal, run_command, services
+from feed.api.web import (
+    authenticated,
+    json_response,
+    require_admin,
+    require_principal,
+    run_command,
+    services,
+)
 from feed.clock import rfc3339
-from feed.errors import Conflict, FeedError, Forbidden, NotFound
+from feed.errors import Conflict, FeedError, NotFound
 from sagas import engine, repair
 from sagas.commands import PromotePost, promote_post
 from sagas.services import billing, notifications
@@ -25,19 +32,6 @@ blp = Blueprint("sagas", __name__, description="Sagas, wallets, notifications, a
 
 class CreditsIn(StrictSchema):
     credits = StrictInteger(required=True, validate=validate.Range(min=1, max=1_000_000))
-
-
-def require_admin() -> int:
-    """The caller's id if the database says it is an admin (a token's claim is not enough)."""
-    principal = require_principal()
-    with services().engine.connect() as conn:
-        is_admin = conn.execute(
-            text("SELECT is_admin FROM accounts WHERE id = :id AND status = 'active'"),
-            {"id": principal.account_id},
-        ).scalar_one_or_none()
-    if not is_admin:
-        raise Forbidden("Admin accounts only.")
-    return principal.account_id
 
 
 def saga_uuid(raw: str) -> UUID:

@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 
 from flask import Response, current_app, g, json, request
 from redis.exceptions import RedisError
+from sqlalchemy import text
 
 from feed import idempotency
 from feed.auth import Principal
 from feed.bootstrap import Services
-from feed.errors import InvalidInput, Unauthenticated
+from feed.errors import Forbidden, InvalidInput, Unauthenticated
 from feed.keys import feed_key
 from feed.unit_of_work import UnitOfWork
 
@@ -42,7 +43,10 @@ def optional_principal() -> Principal | None:
     """The caller, when a valid token is given; ``Unauthenticated`` for a bad one."""
     if "principal" not in g:
         token = bearer_token()
-        g.principal = services().tokens.verify(token) if token else None
+        principal = services().tokens.verify(token) if token else None
+        if principal is not None and not services().active_accounts.is_active(principal.account_id):
+            raise Unauthenticated("This account is no longer active.")
+        g.principal = principal
     return g.principal
 
 
@@ -52,6 +56,19 @@ def require_principal() -> Principal:
     if principal is None:
         raise Unauthenticated("Log in and send the token as 'Authorization: Bearer <token>'.")
     return principal
+
+
+def require_admin() -> int:
+    """The caller's id if the database says it is an admin (a token's claim is not enough)."""
+    principal = require_principal()
+    with services().engine.connect() as conn:
+        is_admin = conn.execute(
+            text("SELECT is_admin FROM accounts WHERE id = :id AND status = 'active'"),
+            {"id": principal.account_id},
+        ).scalar_one_or_none()
+    if not is_admin:
+        raise Forbidden("Admin accounts only.")
+    return principal.account_id
 
 
 def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,0 +1,134 @@
+"""Findings of a security review (issue 18): admin routes authorize before they validate, the
+operators' login is limited like the API's, a stranger cannot lock an account's owner out, a
+token dies with its account, and every answer carries the safe headers (and Retry-After only
+where it means something)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from app import create_app
+from feed.bootstrap import build_services
+
+
+@pytest.fixture
+def limited(settings, clean_state):
+    """The app with rate limits on (a test sets them per case)."""
+    apps = []
+
+    def make(**limits):
+        app = create_app(services=build_services(settings.with_overrides(**limits)))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["feed"].close()
+
+
+def test_every_admin_route_answers_a_non_admin_403_whatever_the_body(client, make_account):
+    someone = make_account("someone")
+    saga = uuid.uuid4()
+    bodies = [{"credits": "lots"}, {"unknown": 1}, None, "not json"]
+    routes = [
+        ("GET", "/api/v1/admin/sagas?status=nonsense", None),
+        ("GET", f"/api/v1/admin/sagas/{saga}", None),
+        ("GET", "/api/v1/admin/sagas/not-a-uuid", None),
+        *(("POST", f"/api/v1/admin/sagas/{saga}/retry", body) for body in bodies),
+        *(("POST", f"/api/v1/admin/sagas/{saga}/abort", body) for body in bodies),
+        *(("POST", f"/api/v1/admin/wallets/{someone.id}/credit", body) for body in bodies),
+    ]
+    for method, path, body in routes:
+        kwargs = {"data": body, "content_type": "text/plain"} if isinstance(body, str) else {}
+        if isinstance(body, dict):
+            kwargs = {"json": body}
+        response = client.open(path, method=method, headers=someone.auth, **kwargs)
+        assert response.status_code == 403, (method, path, body, response.get_json())
+        assert response.mimetype == "application/problem+json"
+
+
+def test_the_operators_login_has_the_limits_of_sessions(limited, make_account):
+    app = limited(rate_limits_enabled=True, rate_limit_sessions="3/minute")
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "the_admin", "password": "12345678"})
+    app.test_cli_runner().invoke(args=["accounts", "make-admin", "the_admin"])
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = page.split('name="csrf_token" value="')[1].split('"')[0]
+    statuses = [
+        client.post(
+            "/admin/login",
+            data={"handle": "the_admin", "password": f"guess{i}", "csrf_token": csrf},
+        ).status_code
+        for i in range(5)
+    ]
+    assert statuses == [401, 401, 401, 429, 429]
+
+
+def test_a_stranger_cannot_lock_the_owner_out(limited):
+    """Wrong passwords from one address at one handle stop that address; the owner, from
+    another, logs in. (The limit per handle from anywhere is far higher, and counts failures
+    only.)"""
+    app = limited(rate_limits_enabled=True, rate_limit_sessions="1000/minute")
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
+    stranger = [
+        client.post(
+            "/api/v1/sessions",
+            json={"handle": "ada_l", "password": f"guess{i:04d}"},
+            environ_base={"REMOTE_ADDR": "203.0.113.9"},
+        ).status_code
+        for i in range(40)
+    ]
+    owner = client.post(
+        "/api/v1/sessions",
+        json={"handle": "ada_l", "password": "12345678"},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert stranger[0] == 401 and stranger[-1] == 429
+    assert owner.status_code == 200
+
+
+def test_every_answer_says_nosniff_and_retry_after_only_on_429_and_503(limited):
+    app = limited(rate_limits_enabled=True)
+    client = app.test_client()
+    answers = [
+        client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"}),
+        client.post("/api/v1/sessions", json={"handle": "ada_l", "password": "12345678"}),
+        client.get("/api/v1/posts/1"),
+        client.get("/healthz"),
+        client.get("/admin/login"),
+    ]
+    for answer in answers:
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", answer.request.path
+        assert "Retry-After" not in answer.headers, (answer.request.path, answer.status_code)
+        assert "Strict-Transport-Security" not in answer.headers  # not behind TLS by default
+
+
+def test_hsts_when_the_service_is_behind_tls(limited):
+    app = limited(behind_tls=True)
+    answer = app.test_client().get("/healthz")
+    assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+@pytest.mark.parametrize("status", ["disabled", "deleted"])
+def test_a_token_dies_with_its_account(limited, status):
+    """A deletion disables the account, then erases it: its tokens stop opening anything at
+    once here (``ACCOUNT_STATUS_CACHE_SECONDS=0``; within that many seconds otherwise)."""
+    app = limited(account_status_cache_seconds=0)
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
+    session = client.post("/api/v1/sessions", json={"handle": "ada_l", "password": "12345678"})
+    auth = {"Authorization": f"Bearer {session.get_json()['token']}"}
+    paths = ["/api/v1/wallet", "/api/v1/notifications", "/api/v1/timelines/home"]
+    assert [client.get(path, headers=auth).status_code for path in paths] == [200] * 3
+    with app.extensions["feed"].engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET status = :s"), {"s": status})
+
+    refused = [client.get(path, headers=auth) for path in paths]
+    refused.append(client.post("/api/v1/posts", json={"body": "still me?"}, headers=auth))
+
+    assert [r.status_code for r in refused] == [401] * 4
+    assert all(r.mimetype == "application/problem+json" for r in refused)
