@@ -178,7 +178,7 @@ def build_services(settings: Settings) -> Services:
             parallelism=settings.argon2_parallelism,
         ),
         tokens=Tokens(settings.secret_key, settings.token_ttl_seconds),
-        consistency=ConsistencyTokens(settings.secret_key),
+        consistency=ConsistencyTokens(settings.secret_key, settings.consistency_token_ttl_seconds),
     )
 
 

@@ -70,6 +70,9 @@ class Settings:
     rate_limits_enabled: bool = True
     account_status_cache_seconds: float = 5.0  # a token dies with its account within this
     behind_tls: bool = False  # answers carry Strict-Transport-Security
+    consistency_token_ttl_seconds: int = 600  # after this a token no longer waits
+    miss_seconds: float = 10.0  # an unknown post or account id is asked of PostgreSQL once in this
+    rate_limit_anonymous_reads: str = "300/minute"  # reads without a token, per address
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536
     argon2_parallelism: int = 4
@@ -124,6 +127,12 @@ class Settings:
                 env.get("ACCOUNT_STATUS_CACHE_SECONDS") or defaults.account_status_cache_seconds
             ),
             behind_tls=_bool(env, "BEHIND_TLS", False),
+            miss_seconds=float(env.get("MISS_SECONDS") or defaults.miss_seconds),
+            rate_limit_anonymous_reads=env.get("RATE_LIMIT_ANONYMOUS_READS")
+            or defaults.rate_limit_anonymous_reads,
+            consistency_token_ttl_seconds=_int(
+                env, "CONSISTENCY_TOKEN_TTL_SECONDS", defaults.consistency_token_ttl_seconds
+            ),
             rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", True),
             argon2_time_cost=_int(env, "ARGON2_TIME_COST", defaults.argon2_time_cost),
             argon2_memory_cost=_int(env, "ARGON2_MEMORY_COST", defaults.argon2_memory_cost),

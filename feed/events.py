@@ -27,6 +27,9 @@ class Event:
     """Base of every event: subclasses set ``name`` and ``version``."""
 
     name: ClassVar[str]
+    # Whether the read model projects it (and marks its position applied, which ends a
+    # consistency token's wait); saga messages are not.
+    projected: ClassVar[bool] = True
     version: ClassVar[int]
 
     @property

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.dml import ReturningInsert
 
 from feed.clock import rfc3339
-from feed.events import Event, decode
+from feed.events import EVENT_TYPES, Event, decode
 from feed.failpoints import failpoint
 from feed.schema import outbox
 
@@ -33,7 +33,7 @@ from feed.schema import outbox
 OUTBOX_CHANNEL = "outbox"
 
 
-_APPEND = insert(outbox).returning(outbox.c.position)
+_APPEND = insert(outbox).returning(outbox.c.position, outbox.c.type)
 
 
 def append_from_select(
@@ -80,10 +80,8 @@ def listen_connection(database_url: str) -> psycopg.Connection:
 def append_events(
     conn: Connection, events: Iterable[Event], *, correlation_id: str | None = None
 ) -> int:
-    """Write ``events`` to the outbox inside the caller's transaction; return the last position.
-
-    Returns 0 when there were no events.
-    """
+    """Write ``events`` to the outbox inside the caller's transaction; return the last position
+    of those the read model projects (a consistency token's), 0 when there is none."""
     rows = [
         {
             "event_id": uuid.uuid4(),
@@ -98,13 +96,19 @@ def append_events(
     if not rows:
         return 0
     # One event (most commands) as a single-row insert: cheaper than SQLAlchemy's executemany.
-    positions = conn.execute(_APPEND, rows[0] if len(rows) == 1 else rows).scalars().all()
-    return max(positions)
+    written = conn.execute(_APPEND, rows[0] if len(rows) == 1 else rows).all()
+    return max((p for p, name in written if EVENT_TYPES[name].projected), default=0)
 
 
 def last_position(conn: Connection) -> int:
-    """The highest outbox position written so far (0 for an empty outbox)."""
-    return conn.execute(select(func.coalesce(func.max(outbox.c.position), 0))).scalar_one()
+    """The highest outbox position of an event the read model projects, written so far (0
+    for none): what a consistency token names for a command that projects nothing itself."""
+    unprojected = [name for name, cls in EVENT_TYPES.items() if not cls.projected]
+    return conn.execute(
+        select(func.coalesce(func.max(outbox.c.position), 0)).where(
+            outbox.c.type.not_in(unprojected)
+        )
+    ).scalar_one()
 
 
 # --- the relay ----------------------------------------------------------------------------

@@ -73,9 +73,10 @@ class Item:
 Row = tuple[str, bytes | None, bytes | None, bytes | None, bytes | None]
 
 
-def wait_for_position(store: Store, position: int) -> bool:
-    """True once the event at ``position`` is projected; False after ``read_wait_ms``."""
-    deadline = time.monotonic() + store.settings.read_wait_ms / 1000
+def wait_for_position(store: Store, position: int, *, wait: bool = True) -> bool:
+    """True once the event at ``position`` is projected; False after ``read_wait_ms`` (at
+    once without ``wait``: an expired token's)."""
+    deadline = time.monotonic() + (store.settings.read_wait_ms / 1000 if wait else 0)
     while True:
         if store.redis.exists(applied_key(position)):
             return True
@@ -84,7 +85,9 @@ def wait_for_position(store: Store, position: int) -> bool:
         time.sleep(0.01)
 
 
-def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None = None) -> Page:
+def home_timeline(
+    store: Store, me: int, cursor: Cursor, *, position: int | None = None, wait: bool = True
+) -> Page:
     """The caller's home feed: its own posts, those it follows, pulled high-follower posts.
 
     Two round trips. First the feed's window, the reader's votes on it and which pulled
@@ -94,7 +97,7 @@ def home_timeline(store: Store, me: int, cursor: Cursor, *, position: int | None
     changed, their windows take one more round trip between.
     """
     ensure_following(store)
-    if position is not None and not wait_for_position(store, position):
+    if position is not None and not wait_for_position(store, position, wait=wait):
         return _home_timeline_from_db(store, me, cursor)
     # A read with a token, or after a rebuild, is answered by the primaries: a replica may lag.
     client = store.redis if position is not None else store.replica
@@ -200,11 +203,12 @@ def account_posts(
     cursor: Cursor,
     *,
     position: int | None = None,
+    wait: bool = True,
 ) -> Page:
     """One account's published posts, newest first: the window from the account's slot, then
     the posts' hashes and the viewer's votes."""
     ensure_following(store)
-    if position is not None and not wait_for_position(store, position):
+    if position is not None and not wait_for_position(store, position, wait=wait):
         return _account_posts_from_db(store, account_id, viewer, cursor)
     client = store.redis if position is not None else store.replica
     rebuilt: list[str] = []
@@ -220,7 +224,7 @@ def account_posts(
         if reply[0] == b"miss":
             what = reply[1].decode()
             if what == "account":
-                if not cache_account(store, account_id):
+                if not _cache_account(store, account_id):
                     raise NotFound("No such account.")
             else:
                 rebuild_posts(store, account_id)
@@ -251,11 +255,16 @@ def account_posts(
 
 
 def get_post(
-    store: Store, post_id: int, viewer: int | None, *, position: int | None = None
+    store: Store,
+    post_id: int,
+    viewer: int | None,
+    *,
+    position: int | None = None,
+    wait: bool = True,
 ) -> Item:
     """One published post with its current counts (and the viewer's vote): one round trip."""
     ensure_following(store)
-    if position is not None and not wait_for_position(store, position):
+    if position is not None and not wait_for_position(store, position, wait=wait):
         posts = _posts_from_db(store, [post_id], viewer)
         if not posts:
             raise NotFound("No such post.")
@@ -275,7 +284,10 @@ def get_post(
                 client = store.redis
                 continue
         if document is None:
+            if store.misses.known("post", post_id):
+                raise NotFound("No such post.")
             if not cache_posts(store, [post_id]):
+                store.misses.remember("post", post_id)
                 raise NotFound("No such post.")
             client = store.redis
             continue
@@ -283,10 +295,12 @@ def get_post(
     raise DependencyDown("The post could not be read; retry shortly.")
 
 
-def get_account(store: Store, account_id: int, *, position: int | None = None) -> Item:
+def get_account(
+    store: Store, account_id: int, *, position: int | None = None, wait: bool = True
+) -> Item:
     """An account's profile with its followers, following and posts counts."""
     ensure_following(store)
-    if position is not None and not wait_for_position(store, position):
+    if position is not None and not wait_for_position(store, position, wait=wait):
         return Item(_account_from_db(store, account_id), WRITE_MODEL)
     client = store.redis if position is not None else store.replica
     for _ in range(MAX_REBUILDS):
@@ -294,7 +308,7 @@ def get_account(store: Store, account_id: int, *, position: int | None = None) -
             account_key(account_id), "json", "followers", "following", "posts"
         )
         if document is None or followers is None:
-            if not cache_account(store, account_id):
+            if not _cache_account(store, account_id):
                 raise NotFound("No such account.")
             client = store.redis
             continue
@@ -304,6 +318,17 @@ def get_account(store: Store, account_id: int, *, position: int | None = None) -
         )
         return Item(account)
     raise DependencyDown("The account could not be read; retry shortly.")
+
+
+def _cache_account(store: Store, account_id: int) -> bool:
+    """Cache the account from PostgreSQL, unless it was unknown a moment ago; False if it is
+    unknown (or deleted)."""
+    if store.misses.known("account", account_id):
+        return False
+    if cache_account(store, account_id):
+        return True
+    store.misses.remember("account", account_id)
+    return False
 
 
 # --- assembling answers -------------------------------------------------------------------

@@ -183,6 +183,26 @@ class Celebrities:
         return True
 
 
+class Misses:
+    """Ids that PostgreSQL did not know (or knows deleted) a moment ago, remembered for
+    ``ttl`` seconds in this process: a read of an unknown post or account asks PostgreSQL once,
+    not on every read. Ids are made when their row is, so an id nobody has been given yet is
+    only a guess's."""
+
+    def __init__(self, ttl: float, max_ids: int = 100_000) -> None:
+        self._ttl, self._max = ttl, max_ids
+        self._until: dict[tuple[str, int], float] = {}
+
+    def known(self, kind: str, ident: int) -> bool:
+        until = self._until.get((kind, ident))
+        return until is not None and until > time.monotonic()
+
+    def remember(self, kind: str, ident: int) -> None:
+        if len(self._until) >= self._max:
+            self._until.clear()
+        self._until[(kind, ident)] = time.monotonic() + self._ttl
+
+
 @dataclass
 class Store:
     """What the read side works with: Redis and its functions, and PostgreSQL to rebuild from.
@@ -203,12 +223,14 @@ class Store:
     reader: Engine = field(init=False)
     # Whether this process checked that the read model follows this database (feed/origin.py).
     follows_database: bool = field(init=False, default=False)
+    misses: Misses = field(init=False)
 
     def __post_init__(self) -> None:
         self.replica = self.replica if self.replica is not None else self.redis
         self.functions = Functions(self.redis, held=self.settings.redis_held_connections)
         self.celebrities = Celebrities()
         self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.misses = Misses(self.settings.miss_seconds)
 
     def call(self, name: str, keys: list[Any], args: list[Any] = ()) -> tuple[Any, ...]:
         """The command calling read-model function ``name`` (for ``run``)."""

@@ -67,17 +67,18 @@ class UnitOfWork:
         self.position = max(self.position, position)
 
     def flush_events(self) -> int:
-        """Write queued events to the outbox now; return the outbox position they reach.
+        """Write queued events to the outbox now; return the last position among them that the
+        read model projects (and marks applied: a consistency token names it).
 
-        With no events at all the position is the outbox's current end, so a consistency token
-        built from it still means "at least everything committed before this command".
+        With none (no events, or saga messages only) it is the last such position in the
+        outbox, so a token built from it still means "at least everything committed before
+        this command", and its wait ends once that is projected.
         """
         if self._pending:
-            self.position = append_events(
-                self.conn, self._pending, correlation_id=self.correlation_id
-            )
+            appended = append_events(self.conn, self._pending, correlation_id=self.correlation_id)
+            self.position = max(self.position, appended)
             self._pending.clear()
-        elif not self.position:
+        if not self.position:  # nothing the read model marks: the last event it will
             self.position = last_position(self.conn)
         return self.position
 

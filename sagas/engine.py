@@ -103,6 +103,7 @@ class SagaStepRequested(Event):
     """The orchestrator asks ``service`` to run ``command`` (an action or a compensation)."""
 
     name: ClassVar[str] = "SagaStepRequested"
+    projected: ClassVar[bool] = False
     version: ClassVar[int] = 1
 
     saga_id: str
@@ -121,6 +122,7 @@ class SagaStepReplied(Event):
     """A participant answers a step: ``ok`` with a result, or an error (retryable or not)."""
 
     name: ClassVar[str] = "SagaStepReplied"
+    projected: ClassVar[bool] = False
     version: ClassVar[int] = 1
 
     saga_id: str
@@ -140,6 +142,7 @@ class SagaTimerDue(Event):
     """Wake the saga at ``at`` (a retry after backoff)."""
 
     name: ClassVar[str] = "SagaTimerDue"
+    projected: ClassVar[bool] = False
     version: ClassVar[int] = 1
 
     saga_id: str

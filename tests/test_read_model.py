@@ -386,9 +386,10 @@ def test_a_read_with_a_consistency_token_sees_the_write_before_projection(client
     assert r.get_json()["id"] not in ids(without.get_json())  # not projected yet: stale
     assert ids(with_token.get_json()) == [r.get_json()["id"]]
     assert with_token.headers["X-Read-Model"] == "postgres"
-    post_read = client.get(f"/api/v1/posts/{r.get_json()['id']}", headers=token)
+    post_read = client.get(f"/api/v1/posts/{r.get_json()['id']}", headers={**ada.auth, **token})
     assert post_read.status_code == 200 and post_read.headers["X-Read-Model"] == "postgres"
-    assert client.get(f"/api/v1/accounts/{ada.id}", headers=token).get_json()["posts_count"] == 1
+    mine = client.get(f"/api/v1/accounts/{ada.id}", headers={**ada.auth, **token})
+    assert mine.get_json()["posts_count"] == 1
 
 
 def test_a_token_already_projected_is_served_from_redis(client, ada_and_fans, project_all):

@@ -132,3 +132,41 @@ def test_a_token_dies_with_its_account(limited, status):
 
     assert [r.status_code for r in refused] == [401] * 4
     assert all(r.mimetype == "application/problem+json" for r in refused)
+
+
+def test_an_unknown_id_is_asked_of_postgresql_once_not_on_every_read(client, engine, make_account):
+    from tests.test_commands import statements_seen
+
+    ada = make_account("ada_l")
+    gone = client.post("/api/v1/posts", json={"body": "soon gone"}, headers=ada.auth)
+    client.delete(f"/api/v1/posts/{gone.get_json()['id']}", headers=ada.auth)
+    paths = [
+        "/api/v1/posts/123456789",
+        f"/api/v1/posts/{gone.get_json()['id']}",
+        "/api/v1/accounts/123456789",
+        "/api/v1/accounts/123456790/posts",
+    ]
+    for path in paths:
+        with statements_seen(engine) as first:
+            assert client.get(path).status_code == 404
+        with statements_seen(engine) as again:
+            for _ in range(20):
+                assert client.get(path).status_code == 404
+        assert first and again == [], path
+
+
+def test_anonymous_reads_are_limited_per_address(limited, make_account):
+    app = limited(rate_limits_enabled=True, rate_limit_anonymous_reads="5/minute")
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
+    session = client.post("/api/v1/sessions", json={"handle": "ada_l", "password": "12345678"})
+    auth = {"Authorization": f"Bearer {session.get_json()['token']}"}
+    me = session.get_json()["account"]["id"]
+
+    anonymous = [client.get(f"/api/v1/posts/{9000 + i}").status_code for i in range(7)]
+    signed_in = [client.get(f"/api/v1/accounts/{me}", headers=auth).status_code for _ in range(7)]
+    elsewhere = client.get("/api/v1/posts/1", environ_base={"REMOTE_ADDR": "198.51.100.7"})
+
+    assert anonymous == [404] * 5 + [429] * 2
+    assert signed_in == [200] * 7
+    assert elsewhere.status_code == 404

@@ -80,6 +80,14 @@ def login_limits() -> list:
     ]
 
 
+def anonymous_reads_limit() -> str:
+    return services().settings.rate_limit_anonymous_reads
+
+
+def has_token() -> bool:
+    return bearer_token() is not None
+
+
 def commands_limit() -> str:
     return services().settings.rate_limit_commands
 
@@ -95,4 +103,10 @@ limiter = Limiter(
     headers_enabled=True,
     swallow_errors=True,
     key_prefix="feed-limits",
+)
+
+# Public reads without a token, per address: an unknown id costs a PostgreSQL query (once in
+# MISS_SECONDS per process), so enumerating ids must not be free.
+anonymous_reads = limiter.limit(
+    anonymous_reads_limit, key_func=get_remote_address, exempt_when=has_token
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Response, request
@@ -9,6 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from feed import queries
+from feed.api.limits import anonymous_reads
 from feed.api.schemas import AccountOut, PostOut, PostPageOut, ProblemOut
 from feed.api.web import (
     CONSISTENCY_HEADER,
@@ -67,9 +69,15 @@ def parse_cursor() -> queries.Cursor:
     return queries.Cursor(limit=limit, **ids)
 
 
-def consistency_position() -> int | None:
+def consistency() -> dict[str, Any]:
+    """What the request's consistency token asks of the read: ``position`` and ``wait`` for
+    the queries (none without a token)."""
     token = request.headers.get(CONSISTENCY_HEADER)
-    return services().consistency.position(token) if token else None
+    if not token:
+        return {}
+    principal = optional_principal()
+    after = services().consistency.read(token, principal.account_id if principal else None)
+    return {"position": after.position, "wait": after.may_wait}
 
 
 def page_response(page: queries.Page, cursor: queries.Cursor) -> Response:
@@ -93,12 +101,14 @@ class HomeTimeline(MethodView):
         """The caller's home feed, newest first."""
         me = require_principal().account_id
         cursor = parse_cursor()
-        page = queries.home_timeline(services().store, me, cursor, position=consistency_position())
+        page = queries.home_timeline(services().store, me, cursor, **consistency())
         return page_response(page, cursor)
 
 
 @blp.route("/accounts/<id:account_id>/posts")
 class AccountPosts(MethodView):
+    decorators = [anonymous_reads]
+
     @blp.doc(parameters=CURSOR_PARAMETERS)
     @blp.response(200, PostPageOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such account")
@@ -111,13 +121,15 @@ class AccountPosts(MethodView):
             account_id,
             viewer.account_id if viewer else None,
             cursor,
-            position=consistency_position(),
+            **consistency(),
         )
         return page_response(page, cursor)
 
 
 @blp.route("/posts/<id:post_id>")
 class PostItem(MethodView):
+    decorators = [anonymous_reads]
+
     @blp.doc(parameters=CURSOR_PARAMETERS[-1:])
     @blp.response(200, PostOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such post")
@@ -128,17 +140,19 @@ class PostItem(MethodView):
             services().store,
             post_id,
             viewer.account_id if viewer else None,
-            position=consistency_position(),
+            **consistency(),
         )
         return json_response(item.value, 200, {READ_MODEL_HEADER: item.source})
 
 
 @blp.route("/accounts/<id:account_id>")
 class AccountItem(MethodView):
+    decorators = [anonymous_reads]
+
     @blp.doc(parameters=CURSOR_PARAMETERS[-1:])
     @blp.response(200, AccountOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such account")
     def get(self, account_id):
         """An account with its counters."""
-        item = queries.get_account(services().store, account_id, position=consistency_position())
+        item = queries.get_account(services().store, account_id, **consistency())
         return json_response(item.value, 200, {READ_MODEL_HEADER: item.source})

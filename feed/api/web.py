@@ -162,7 +162,8 @@ def run_command(
                 replay.headers["Idempotent-Replayed"] = "true"
                 return replay
         result = execute(uow)
-        headers = {CONSISTENCY_HEADER: svc.consistency.issue(uow.flush_events())}
+        owner = principal.account_id if principal else None
+        headers = {CONSISTENCY_HEADER: svc.consistency.issue(uow.flush_events(), owner)}
         body = render(result)
         if key is not None:
             idempotency.remember(
