@@ -12,6 +12,7 @@ from sqlalchemy import update
 
 from feed.bootstrap import Services
 from feed.idempotency import purge_expired
+from feed.outbox import purge_published
 from feed.readmodel import configure_compact_encoding
 from feed.rebuild import rebuild_account, rebuild_all
 from feed.schema import accounts
@@ -20,10 +21,13 @@ from sagas import repair as saga_repair
 from sagas import runtime  # noqa: F401  (registers the saga definitions and participants)
 from sagas.schema import STATUSES
 from sagas.services import inject_fault
+from sagas.services.media import sweep_unattached
 
 accounts_cli = AppGroup("accounts", help="Manage accounts.")
 idempotency_cli = AppGroup("idempotency", help="Manage stored Idempotency-Key answers.")
 feeds_cli = AppGroup("feeds", help="Manage the Redis read models.")
+outbox_cli = AppGroup("outbox", help="Manage the outbox.")
+media_cli = AppGroup("media", help="Manage uploads.")
 sagas_cli = AppGroup("sagas", help="Inspect and repair sagas.")
 
 
@@ -52,6 +56,26 @@ def purge() -> None:
     with svc.engine.begin() as conn:
         removed = purge_expired(conn, svc.settings.idempotency_ttl_seconds)
     click.echo(f"purged {removed} expired idempotency records")
+
+
+@outbox_cli.command("purge")
+def purge_outbox() -> None:
+    """Delete outbox events published more than OUTBOX_RETENTION_DAYS ago (the relay does it
+    hourly too)."""
+    svc = _services()
+    with svc.engine.begin() as conn:
+        removed = purge_published(conn, svc.settings.outbox_retention_days * 86400)
+    click.echo(f"purged {removed} published outbox events")
+
+
+@media_cli.command("sweep")
+def sweep_media() -> None:
+    """Delete uploads left unattached for MEDIA_UNATTACHED_HOURS (the relay does it hourly
+    too)."""
+    svc = _services()
+    with svc.engine.begin() as conn:
+        removed = sweep_unattached(conn, svc.settings)
+    click.echo(f"deleted {removed} unattached uploads")
 
 
 @feeds_cli.command("rebuild")
@@ -182,4 +206,6 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(accounts_cli)
     app.cli.add_command(idempotency_cli)
     app.cli.add_command(feeds_cli)
+    app.cli.add_command(outbox_cli)
+    app.cli.add_command(media_cli)
     app.cli.add_command(sagas_cli)

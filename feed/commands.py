@@ -245,11 +245,12 @@ def delete_post(uow: UnitOfWork, cmd: DeletePost) -> None:
 
 
 def _mark_deleted(conn: Connection, post: Row, *, deleted_by: int) -> PostDeleted:
-    """Mark a locked post deleted, uncount it if it was published; the event that says so."""
+    """Mark a locked post deleted, its text blanked (a deleted post keeps no content), uncount
+    it if it was published; the event that says so."""
     deleted_at = conn.execute(
         update(posts)
         .where(posts.c.id == post["id"])
-        .values(status="deleted", deleted_at=func.now())
+        .values(status="deleted", deleted_at=func.now(), body="")
         .returning(posts.c.deleted_at)
     ).scalar_one()
     was_counted = post["status"] == "published"

@@ -73,6 +73,10 @@ class Settings:
     consistency_token_ttl_seconds: int = 600  # after this a token no longer waits
     miss_seconds: float = 10.0  # an unknown post or account id is asked of PostgreSQL once in this
     rate_limit_anonymous_reads: str = "300/minute"  # reads without a token, per address
+    rate_limit_signups: str = "10/hour"  # registrations per address
+    saga_stuck_visible_seconds: float = 60.0  # a stuck saga waits this long for an operator
+    outbox_retention_days: float = 7.0  # published outbox rows are deleted after this
+    media_unattached_hours: float = 24.0  # uploads never attached are deleted after this
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536
     argon2_parallelism: int = 4
@@ -130,6 +134,16 @@ class Settings:
             miss_seconds=float(env.get("MISS_SECONDS") or defaults.miss_seconds),
             rate_limit_anonymous_reads=env.get("RATE_LIMIT_ANONYMOUS_READS")
             or defaults.rate_limit_anonymous_reads,
+            rate_limit_signups=env.get("RATE_LIMIT_SIGNUPS") or defaults.rate_limit_signups,
+            media_unattached_hours=float(
+                env.get("MEDIA_UNATTACHED_HOURS") or defaults.media_unattached_hours
+            ),
+            outbox_retention_days=float(
+                env.get("OUTBOX_RETENTION_DAYS") or defaults.outbox_retention_days
+            ),
+            saga_stuck_visible_seconds=float(
+                env.get("SAGA_STUCK_VISIBLE_SECONDS") or defaults.saga_stuck_visible_seconds
+            ),
             consistency_token_ttl_seconds=_int(
                 env, "CONSISTENCY_TOKEN_TTL_SECONDS", defaults.consistency_token_ttl_seconds
             ),

@@ -56,6 +56,11 @@ ACTOR_SECONDS = Histogram(
     ["actor"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+POISON_MESSAGES = Counter(
+    "feed_poison_messages_total",
+    "Messages no handler can read, sent to the dead-letter queue without retries",
+    ["actor"],
+)
 RELAY_PUBLISHED = Counter("feed_relay_published_total", "Outbox events published by the relay")
 RELAY_ERRORS = Counter("feed_relay_errors_total", "Relay batches that failed (broker down...)")
 

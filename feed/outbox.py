@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Engine,
     String,
     bindparam,
+    delete,
     func,
     insert,
     literal_column,
@@ -98,6 +100,17 @@ def append_events(
     # One event (most commands) as a single-row insert: cheaper than SQLAlchemy's executemany.
     written = conn.execute(_APPEND, rows[0] if len(rows) == 1 else rows).all()
     return max((p for p, name in written if EVENT_TYPES[name].projected), default=0)
+
+
+def purge_published(conn: Connection, older_than_seconds: float) -> int:
+    """Delete outbox rows published longer ago than ``older_than_seconds``: their payloads
+    hold what users wrote (and since deleted), and nothing reads them again. Returns how many
+    went. The position sequence is untouched, so positions are never reused."""
+    return conn.execute(
+        delete(outbox).where(
+            outbox.c.published_at < func.now() - timedelta(seconds=older_than_seconds)
+        )
+    ).rowcount
 
 
 def last_position(conn: Connection) -> int:

@@ -508,10 +508,17 @@ def _uuid(value: uuid.UUID | str) -> uuid.UUID:
 # --- recovery: timeouts and stuck sagas ----------------------------------------------------
 
 
-def sweep(engine: Engine) -> dict[str, int]:
+STUCK_VISIBLE_SECONDS = 60.0
+
+
+def sweep(
+    engine: Engine, *, stuck_visible_seconds: float = STUCK_VISIBLE_SECONDS
+) -> dict[str, int]:
     """Time out unanswered attempts, fire overdue timers, mark sagas with no progress past
-    their deadline ``stuck`` and resume them. Safe to run anywhere, any number of times."""
-    counts = {"timed_out": 0, "timers": 0, "stuck": 0}
+    their deadline ``stuck``, and resume those stuck for ``stuck_visible_seconds`` (operators
+    see them as ``stuck`` meanwhile, and may retry or abort them first). Safe to run
+    anywhere, any number of times."""
+    counts = {"timed_out": 0, "timers": 0, "stuck": 0, "resumed": 0}
     with engine.connect() as conn:
         overdue = (
             conn.execute(
@@ -540,6 +547,13 @@ def sweep(engine: Engine) -> dict[str, int]:
             .scalars()
             .all()
         )
+        resumable = (
+            conn.execute(
+                select(sagas.c.id).where(sagas.c.status == "stuck", sagas.c.retry_at < func.now())
+            )
+            .scalars()
+            .all()
+        )
     for step_id in overdue:
         if _with_retries(engine, lambda conn, s=step_id: _time_out(conn, s)):
             counts["timed_out"] += 1
@@ -547,8 +561,12 @@ def sweep(engine: Engine) -> dict[str, int]:
         if _with_retries(engine, lambda conn, s=saga_id: _apply_timer(conn, str(s))):
             counts["timers"] += 1
     for saga_id in late:
-        if _with_retries(engine, lambda conn, s=saga_id: _mark_stuck_and_resume(conn, s)):
+        mark = lambda conn, s=saga_id: _mark_stuck(conn, s, stuck_visible_seconds)  # noqa: E731
+        if _with_retries(engine, mark):
             counts["stuck"] += 1
+    for saga_id in resumable:
+        if _with_retries(engine, lambda conn, s=saga_id: _resume_stuck(conn, s)):
+            counts["resumed"] += 1
     return counts
 
 
@@ -573,7 +591,10 @@ def _time_out(conn: Connection, step_id: uuid.UUID) -> bool:
     return True
 
 
-def _mark_stuck_and_resume(conn: Connection, saga_id: uuid.UUID) -> bool:
+def _mark_stuck(conn: Connection, saga_id: uuid.UUID, visible_seconds: float) -> bool:
+    """A saga without progress past its deadline, and nothing it waits for, becomes ``stuck``
+    (its own transaction: operators see it) until the sweeper resumes it after
+    ``visible_seconds``."""
     instance = load(conn, saga_id)
     if instance.row["status"] not in ("running", "compensating"):
         return False
@@ -593,9 +614,21 @@ def _mark_stuck_and_resume(conn: Connection, saga_id: uuid.UUID) -> bool:
     if waiting:
         return False
     status = instance.row["status"]
-    _transition(conn, instance, status="stuck")
+    _transition(
+        conn, instance, status="stuck", retry_at=utcnow() + timedelta(seconds=visible_seconds)
+    )
     _record_action(conn, instance.id, "sweeper", "stuck", {"was": status})
-    _resume(conn, load(conn, saga_id), status_after=status)
+    return True
+
+
+def _resume_stuck(conn: Connection, saga_id: uuid.UUID) -> bool:
+    """Resume a saga left ``stuck`` past its visible window (no operator acted first)."""
+    instance = load(conn, saga_id)
+    if instance.row["status"] != "stuck" or instance.row["retry_at"] >= utcnow():
+        return False
+    _record_action(conn, instance.id, "sweeper", "resume", {})
+    after = "compensating" if instance.row["direction"] == "backward" else "running"
+    _resume(conn, instance, status_after=after)
     return True
 
 
@@ -622,58 +655,63 @@ def _resume(
 
 
 def retry(engine: Engine, saga_id: str, operator: str) -> Instance:
-    """Resume a ``failed`` or ``stuck`` saga from the step that failed. Asking twice does it
-    once: the second request finds the saga running and changes nothing."""
+    """Resume a ``failed`` or ``stuck`` saga from the step that failed (``retry_in``), in a
+    transaction of its own."""
+    return _with_retries(engine, lambda conn: retry_in(conn, saga_id, operator))
 
-    def work(conn: Connection) -> Instance:
-        instance = load(conn, saga_id)
-        status = instance.row["status"]
-        if status in ("running", "compensating"):
-            return instance
-        if status not in ("failed", "stuck"):
-            raise InvalidTransition(f"a {status} saga cannot be retried")
-        _record_action(conn, instance.id, operator, "retry", {"from_status": status})
-        after = "compensating" if instance.row["direction"] == "backward" else "running"
-        _resume(conn, instance, status_after=after, fresh_attempts=True)
-        return load(conn, saga_id)
 
-    return _with_retries(engine, work)
+def retry_in(conn: Connection, saga_id: str, operator: str) -> Instance:
+    """Resume a ``failed`` or ``stuck`` saga from the step that failed, in the caller's
+    transaction (``ConcurrentUpdate`` when another changed the saga meanwhile). Asking twice
+    does it once: the second request finds the saga running and changes nothing."""
+    instance = load(conn, saga_id)
+    status = instance.row["status"]
+    if status in ("running", "compensating"):
+        return instance
+    if status not in ("failed", "stuck"):
+        raise InvalidTransition(f"a {status} saga cannot be retried")
+    _record_action(conn, instance.id, operator, "retry", {"from_status": status})
+    after = "compensating" if instance.row["direction"] == "backward" else "running"
+    _resume(conn, instance, status_after=after, fresh_attempts=True)
+    return load(conn, saga_id)
 
 
 def abort(engine: Engine, saga_id: str, operator: str) -> Instance:
-    """Compensate what was done and end the saga ``compensated``."""
+    """Compensate what was done and end the saga ``compensated`` (``abort_in``), in a
+    transaction of its own."""
+    return _with_retries(engine, lambda conn: abort_in(conn, saga_id, operator))
 
-    def work(conn: Connection) -> Instance:
-        instance = load(conn, saga_id)
-        status = instance.row["status"]
-        if status == "compensating" or status in ("completed", "compensated"):
-            if status == "completed":
-                raise InvalidTransition("a completed saga cannot be aborted")
-            return instance
-        if _past_point_of_no_return(instance):
-            raise InvalidTransition("this saga is past its point of no return; retry it instead")
-        _record_action(conn, instance.id, operator, "abort", {"from_status": status})
-        completed = list(instance.row["completed_steps"])
-        if instance.row["direction"] == "forward" and _in_flight(conn, instance):
-            completed.append(instance.row["current_step"])  # it may run yet: undo it too
-        conn.execute(
-            update(saga_steps)
-            .where(saga_steps.c.saga_id == instance.id, saga_steps.c.status == "sent")
-            .values(status="superseded", replied_at=func.now())
-        )
-        _transition(
-            conn,
-            instance,
-            status="compensating",
-            direction="backward",
-            completed_steps=completed,
-            retry_at=None,
-            last_error=f"aborted by {operator}",
-        )
-        _compensate_next(conn, load(conn, saga_id))
-        return load(conn, saga_id)
 
-    return _with_retries(engine, work)
+def abort_in(conn: Connection, saga_id: str, operator: str) -> Instance:
+    """Compensate what was done and end the saga ``compensated``, in the caller's transaction."""
+    instance = load(conn, saga_id)
+    status = instance.row["status"]
+    if status == "compensating" or status in ("completed", "compensated"):
+        if status == "completed":
+            raise InvalidTransition("a completed saga cannot be aborted")
+        return instance
+    if _past_point_of_no_return(instance):
+        raise InvalidTransition("this saga is past its point of no return; retry it instead")
+    _record_action(conn, instance.id, operator, "abort", {"from_status": status})
+    completed = list(instance.row["completed_steps"])
+    if instance.row["direction"] == "forward" and _in_flight(conn, instance):
+        completed.append(instance.row["current_step"])  # it may run yet: undo it too
+    conn.execute(
+        update(saga_steps)
+        .where(saga_steps.c.saga_id == instance.id, saga_steps.c.status == "sent")
+        .values(status="superseded", replied_at=func.now())
+    )
+    _transition(
+        conn,
+        instance,
+        status="compensating",
+        direction="backward",
+        completed_steps=completed,
+        retry_at=None,
+        last_error=f"aborted by {operator}",
+    )
+    _compensate_next(conn, load(conn, saga_id))
+    return load(conn, saga_id)
 
 
 def _in_flight(conn: Connection, instance: Instance) -> bool:

@@ -130,7 +130,7 @@ ledger_entries = Table(
     Column("kind", String(10), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("saga_id", UUID(as_uuid=True)),
-    Column("counter_account", String(20), nullable=False),
+    Column("counter_account", String(40), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("kind IN ('credit', 'debit', 'refund')", name="kind"),
     CheckConstraint("amount > 0", name="amount_positive"),

@@ -164,7 +164,7 @@ def test_a_closed_wallet_takes_no_more_credits(app, client, engine, leaving):
     delete_me(client, leaving["ada"])
     settle(app)
     with engine.begin() as conn, _pytest.raises(InvalidInput):
-        billing.credit(conn, int(leaving["ada"].id), 10)
+        billing.credit(conn, int(leaving["ada"].id), 10, by=int(leaving["admin"].id))
     r = client.post(
         f"/api/v1/admin/wallets/{leaving['ada'].id}/credit",
         json={"credits": 10},

@@ -170,3 +170,15 @@ def test_openapi_documents_the_fields_of_the_contract(openapi):
     }
     assert set(schemas["VoteOut"]["properties"]) == {"post_id", "up", "down", "score", "my_vote"}
     assert set(schemas["SessionOut"]["properties"]) == {"token", "expires_at", "account"}
+
+
+def test_the_api_docs_work_offline(client):
+    """/docs loads Swagger UI from this service (a pinned package), not from a CDN."""
+    page = client.get("/docs")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "https://" not in html and "http://" not in html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in html
+        served = client.get(f"/docs/assets/{asset}")
+        assert served.status_code == 200 and len(served.data) > 10_000, asset

@@ -100,7 +100,8 @@ def settle(app, rounds=40):
 
 def _open_sagas(engine):
     return fetch_all(
-        engine, "SELECT count(*) AS n FROM sagas WHERE status IN ('running', 'compensating')"
+        engine,
+        "SELECT count(*) AS n FROM sagas WHERE status IN ('running', 'compensating', 'stuck')",
     )[0]["n"]
 
 
@@ -441,9 +442,55 @@ def test_a_saga_without_progress_past_its_deadline_is_marked_stuck_and_resumed(
     with engine.begin() as conn:  # the attempt vanished (say, an operator cleaned it up by hand)
         conn.execute(text("UPDATE saga_steps SET status = 'superseded' WHERE status = 'sent'"))
     time.sleep(1.1)
-    settle(app)
-    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=scene["admin"].auth).get_json()
+    saga_engine.sweep(engine)
+
+    # stuck, and seen so by operators for a while (it used to be resumed in the same breath)
+    admin = scene["admin"].auth
+    listed = client.get("/api/v1/admin/sagas?status=stuck", headers=admin).get_json()
+    assert [s["id"] for s in listed["items"]] == [saga_id]
+    with engine.begin() as conn:  # the window (SAGA_STUCK_VISIBLE_SECONDS) passes
+        conn.execute(text("UPDATE sagas SET retry_at = now() - interval '1 second'"))
+    settle(app)  # the sweeper resumes it
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=admin).get_json()
     assert shown["status"] == "completed"
     assert [(a["operator"], a["action"]) for a in shown["operator_actions"]] == [
-        ("sweeper", "stuck")
+        ("sweeper", "stuck"),
+        ("sweeper", "resume"),
     ]
+
+
+def test_admin_actions_are_commands_with_a_key_and_a_token(app, client, engine, scene):
+    """Retry, abort and credit take an Idempotency-Key (the same key answers the first answer
+    again, and acts once) and answer an X-Consistency-Token; a credit names its admin."""
+    admin = scene["admin"]
+    with engine.begin() as conn:
+        inject_fault(conn, "notifications", "notify_promotion_finished", "permanent", 1)
+    saga_id = promote(client, scene)
+    settle(app)
+    keyed = {**admin.auth, "Idempotency-Key": "retry-1"}
+
+    first = client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=keyed)
+    settle(app)
+    again = client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=keyed)
+
+    assert first.status_code == again.status_code == 202
+    assert first.headers["X-Consistency-Token"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.get_json() == first.get_json()  # the answer of then, not the saga of now
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=admin.auth).get_json()
+    assert [a["action"] for a in shown["operator_actions"]] == ["retry"]
+
+    aborted = client.post(
+        f"/api/v1/admin/sagas/{saga_id}/abort", headers={**admin.auth, "Idempotency-Key": "a-1"}
+    )
+    assert aborted.status_code == 409  # completed now: a conflict, not remembered
+
+    credit_key = {**admin.auth, "Idempotency-Key": "credit-1"}
+    url = f"/api/v1/admin/wallets/{scene['fan'].id}/credit"
+    credits = [client.post(url, json={"credits": 7}, headers=credit_key) for _ in range(2)]
+    assert [c.status_code for c in credits] == [200, 200]
+    assert credits[0].headers["X-Consistency-Token"]
+    wallet = client.get("/api/v1/wallet", headers=scene["fan"].auth).get_json()
+    assert wallet["balance"] == 7  # once
+    (entry,) = wallet["entries"]
+    assert entry["counter_account"] == f"admin:{admin.id}" and entry["at"]

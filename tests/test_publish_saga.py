@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 
 import pytest
+from sqlalchemy import text
 
 from app import create_app
 from feed.bootstrap import build_services
+from sagas.services.media import media_dir
 from tests.conftest import fetch_all
 from tests.test_promote_saga import settle
 
@@ -38,8 +40,40 @@ def test_an_upload_is_typed_by_its_bytes_not_by_the_client(client, people):
     r = upload(client, author, content_type="text/plain")
     assert r.status_code == 201
     assert r.get_json()["content_type"] == "image/png" and r.get_json()["size"] == len(PNG)
-    served = client.get(f"/api/v1/media/{r.get_json()['id']}")
+    served = client.get(f"/api/v1/media/{r.get_json()['id']}", headers=author.auth)
     assert served.status_code == 200 and served.data == PNG and served.mimetype == "image/png"
+
+
+@pytest.mark.parametrize("fate", ["published", "rejected"])
+def test_media_is_its_owners_alone_until_its_post_is_published(app, client, people, fate):
+    """Unattached, pending and rejected media: the owner only (anyone else: 404, as if there
+    were none), never kept by a shared cache. Published: anyone, cacheable."""
+    author, fan = people
+    media_id = upload(client, author).get_json()["id"]
+    url = f"/api/v1/media/{media_id}"
+
+    def who_sees() -> dict:
+        answers = {
+            "owner": client.get(url, headers=author.auth),
+            "other": client.get(url, headers=fan.auth),
+            "anyone": client.get(url),
+        }
+        return {who: (r.status_code, r.headers.get("Cache-Control")) for who, r in answers.items()}
+
+    private = {"owner": (200, "max-age=3600, private"), "other": (404, None), "anyone": (404, None)}
+    assert who_sees() == private  # unattached
+    body = "look" if fate == "published" else "buy at scamlink now"
+    client.post("/api/v1/posts", json={"body": body, "media_ids": [media_id]}, headers=author.auth)
+    assert who_sees() == private  # pending moderation
+    settle(app)
+
+    if fate == "rejected":
+        assert who_sees() == private
+    else:
+        assert {who: seen[0] for who, seen in who_sees().items()} == dict.fromkeys(
+            ("owner", "other", "anyone"), 200
+        )
+        assert "private" not in client.get(url).headers["Cache-Control"]
 
 
 @pytest.mark.parametrize(
@@ -201,3 +235,29 @@ def test_the_media_quota_is_per_account(settings, clean_state, make_account, eng
     other = upload(client, bob).status_code
     app.extensions["feed"].close()
     assert statuses == [201, 201, 422] and other == 201
+
+
+def test_uploads_left_unattached_for_a_day_are_swept(app, client, engine, people):
+    """An upload never attached goes after MEDIA_UNATTACHED_HOURS, file and quota; one
+    attached, or named by a post still in moderation, stays."""
+    author, _ = people
+    left, published, waiting = (upload(client, author).get_json()["id"] for _ in range(3))
+    client.post("/api/v1/posts", json={"body": "a", "media_ids": [published]}, headers=author.auth)
+    settle(app)
+    client.post("/api/v1/posts", json={"body": "b", "media_ids": [waiting]}, headers=author.auth)
+    with engine.begin() as conn:  # two days pass
+        conn.execute(text("UPDATE media SET created_at = now() - interval '2 days'"))
+
+    result = app.test_cli_runner().invoke(args=["media", "sweep"])
+
+    assert result.exit_code == 0 and "deleted 1 unattached" in result.output
+    status = {
+        row["id"]: row["status"] for row in fetch_all(engine, "SELECT id::text, status FROM media")
+    }
+    assert status == {left: "deleted", published: "attached", waiting: "uploaded"}
+    assert client.get(f"/api/v1/media/{left}", headers=author.auth).status_code == 404
+    assert not (media_dir(app.extensions["feed"].settings) / left).exists()
+    settle(app)  # the post in moderation still gets its media
+    assert fetch_all(engine, "SELECT status FROM media WHERE id::text = :id", id=waiting) == [
+        {"status": "attached"}
+    ]

@@ -170,3 +170,47 @@ def test_anonymous_reads_are_limited_per_address(limited, make_account):
     assert anonymous == [404] * 5 + [429] * 2
     assert signed_in == [200] * 7
     assert elsewhere.status_code == 404
+
+
+def test_sign_ups_are_limited_per_address(limited):
+    app = limited(rate_limits_enabled=True, rate_limit_signups="3/hour")
+    client = app.test_client()
+    statuses = [
+        client.post("/api/v1/accounts", json={"handle": f"new_{i}", "password": "12345678"})
+        for i in range(5)
+    ]
+    elsewhere = client.post(
+        "/api/v1/accounts",
+        json={"handle": "new_x", "password": "12345678"},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert [r.status_code for r in statuses] == [201, 201, 201, 429, 429]
+    assert elsewhere.status_code == 201
+
+
+def test_deleted_content_is_blanked_and_old_published_events_are_purged(
+    app, client, engine, make_account, project_all
+):
+    ada = make_account("ada_l")
+    secret = client.post("/api/v1/posts", json={"body": "my secret words"}, headers=ada.auth)
+    client.delete(f"/api/v1/posts/{secret.get_json()['id']}", headers=ada.auth)
+    project_all()
+    pending = client.post("/api/v1/posts", json={"body": "not relayed yet"}, headers=ada.auth)
+
+    def rows(sql: str) -> list:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalars().all()
+
+    assert rows(f"SELECT body FROM posts WHERE id = {secret.get_json()['id']}") == [""]
+    with engine.begin() as conn:  # eight days pass for what was published
+        conn.execute(
+            text(
+                "UPDATE outbox SET published_at = now() - interval '8 days' "
+                "WHERE published_at IS NOT NULL"
+            )
+        )
+    result = app.test_cli_runner().invoke(args=["outbox", "purge"])
+
+    assert result.exit_code == 0 and "purged" in result.output
+    assert rows("SELECT count(*) FROM outbox WHERE payload::text LIKE '%secret%'") == [0]
+    assert rows("SELECT payload->>'post_id' FROM outbox") == [pending.get_json()["id"]]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import dramatiq
 import structlog
@@ -20,6 +22,7 @@ from feed.events import PostPublished
 from feed.observability import (
     FANOUT_PAGE_SIZE,
     FANOUT_SECONDS,
+    POISON_MESSAGES,
     PROJECTION_LAG,
     configure_logging,
 )
@@ -41,6 +44,7 @@ SETTINGS = Settings.from_env()
 configure_logging(json_output=SETTINGS.log_json)
 broker = setup_broker(SETTINGS)
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _services: Services | None = None
 _lock = threading.Lock()
@@ -67,10 +71,41 @@ def read_model() -> Store:
 
 
 # Retried quickly at first (a Redis restart), backing off to 30 s; handlers are safe to repeat.
+# A message no handler can read is not retried: it goes to the dead-letter queue at once.
 RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
 
 
-@dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), **RETRY)
+class Undecodable(Exception):
+    """A message no handler can read: missing or mistyped fields, an event type or version
+    this code does not know. Retrying cannot help."""
+
+
+def readable(actor_name: str, read: Callable[[Any], T], message: Any) -> T:
+    """``read(message)``, or ``Undecodable`` (counted on ``/metrics`` and logged) when it
+    cannot be read."""
+    try:
+        return read(message)
+    except (TypeError, KeyError, ValueError, AttributeError) as error:  # UnknownEvent too
+        POISON_MESSAGES.labels(actor_name).inc()
+        log.error("poison_message", actor=actor_name, error=f"{type(error).__name__}: {error}")
+        raise Undecodable(f"{actor_name}: {type(error).__name__}: {error}") from error
+
+
+def _envelope(message: dict) -> Envelope:
+    """The outbox event a message carries, checked to decode."""
+    envelope = Envelope(**message)
+    envelope.event()
+    return envelope
+
+
+def _events(message: dict) -> list[dict]:
+    events = message["events"]
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise TypeError("'events' is not a list of events")
+    return events
+
+
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), throws=(Undecodable,), **RETRY)
 def project_events(message: dict) -> None:
     """Project a run of outbox events: the relay sends them several to a message, one broker
     round trip for many. Its published posts are projected together (one query, one Redis
@@ -78,7 +113,7 @@ def project_events(message: dict) -> None:
     on as a ``project_event`` message of its own, with its own retries and dead letter, and the
     rest carry on: projections are safe in any order and twice. Should the worker die midway,
     the whole message comes back and the events already done are applied again, harmlessly."""
-    events = message["events"]
+    events = readable("project_events", _events, message)
     posts = [event for event in events if event["type"] == PostPublished.name]
     if len(posts) > 1:
         try:
@@ -104,9 +139,10 @@ def project_events(message: dict) -> None:
             project_event.send(event)
 
 
-@dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), throws=(Undecodable,), **RETRY)
 def project_event(message: dict) -> None:
     """Project one outbox event (one that failed in a ``project_events`` run)."""
+    readable("project_event", _envelope, message)
     _project(message)
 
 
@@ -165,10 +201,10 @@ def _fan_out(pages: list[FanOutPage], envelope: Envelope) -> None:
         )
 
 
-@dramatiq.actor(queue_name=queue_name(SETTINGS, "sagas"), **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "sagas"), throws=(Undecodable,), **RETRY)
 def saga_message(message: dict) -> None:
     """A saga step for a participant, a participant's reply, or a retry timer."""
-    envelope = Envelope(**message)
+    envelope = readable("saga_message", _envelope, message)
     if not handle_saga_event(services(), envelope):
         # A retry timer that is not due yet: a short wait comes back as a Dramatiq delay. A
         # long one is left to the sweeper, which fires it from PostgreSQL: the worker holds a
@@ -182,16 +218,17 @@ def saga_message(message: dict) -> None:
     log.info("saga_message", type=envelope.type, saga_id=envelope.aggregate_id)
 
 
-@dramatiq.actor(queue_name=queue_name(SETTINGS, "sagas"), **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "sagas"), throws=(Undecodable,), **RETRY)
 def participant_event(message: dict) -> None:
     """A write-model event a participant reacts to (a deleted post's media go with it)."""
-    react_to_event(services(), Envelope(**message))
+    react_to_event(services(), readable("participant_event", _envelope, message))
 
 
-@dramatiq.actor(queue_name=queue_name(SETTINGS, "fanout"), **RETRY)
+@dramatiq.actor(queue_name=queue_name(SETTINGS, "fanout"), throws=(Undecodable,), **RETRY)
 def fan_out_page(message: dict) -> None:
     """Apply one page of a fan-out (about a thousand followers) in one Redis script call."""
-    _apply_page(FanOutPage.from_message(message), message.get("created_at"))
+    page = readable("fan_out_page", FanOutPage.from_message, message)
+    _apply_page(page, message.get("created_at"))
 
 
 def _apply_page(page: FanOutPage, created_at: str | None, *, just_read: bool = False) -> None:

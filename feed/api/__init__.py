@@ -7,7 +7,8 @@ import time
 import uuid
 
 import structlog
-from flask import Flask, Response, g, request
+import swagger_ui_bundle
+from flask import Blueprint, Flask, Response, g, request
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
@@ -21,6 +22,7 @@ from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 API_PREFIX = "/api/v1"
 ADMIN_PREFIX = API_PREFIX + "/admin/"
+SWAGGER_ASSETS = "/docs/assets"
 REQUEST_ID_HEADER = "X-Request-ID"
 # Endpoints whose body is not JSON (multipart uploads).
 NON_JSON_ENDPOINTS: set[str] = {"media.Media"}
@@ -56,7 +58,17 @@ def init_api(app: Flask) -> None:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Swagger UI's files from a pinned package, served here: /docs works offline, and
+        # what it runs is what pyproject.toml pins, not whatever a CDN serves today.
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS + "/",
+    )
+    app.register_blueprint(
+        Blueprint(
+            "swagger_ui_assets",
+            __name__,
+            static_folder=swagger_ui_bundle.swagger_ui_path,
+            static_url_path=SWAGGER_ASSETS,
+        )
     )
     api = FeedApi(
         app,

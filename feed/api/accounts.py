@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from feed import commands
-from feed.api.limits import login_limits
+from feed.api.limits import login_limits, signups
 from feed.api.schemas import (
     AccountOut,
     FollowOut,
@@ -26,6 +26,8 @@ SESSION_OUT = SessionOut()
 
 @blp.route("/accounts")
 class Accounts(MethodView):
+    decorators = [signups]
+
     @blp.arguments(RegisterAccountIn())
     @blp.response(201, AccountOut)
     @blp.alt_response(409, schema=ProblemOut, description="The handle is taken")

@@ -80,6 +80,10 @@ def login_limits() -> list:
     ]
 
 
+def signups_limit() -> str:
+    return services().settings.rate_limit_signups
+
+
 def anonymous_reads_limit() -> str:
     return services().settings.rate_limit_anonymous_reads
 
@@ -110,3 +114,6 @@ limiter = Limiter(
 anonymous_reads = limiter.limit(
     anonymous_reads_limit, key_func=get_remote_address, exempt_when=has_token
 )
+
+# Sign-ups per address: each account may hold MEDIA_QUOTA_BYTES of uploads.
+signups = limiter.limit(signups_limit, key_func=get_remote_address, methods=["POST"])

@@ -8,13 +8,18 @@ import uuid
 from flask import request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy import select
+from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from feed.api.schemas import ProblemOut
-from feed.api.web import authenticated, require_principal, run_command, services
+from feed.api.web import (
+    authenticated,
+    optional_principal,
+    require_principal,
+    run_command,
+    services,
+)
 from feed.errors import InvalidInput, NotFound
-from sagas.schema import media
 from sagas.services.media import media_dir, store_upload
 
 blp = Blueprint("media", __name__, description="Media uploads")
@@ -54,16 +59,32 @@ class Media(MethodView):
 class MediaFile(MethodView):
     @blp.response(200)
     def get(self, media_id):
-        """The file of an attached (or your own) upload."""
+        """The file of media attached to a published post, for anyone; of your own upload
+        (unattached, or its post pending or rejected), for you only."""
         try:
             key = uuid.UUID(media_id)
         except ValueError:
             raise NotFound("No such media.") from None
         with services().engine.connect() as conn:
-            row = conn.execute(select(media).where(media.c.id == key)).mappings().first()
+            row = conn.execute(MEDIA_AND_POST, {"id": key}).mappings().first()
         if row is None or row["status"] == "deleted":
             raise NotFound("No such media.")
+        public = row["status"] == "attached" and row["post_status"] == "published"
+        if not public:
+            viewer = optional_principal()
+            if viewer is None or viewer.account_id != row["account_id"]:
+                raise NotFound("No such media.")  # not "forbidden": whether it exists is private
         path = media_dir(services().settings) / str(row["id"])
         if not path.exists():
             raise NotFound("No such media.")
-        return send_file(path, mimetype=row["content_type"], max_age=3600)
+        response = send_file(path, mimetype=row["content_type"], max_age=3600)
+        if not public:
+            response.cache_control.public = False
+            response.cache_control.private = True
+        return response
+
+
+MEDIA_AND_POST = text(
+    "SELECT m.id, m.account_id, m.content_type, m.status, p.status AS post_status "
+    "FROM media m LEFT JOIN posts p ON p.id = m.post_id WHERE m.id = :id"
+)

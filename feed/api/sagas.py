@@ -138,8 +138,8 @@ class AdminCredit(MethodView):
     @blp.arguments(CreditsIn())
     @blp.response(200)
     def post(self, data, account_id):
-        """Credit an account's wallet (admin)."""
-        require_admin()
+        """Credit an account's wallet (admin): the ledger entry names the admin."""
+        admin = require_admin()
 
         def credit(uow):
             exists = uow.conn.execute(
@@ -148,7 +148,7 @@ class AdminCredit(MethodView):
             ).first()
             if exists is None:
                 raise NotFound("No such account.")
-            return billing.credit(uow.conn, account_id, data["credits"])
+            return billing.credit(uow.conn, account_id, data["credits"], by=admin)
 
         return run_command(200, credit, render_wallet, principal=require_principal())
 
@@ -274,14 +274,30 @@ class AdminSaga(MethodView):
 
 
 def _operator_action(saga_id: str, action) -> Any:
+    """An operator's retry or abort (``engine.retry_in``, ``engine.abort_in``): a command like
+    any other, with its Idempotency-Key and X-Consistency-Token, in one transaction; run again
+    when another process moved the saga meanwhile."""
     admin = require_admin()
-    try:
-        instance = action(services().engine, str(saga_uuid(saga_id)), f"account:{admin}")
-    except engine.SagaNotFound:
-        raise NotFound("No such saga.") from None
-    except engine.InvalidTransition as error:
-        raise Conflict(str(error)) from None
-    return json_response(render_saga(instance.row), 202)
+    ident = str(saga_uuid(saga_id))
+    for attempt in range(ACTION_ATTEMPTS):
+        try:
+            return run_command(
+                202,
+                lambda uow: action(uow.conn, ident, f"account:{admin}"),
+                lambda instance: render_saga(instance.row),
+                principal=require_principal(),
+            )
+        except engine.SagaNotFound:
+            raise NotFound("No such saga.") from None
+        except engine.InvalidTransition as error:
+            raise Conflict(str(error)) from None
+        except engine.ConcurrentUpdate:
+            if attempt == ACTION_ATTEMPTS - 1:
+                raise Conflict("The saga kept changing; send the request again.") from None
+    raise AssertionError("unreachable")
+
+
+ACTION_ATTEMPTS = 5
 
 
 @blp.route("/admin/sagas/<saga_id>/retry")
@@ -311,7 +327,7 @@ class AdminRetry(MethodView):
         repair_it = _flag("repair")
         dry_run = _flag("dry_run")
         if not repair_it:
-            return _operator_action(saga_id, engine.retry)
+            return _operator_action(saga_id, engine.retry_in)
         svc = services()
         with svc.engine.connect() as conn:
             try:
@@ -330,7 +346,7 @@ class AdminRetry(MethodView):
             "repair",
             {"changes": report["changes"]},
         )
-        response = _operator_action(saga_id, engine.retry)
+        response = _operator_action(saga_id, engine.retry_in)
         body = response.get_json()
         return json_response({**body, "repair": report}, 202)
 
@@ -348,7 +364,7 @@ class AdminAbort(MethodView):
     @blp.response(202)
     def post(self, saga_id):
         """Compensate what was done and end the saga compensated (admin)."""
-        return _operator_action(saga_id, engine.abort)
+        return _operator_action(saga_id, engine.abort_in)
 
 
 __all__ = ["blp", "fields"]

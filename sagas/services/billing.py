@@ -14,8 +14,9 @@ from sagas.schema import ledger_entries, wallets
 from sagas.services import StepContext, StepFailed, handles
 
 
-def credit(conn: Connection, account_id: int, amount: int) -> dict[str, Any]:
-    """Add credits to a wallet (an admin's grant); opens the wallet if needed."""
+def credit(conn: Connection, account_id: int, amount: int, *, by: int) -> dict[str, Any]:
+    """Add credits to a wallet (a grant by admin ``by``, recorded with the entry and its
+    time); opens the wallet if needed."""
     conn.execute(pg_insert(wallets).values(account_id=account_id).on_conflict_do_nothing())
     status = conn.execute(
         select(wallets.c.status).where(wallets.c.account_id == account_id).with_for_update()
@@ -24,7 +25,7 @@ def credit(conn: Connection, account_id: int, amount: int) -> dict[str, Any]:
         raise InvalidInput(
             "The wallet is closed.", errors={"account_id": ["The wallet is closed."]}
         )
-    _record(conn, account_id, "credit", amount, saga_id=None, counter="admin")
+    _record(conn, account_id, "credit", amount, saga_id=None, counter=f"admin:{by}")
     return wallet(conn, account_id)
 
 

@@ -162,3 +162,25 @@ def on_post_deleted(services, post_id: int) -> int:
     for media_id in ids:
         (directory / str(media_id)).unlink(missing_ok=True)
     return len(ids)
+
+
+# Uploads never attached, older than the cutoff, and named by no saga still running (a post
+# with media waiting for its attach step): deleted, each account's quota freed.
+UNATTACHED = text(
+    "UPDATE media m SET status = 'deleted' WHERE m.status = 'uploaded' AND m.post_id IS NULL "
+    "AND m.created_at < now() - make_interval(secs => :seconds) AND NOT EXISTS ("
+    " SELECT 1 FROM sagas s WHERE s.status NOT IN ('completed', 'compensated')"
+    " AND strpos(s.data::text, m.id::text) > 0) RETURNING m.id"
+)
+
+
+def sweep_unattached(conn: Connection, settings: Settings) -> int:
+    """Delete uploads left unattached for ``MEDIA_UNATTACHED_HOURS``, files included; returns
+    how many went. Safe to repeat, and to run in several processes."""
+    ids = conn.execute(UNATTACHED, {"seconds": settings.media_unattached_hours * 3600}).scalars()
+    directory = media_dir(settings)
+    removed = 0
+    for media_id in ids:
+        (directory / str(media_id)).unlink(missing_ok=True)
+        removed += 1
+    return removed
