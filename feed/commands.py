@@ -50,6 +50,7 @@ from feed.events import (
     PostPublished,
     VoteCast,
     account_counts,
+    post_author,
 )
 from feed.outbox import append_from_select, event_params, sql_string
 from feed.schema import accounts, follows, posts, votes
@@ -226,8 +227,7 @@ def publish_pending_post(
         author_id=str(author["id"]),
         body=post["body"],
         created_at=rfc3339(post["created_at"]),
-        author_handle=author["handle"],
-        author_display_name=author["display_name"],
+        author=post_author(author),
         media=tuple(media),
         author_counts=account_counts(counts),
     )
@@ -502,8 +502,13 @@ def _post_published_payload(author: CTE, post: CTE) -> ColumnElement[Any]:
         "author_id": cast(author.c.id, Text),
         "body": post.c.body,
         "created_at": rfc3339_sql(post.c.created_at),
-        "author_handle": author.c.handle,
-        "author_display_name": author.c.display_name,
+        "author": _jsonb_object(
+            {
+                "id": cast(author.c.id, Text),
+                "handle": author.c.handle,
+                "display_name": author.c.display_name,
+            }
+        ),
         "media": literal_column("'[]'::jsonb", JSONB),  # posts with media: the publish saga
         "author_counts": _jsonb_object(account_counts(author.c)),
     }

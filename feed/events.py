@@ -61,6 +61,15 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
+def post_author(account: Any) -> dict[str, str]:
+    """An account (a row or mapping) as a post shows its author: ``PostPublished.author``."""
+    return {
+        "id": str(account["id"]),
+        "handle": account["handle"],
+        "display_name": account["display_name"],
+    }
+
+
 def account_counts(row: Any) -> dict[str, int]:
     """An account's counters and their version, as events carry them."""
     return {
@@ -92,18 +101,20 @@ class AccountRegistered(Event):
 class PostPublished(Event):
     """A post became visible: it goes to its author's and followers' feeds.
 
-    ``author_counts`` are the author's counters after the publish (see ``account_counts``).
+    ``author`` is the author as a post shows it (``id``, ``handle``, ``display_name``; version 1
+    had ``author_handle`` and ``author_display_name`` beside ``author_id``, see
+    ``post_published_v1_to_v2``); ``author_counts`` are the author's counters after the
+    publish (see ``account_counts``).
     """
 
     name: ClassVar[str] = "PostPublished"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     post_id: str
     author_id: str
     body: str
     created_at: str
-    author_handle: str
-    author_display_name: str
+    author: dict[str, str]
     media: tuple[dict[str, Any], ...]
     author_counts: dict[str, int]
 
@@ -210,6 +221,23 @@ def register_event(cls: type[Event]) -> type[Event]:
 
 #: (event name, version it upgrades from) -> function giving the next version's payload.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def post_published_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 rows still in the outbox (or a broker) read as version 2: the author's
+    handle and display name go into ``author``, as a post shows them."""
+    upgraded = {
+        k: v for k, v in payload.items() if k not in ("author_handle", "author_display_name")
+    }
+    upgraded["author"] = {
+        "id": payload["author_id"],
+        "handle": payload["author_handle"],
+        "display_name": payload["author_display_name"],
+    }
+    return upgraded
+
+
+UPCASTERS[("PostPublished", 1)] = post_published_v1_to_v2
 
 
 class UnknownEvent(ValueError):

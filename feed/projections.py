@@ -436,8 +436,8 @@ def _document_of(event: PostPublished) -> str:
     return post_document(
         post_id=event.post_id,
         author_id=event.author_id,
-        author_handle=event.author_handle,
-        author_display_name=event.author_display_name,
+        author_handle=event.author["handle"],
+        author_display_name=event.author["display_name"],
         body=event.body,
         media=event.media,
         created_at=event.created_at,

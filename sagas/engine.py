@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, insert, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from feed.clock import utcnow
 from feed.events import Event, register_event
@@ -735,6 +736,17 @@ def can_abort(instance: Instance) -> bool:
     return instance.row["status"] in ("running", "failed", "stuck") and not (
         _past_point_of_no_return(instance)
     )
+
+
+def forget_post_text(engine: Engine, post_id: str) -> int:
+    """A deleted post's text leaves the data of the saga that published it (moderation read it
+    there). Safe to repeat; returns how many sagas changed."""
+    with engine.begin() as conn:
+        return conn.execute(
+            update(sagas)
+            .where(sagas.c.data["post_id"].astext == str(post_id), sagas.c.data.has_key("body"))
+            .values(data=sagas.c.data.op("||")(literal({"body": ""}, JSONB)))
+        ).rowcount
 
 
 def record_action(engine: Engine, saga_id: str, operator: str, action: str, detail: dict) -> None:

@@ -40,3 +40,4 @@ def react_to_event(services: Services, envelope: Envelope) -> None:
     """Let the participants react to an event; each reaction is safe to run twice."""
     if envelope.type == "PostDeleted":
         media.on_post_deleted(services, int(envelope.payload["post_id"]))
+        engine.forget_post_text(services.engine, envelope.payload["post_id"])

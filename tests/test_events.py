@@ -24,6 +24,7 @@ from feed.events import (
     VoteCast,
     account_counts,
     decode,
+    post_author,
 )
 from tests.conftest import fetch_all
 
@@ -75,10 +76,10 @@ def test_a_payload_is_what_dataclasses_asdict_gives_and_shares_no_container(name
 
 
 def test_an_old_payload_is_upcast_before_decoding(monkeypatch):
-    monkeypatch.setattr(PostPublished, "version", 2)
-    monkeypatch.setitem(UPCASTERS, ("PostPublished", 1), lambda p: {**p, "body": p["body"].upper()})
-    v1 = sample(PostPublished).to_payload() | {"body": "hello"}
-    assert decode("PostPublished", 1, v1).body == "HELLO"
+    monkeypatch.setattr(PostPublished, "version", 3)
+    monkeypatch.setitem(UPCASTERS, ("PostPublished", 2), lambda p: {**p, "body": p["body"].upper()})
+    v2 = sample(PostPublished).to_payload() | {"body": "hello"}
+    assert decode("PostPublished", 2, v2).body == "HELLO"
 
 
 def test_unknown_types_and_versions_are_refused():
@@ -123,8 +124,7 @@ def test_a_posts_event_written_by_postgresql_is_the_event_python_would_write(
             author_id=str(author["id"]),
             body=body,
             created_at=rfc3339(post["created_at"]),
-            author_handle=author["handle"],
-            author_display_name=author["display_name"],
+            author=post_author(author),
             media=(),
             author_counts=account_counts(author),
         )

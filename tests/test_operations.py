@@ -182,3 +182,9 @@ def test_the_api_docs_work_offline(client):
         assert f"/docs/assets/{asset}" in html
         served = client.get(f"/docs/assets/{asset}")
         assert served.status_code == 200 and len(served.data) > 10_000, asset
+
+
+def test_the_operational_endpoints_are_in_the_openapi_document(openapi):
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "get" in openapi["paths"][path], path
+    assert "503" in openapi["paths"]["/readyz"]["get"]["responses"]

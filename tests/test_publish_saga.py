@@ -261,3 +261,23 @@ def test_uploads_left_unattached_for_a_day_are_swept(app, client, engine, people
     assert fetch_all(engine, "SELECT status FROM media WHERE id::text = :id", id=waiting) == [
         {"status": "attached"}
     ]
+
+
+def test_a_deleted_posts_text_leaves_its_publish_sagas_data(app, client, engine, people):
+    author, _ = people
+    media_id = upload(client, author).get_json()["id"]
+    posted = client.post(
+        "/api/v1/posts",
+        json={"body": "words to forget", "media_ids": [media_id]},
+        headers=author.auth,
+    )
+    settle(app)
+    assert fetch_all(engine, "SELECT data->>'body' AS body FROM sagas") == [
+        {"body": "words to forget"}
+    ]
+
+    client.delete(f"/api/v1/posts/{posted.get_json()['id']}", headers=author.auth)
+    settle(app)
+
+    assert fetch_all(engine, "SELECT data->>'body' AS body FROM sagas") == [{"body": ""}]
+    assert fetch_all(engine, "SELECT body FROM posts") == [{"body": ""}]

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from app import create_app
 from feed import projections, queries
@@ -23,7 +24,7 @@ from feed.keys import (
 from feed.outbox import claim_batch
 from feed.projections import FanOutPage, add_to_feeds, apply_fan_out_page, project
 from feed.readmodel import ID_SHIFT, SENTINEL, SENTINEL_SCORE, FeedKeepAlive, score_of
-from tests.conftest import READ_MODELS, drain, settings_on
+from tests.conftest import READ_MODELS, drain, flush_read_model, settings_on
 
 
 @pytest.fixture(params=READ_MODELS)
@@ -786,3 +787,47 @@ def test_a_messages_posts_are_projected_together(app, client, make_account, engi
     assert ids(home(client, bob_fan)) == [bobs]
     assert ids(home(client, cy)) == [cys]
     assert client.get(f"/api/v1/posts/{gone}").status_code == 404
+
+
+def test_version_1_post_events_still_in_the_outbox_are_projected_as_version_2(
+    app, client, ada_and_fans, engine, project_all
+):
+    """PostPublished v2 carries the author as a post shows it. Rows written as v1 before an
+    upgrade (``author_handle``, ``author_display_name``) are upcast and projected the same: the
+    feeds and the posts read equal what a rebuild from PostgreSQL gives."""
+    ada, (fan, *_) = ada_and_fans
+    new = post(client, ada, "written as v2")
+    old = post(client, ada, "written as v1")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE outbox SET version = 1, payload = (payload - 'author') || "
+                "jsonb_build_object('author_handle', payload->'author'->>'handle', "
+                "'author_display_name', payload->'author'->>'display_name') "
+                "WHERE aggregate_id = :old AND type = 'PostPublished'"
+            ),
+            {"old": old},
+        )
+        versions = (
+            conn.execute(
+                text("SELECT version FROM outbox WHERE type = 'PostPublished' ORDER BY position")
+            )
+            .scalars()
+            .all()
+        )
+    assert versions == [2, 1]
+    project_all()
+    projected = (
+        home(client, fan)["items"],
+        [client.get(f"/api/v1/posts/{p}").get_json() for p in (new, old)],
+    )
+
+    flush_read_model(app.extensions["feed"].redis)
+    rebuilt = (
+        home(client, fan)["items"],
+        [client.get(f"/api/v1/posts/{p}").get_json() for p in (new, old)],
+    )
+
+    assert [p["id"] for p in projected[0]] == [old, new]
+    assert projected == rebuilt
+    assert projected[1][1]["author"]["handle"] == "ada_l"

@@ -93,7 +93,7 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(timelines.blp, url_prefix=API_PREFIX)
     api.register_blueprint(sagas.blp, url_prefix=API_PREFIX)
     api.register_blueprint(media.blp, url_prefix=API_PREFIX)
-    app.register_blueprint(ops.blp)
+    api.register_blueprint(ops.blp)  # in the OpenAPI document too
     if app.extensions["feed"].settings.bench_baseline:
         app.register_blueprint(baseline.blp)
 

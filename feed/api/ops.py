@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import structlog
-from flask import Blueprint, Response
+from flask import Response
+from flask_smorest import Blueprint
 
 from feed.api.problems import problem
+from feed.api.schemas import ProblemOut
 from feed.api.web import json_response, services
 from feed.bootstrap import check_broker, check_database, check_redis
 from feed.observability import OutboxCollector, SagaCollector, metrics_payload
 from feed.outbox import backlog
 from sagas.engine import counts_by_type_and_status
 
-blp = Blueprint("ops", __name__)
+blp = Blueprint("ops", __name__, description="Operations: liveness, readiness, metrics")
 log = structlog.get_logger(__name__)
 
 
-@blp.get("/healthz")
+@blp.route("/healthz", methods=["GET"])
+@blp.response(200, description="Alive")
 def healthz() -> Response:
     """The process is alive."""
     return json_response({"status": "ok"}, 200)
 
 
-@blp.get("/readyz")
+@blp.route("/readyz", methods=["GET"])
+@blp.response(200, description="Ready: every dependency answers")
+@blp.alt_response(503, schema=ProblemOut, description="A dependency does not answer")
 def readyz() -> Response:
     """PostgreSQL, Redis and the broker all answer; 503 naming those that do not."""
     svc = services()
@@ -48,7 +53,8 @@ def readyz() -> Response:
     return json_response({"status": "ready", "checks": dict.fromkeys(checks, "ok")}, 200)
 
 
-@blp.get("/metrics")
+@blp.route("/metrics", methods=["GET"])
+@blp.response(200, description="Prometheus text exposition format")
 def metrics() -> Response:
     """Prometheus text format."""
     engine = services().engine
