@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -72,6 +73,53 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(10)
             self.process = None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own, in a fresh directory on a free port (run as the
+    ``postgres`` user: the server refuses root). ``crash`` is an immediate stop: no checkpoint,
+    clients cut off; ``start`` brings it back through crash recovery."""
+
+    BIN = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="feed-pg-"))
+        shutil.chown(self.directory, "postgres")
+        self.data = self.directory / "data"
+        self.port = free_port()
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _as_postgres(self, *args: str | Path) -> None:
+        command = " ".join(shlex.quote(str(a)) for a in args)
+        subprocess.run(
+            ["su", "postgres", "-c", command], check=True, capture_output=True, timeout=120
+        )
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self._as_postgres(self.BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        self._as_postgres(
+            self.BIN / "pg_ctl",
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-l",
+            self.directory / "log",
+            "-w",
+            "start",
+        )
+
+    def crash(self) -> None:
+        self._as_postgres(self.BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.crash()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class PrivateRabbitMQ:
