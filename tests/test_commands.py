@@ -112,7 +112,7 @@ def test_publishing_a_post_writes_the_post_the_counter_and_post_published(
     assert event["payload"]["post_id"] == post["id"]
     assert event["payload"]["author_id"] == ada.id
     assert event["payload"]["author_counts"]["posts_count"] == 1
-    assert event["payload"]["author_handle"] == "ada_l"
+    assert event["payload"]["author"] == {"id": ada.id, "handle": "ada_l", "display_name": "ada_l"}
 
 
 @contextlib.contextmanager
