@@ -80,9 +80,9 @@ class PrivatePostgres:
     ``postgres`` user: the server refuses root). ``crash`` is an immediate stop: no checkpoint,
     clients cut off; ``start`` brings it back through crash recovery."""
 
-    BIN = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
-
     def __init__(self) -> None:
+        versions = Path("/usr/lib/postgresql")  # looked up when a test starts one
+        self.bin = versions / sorted(os.listdir(versions))[-1] / "bin"
         self.directory = Path(tempfile.mkdtemp(prefix="feed-pg-"))
         shutil.chown(self.directory, "postgres")
         self.data = self.directory / "data"
@@ -99,10 +99,10 @@ class PrivatePostgres:
 
     def start(self) -> None:
         if not self.data.exists():
-            self._as_postgres(self.BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+            self._as_postgres(self.bin / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
         self._as_postgres(
-            self.BIN / "pg_ctl",
+            self.bin / "pg_ctl",
             "-D",
             self.data,
             "-o",
@@ -114,7 +114,7 @@ class PrivatePostgres:
         )
 
     def crash(self) -> None:
-        self._as_postgres(self.BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop")
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "stop")
 
     def remove(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):

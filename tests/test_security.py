@@ -65,6 +65,9 @@ def test_the_operators_login_has_the_limits_of_sessions(limited, make_account):
         for i in range(5)
     ]
     assert statuses == [401, 401, 401, 429, 429]
+    # the same buckets as the API's login: it is refused there too
+    api = client.post("/api/v1/sessions", json={"handle": "the_admin", "password": "12345678"})
+    assert api.status_code == 429
 
 
 def test_a_stranger_cannot_lock_the_owner_out(limited):

@@ -66,16 +66,24 @@ def login_limits() -> list:
     Only failures count against a handle, so its owner, from another address, logs in while
     a stranger is stopped (a botnet that fails ``RATE_LIMIT_HANDLE`` times in the hour still
     locks the handle until the hour ends)."""
+    # Shared scopes: a try at either endpoint counts against the same buckets.
     return [
-        limiter.limit(sessions_limit, key_func=get_remote_address, methods=["POST"]),
-        limiter.limit(
+        limiter.shared_limit(
+            sessions_limit, scope="login", key_func=get_remote_address, methods=["POST"]
+        ),
+        limiter.shared_limit(
             handle_address_limit,
+            scope="login-handle-address",
             key_func=handle_address_key,
             methods=["POST"],
             deduct_when=failed_login,
         ),
-        limiter.limit(
-            handle_limit, key_func=handle_key, methods=["POST"], deduct_when=failed_login
+        limiter.shared_limit(
+            handle_limit,
+            scope="login-handle",
+            key_func=handle_key,
+            methods=["POST"],
+            deduct_when=failed_login,
         ),
     ]
 

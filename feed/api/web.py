@@ -59,8 +59,11 @@ def require_principal() -> Principal:
 
 
 def require_admin() -> int:
-    """The caller's id if the database says it is an admin (a token's claim is not enough)."""
+    """The caller's id if the database says it is an admin (a token's claim is not enough);
+    asked of PostgreSQL once a request (the admin hook and the view both call it)."""
     principal = require_principal()
+    if g.get("admin_id") == principal.account_id:
+        return principal.account_id
     with services().engine.connect() as conn:
         is_admin = conn.execute(
             text("SELECT is_admin FROM accounts WHERE id = :id AND status = 'active'"),
@@ -68,6 +71,7 @@ def require_admin() -> int:
         ).scalar_one_or_none()
     if not is_admin:
         raise Forbidden("Admin accounts only.")
+    g.admin_id = principal.account_id
     return principal.account_id
 
 
