@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from feed.errors import Unauthenticated
+from feed.expiring import Expiring
 
 TOKEN_ALGORITHM = "HS256"
 TOKEN_ISSUER = "feed"
@@ -147,29 +148,26 @@ class ActiveAccounts:
     query per account and period. While PostgreSQL does not answer, the last status known
     stands (an account never seen counts as active: its token is valid and signed)."""
 
-    def __init__(self, engine: Any, ttl: float, max_accounts: int = 100_000) -> None:
-        self._engine, self._ttl, self._max = engine, ttl, max_accounts
-        self._known: dict[int, tuple[bool, float]] = {}
+    def __init__(self, engine: Any, ttl: float) -> None:
+        self._engine = engine
+        self._active: Expiring[int, bool] = Expiring(ttl)
 
     def remember(self, account_id: int) -> None:
         """The account was seen active a moment ago (it just logged in)."""
-        self._known[account_id] = (True, time.monotonic() + self._ttl)
+        self._active.put(account_id, True)
 
     def is_active(self, account_id: int) -> bool:
-        now = time.monotonic()
-        known = self._known.get(account_id)
-        if known is not None and known[1] > now:
-            return known[0]
+        active = self._active.get(account_id)
+        if active is not None:
+            return active
         try:
             with self._engine.connect() as conn:
                 status = conn.execute(ACCOUNT_STATUS, {"id": account_id}).scalar_one_or_none()
         except OperationalError:
-            return True if known is None else known[0]
-        if len(self._known) >= self._max:
-            self._known.clear()
-        active = status == "active"
-        self._known[account_id] = (active, now + self._ttl)
-        return active
+            last = self._active.get(account_id, expired_too=True)
+            return True if last is None else last
+        self._active.put(account_id, status == "active")
+        return status == "active"
 
 
 ACCOUNT_STATUS = text("SELECT status FROM accounts WHERE id = :id")

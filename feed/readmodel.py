@@ -29,6 +29,7 @@ import redis
 from sqlalchemy import Engine
 
 from feed.config import Settings
+from feed.expiring import Expiring
 from feed.functions import Functions
 from feed.keys import CELEBS_KEY
 
@@ -189,18 +190,14 @@ class Misses:
     not on every read. Ids are made when their row is, so an id nobody has been given yet is
     only a guess's."""
 
-    def __init__(self, ttl: float, max_ids: int = 100_000) -> None:
-        self._ttl, self._max = ttl, max_ids
-        self._until: dict[tuple[str, int], float] = {}
+    def __init__(self, ttl: float) -> None:
+        self._missing: Expiring[tuple[str, int], bool] = Expiring(ttl)
 
     def known(self, kind: str, ident: int) -> bool:
-        until = self._until.get((kind, ident))
-        return until is not None and until > time.monotonic()
+        return bool(self._missing.get((kind, ident)))
 
     def remember(self, kind: str, ident: int) -> None:
-        if len(self._until) >= self._max:
-            self._until.clear()
-        self._until[(kind, ident)] = time.monotonic() + self._ttl
+        self._missing.put((kind, ident), True)
 
 
 @dataclass
