@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -18,10 +19,35 @@ from pathlib import Path
 import redis
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Below the kernel's ephemeral range: a server killed and started again on its port must not
+# find a client's outgoing connection holding it meanwhile (seen in CI as a node that exited).
+PORTS = range(10000, max(_ephemeral_low(), 30000))
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(span: int = 0) -> int:
+    """A free port outside the ephemeral range; with ``span``, ``port + span`` is free too (a
+    Redis Cluster node's bus port)."""
+    for _ in range(1000):
+        port = random.randrange(PORTS.start, PORTS.stop - span)
+        if _bindable(port) and (not span or _bindable(port + span)):
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -175,7 +201,11 @@ class PrivateRabbitMQ:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for_port(self.port, timeout, self.process)
+        try:
+            wait_for_port(self.port, timeout, self.process)
+        except AssertionError as failed:
+            said = (self.directory / "out.txt").read_text()[-2000:]
+            raise AssertionError(f"{failed}; node {self.node} said:\n{said}") from None
 
     def kill(self) -> None:
         """SIGKILL the node (the Erlang VM and its start script): a crash."""
@@ -185,7 +215,8 @@ class PrivateRabbitMQ:
             if vm is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(os.getpgid(vm), signal.SIGKILL)
-            os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # the script may have exited
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
             self.process = None
 
@@ -327,17 +358,7 @@ class PrivateRabbitMQCluster:
 
 def free_cluster_port() -> int:
     """A free port whose cluster-bus port (+10000) is free too."""
-    for _ in range(100):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free pair of ports for a cluster node")
+    return free_port(span=10000)
 
 
 class PrivateRedisCluster:
