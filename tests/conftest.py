@@ -129,9 +129,8 @@ def settings_on(read_model: str, request: pytest.FixtureRequest, database_url: s
     return make_settings(database_url)
 
 
-@pytest.fixture
-def clean_state(settings: Settings) -> Iterator[None]:
-    """Empty tables and an empty read model before each test."""
+def empty_everything(settings: Settings) -> None:
+    """Empty tables and an empty read model."""
     engine = create_engine(sqlalchemy_url(settings.database_url))
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
@@ -139,6 +138,12 @@ def clean_state(settings: Settings) -> Iterator[None]:
     client, _ = build_store_clients(settings)
     flush_read_model(client)
     client.close()
+
+
+@pytest.fixture
+def clean_state(settings: Settings) -> Iterator[None]:
+    """Empty tables and an empty read model before each test."""
+    empty_everything(settings)
     yield
 
 

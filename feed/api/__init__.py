@@ -16,7 +16,9 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from feed.api import accounts, baseline, media, ops, posts, sagas, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
+from feed.api.openapi import ApiConventions
 from feed.api.problems import register_problem_handlers
+from feed.api.schemas import ProblemOut
 from feed.api.web import require_admin, services, touch_activity
 from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -29,7 +31,11 @@ NON_JSON_ENDPOINTS: set[str] = {"media.Media"}
 
 
 class FeedApi(Api):
-    """flask-smorest's Api, with errors left to the app's problem+json handlers."""
+    """flask-smorest's Api, with errors left to the app's problem+json handlers (and
+    documented by ``feed.api.openapi``)."""
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
+    ERROR_SCHEMA = ProblemOut
 
     def _register_error_handlers(self) -> None:
         pass
@@ -78,6 +84,7 @@ def init_api(app: Flask) -> None:
                     "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
                 }
             },
+            "extra_plugins": [ApiConventions(app)],
         },
     )
     api.register_converter(IdConverter, lambda converter: {"type": "string", "pattern": "^[0-9]+$"})

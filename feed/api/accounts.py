@@ -12,6 +12,7 @@ from feed.api.schemas import (
     FollowOut,
     ProblemOut,
     RegisterAccountIn,
+    SagaStartedOut,
     SessionOut,
     StartSessionIn,
 )
@@ -106,8 +107,7 @@ class Follow(MethodView):
 @blp.route("/accounts/me")
 class Me(MethodView):
     @authenticated
-    @blp.response(202)
-    @blp.alt_response(401, schema=ProblemOut, description="Not logged in")
+    @blp.response(202, SagaStartedOut)
     def delete(self):
         """Delete your account and every trace of it (a saga)."""
         principal = require_principal()

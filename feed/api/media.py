@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 from flask import request, send_file
 from flask.views import MethodView
@@ -11,7 +10,8 @@ from flask_smorest import Blueprint
 from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from feed.api.schemas import ProblemOut
+from feed.api.limits import anonymous_reads
+from feed.api.schemas import MediaOut, ProblemOut
 from feed.api.web import (
     authenticated,
     optional_principal,
@@ -20,7 +20,7 @@ from feed.api.web import (
     services,
 )
 from feed.errors import InvalidInput, NotFound
-from sagas.services.media import media_dir, store_upload
+from sagas.services.media import ALLOWED_TYPES, media_dir, store_upload
 
 blp = Blueprint("media", __name__, description="Media uploads")
 MULTIPART_OVERHEAD = 64 * 1024
@@ -29,7 +29,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 @blp.route("/media")
 class Media(MethodView):
     @authenticated
-    @blp.response(201)
+    @blp.response(201, MediaOut)
     @blp.alt_response(413, schema=ProblemOut, description="Over 5 MiB")
     @blp.alt_response(422, schema=ProblemOut, description="Not an image or video, or over quota")
     def post(self):
@@ -55,18 +55,26 @@ class Media(MethodView):
         )
 
 
-@blp.route("/media/<media_id>")
+@blp.route("/media/<uuid:media_id>")
 class MediaFile(MethodView):
-    @blp.response(200)
+    decorators = [anonymous_reads]
+
+    @blp.doc(
+        responses={
+            "200": {
+                "description": "The file",
+                "content": {
+                    kind: {"schema": {"type": "string", "format": "binary"}}
+                    for kind in sorted(ALLOWED_TYPES)
+                },
+            }
+        }
+    )
     def get(self, media_id):
         """The file of media attached to a published post, for anyone; of your own upload
         (unattached, or its post pending or rejected), for you only."""
-        try:
-            key = uuid.UUID(media_id)
-        except ValueError:
-            raise NotFound("No such media.") from None
         with services().engine.connect() as conn:
-            row = conn.execute(MEDIA_AND_POST, {"id": key}).mappings().first()
+            row = conn.execute(MEDIA_AND_POST, {"id": media_id}).mappings().first()
         if row is None or row["status"] == "deleted":
             raise NotFound("No such media.")
         public = row["status"] == "attached" and row["post_status"] == "published"

@@ -7,7 +7,7 @@ from flask import Response
 from flask_smorest import Blueprint
 
 from feed.api.problems import problem
-from feed.api.schemas import ProblemOut
+from feed.api.schemas import HealthOut, ProblemOut, ReadyOut
 from feed.api.web import json_response, services
 from feed.bootstrap import check_broker, check_database, check_redis
 from feed.observability import OutboxCollector, SagaCollector, metrics_payload
@@ -19,14 +19,14 @@ log = structlog.get_logger(__name__)
 
 
 @blp.route("/healthz", methods=["GET"])
-@blp.response(200, description="Alive")
+@blp.response(200, HealthOut, description="Alive")
 def healthz() -> Response:
     """The process is alive."""
     return json_response({"status": "ok"}, 200)
 
 
 @blp.route("/readyz", methods=["GET"])
-@blp.response(200, description="Ready: every dependency answers")
+@blp.response(200, ReadyOut, description="Ready: every dependency answers")
 @blp.alt_response(503, schema=ProblemOut, description="A dependency does not answer")
 def readyz() -> Response:
     """PostgreSQL, Redis and the broker all answer; 503 naming those that do not."""
@@ -54,7 +54,14 @@ def readyz() -> Response:
 
 
 @blp.route("/metrics", methods=["GET"])
-@blp.response(200, description="Prometheus text exposition format")
+@blp.doc(
+    responses={
+        "200": {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    }
+)
 def metrics() -> Response:
     """Prometheus text format."""
     engine = services().engine

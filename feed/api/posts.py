@@ -6,7 +6,14 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from feed import commands
-from feed.api.schemas import CastVoteIn, PostOut, ProblemOut, PublishPostIn, VoteOut
+from feed.api.schemas import (
+    CastVoteIn,
+    PendingPostOut,
+    PostOut,
+    ProblemOut,
+    PublishPostIn,
+    VoteOut,
+)
 from feed.api.web import authenticated, require_principal, run_command
 from sagas.commands import PublishWithMedia, publish_with_media
 
@@ -20,8 +27,10 @@ VOTE_OUT = VoteOut()
 class Posts(MethodView):
     @authenticated
     @blp.arguments(PublishPostIn())
-    @blp.response(201, PostOut)
-    @blp.alt_response(401, schema=ProblemOut, description="Not logged in")
+    @blp.response(201, PostOut, description="Published")
+    @blp.alt_response(
+        202, schema=PendingPostOut, description="With media: pending while moderation runs"
+    )
     @blp.alt_response(422, schema=ProblemOut, description="A field is not valid")
     def post(self, data):
         """Publish a post."""

@@ -11,8 +11,22 @@ from flask_smorest import Blueprint
 from marshmallow import fields, validate
 from sqlalchemy import text
 
-from feed.api.schemas import StrictInteger, StrictSchema
-from feed.api.timelines import parse_cursor
+from feed.api.schemas import (
+    SAGA_STATUSES,
+    MySagaOut,
+    NotificationPageOut,
+    ProblemOut,
+    RepairPreviewOut,
+    RetriedSagaOut,
+    SagaHistoryOut,
+    SagaOut,
+    SagaPageOut,
+    SagaStartedOut,
+    StrictInteger,
+    StrictSchema,
+    WalletOut,
+)
+from feed.api.timelines import CURSOR_PARAMETERS, parse_cursor
 from feed.api.web import (
     authenticated,
     json_response,
@@ -32,13 +46,6 @@ blp = Blueprint("sagas", __name__, description="Sagas, wallets, notifications, a
 
 class CreditsIn(StrictSchema):
     credits = StrictInteger(required=True, validate=validate.Range(min=1, max=1_000_000))
-
-
-def saga_uuid(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise NotFound("No such saga.") from None
 
 
 def render_saga(
@@ -91,7 +98,7 @@ def render_saga(
 class Promote(MethodView):
     @authenticated
     @blp.arguments(CreditsIn())
-    @blp.response(202)
+    @blp.response(202, SagaStartedOut)
     def post(self, data, post_id):
         """Promote your post: a saga pays from your wallet and places the post in feeds."""
         principal = require_principal()
@@ -107,7 +114,7 @@ class Promote(MethodView):
 @blp.route("/wallet")
 class Wallet(MethodView):
     @authenticated
-    @blp.response(200)
+    @blp.response(200, WalletOut)
     def get(self):
         """Your wallet: balance and the newest ledger entries."""
         me = require_principal().account_id
@@ -136,7 +143,7 @@ def render_wallet(wallet: dict[str, Any]) -> dict[str, Any]:
 class AdminCredit(MethodView):
     @authenticated
     @blp.arguments(CreditsIn())
-    @blp.response(200)
+    @blp.response(200, WalletOut)
     def post(self, data, account_id):
         """Credit an account's wallet (admin): the ledger entry names the admin."""
         admin = require_admin()
@@ -156,7 +163,8 @@ class AdminCredit(MethodView):
 @blp.route("/notifications")
 class Notifications(MethodView):
     @authenticated
-    @blp.response(200)
+    @blp.doc(parameters=CURSOR_PARAMETERS[:-1])
+    @blp.response(200, NotificationPageOut)
     def get(self):
         """Your in-app notifications, newest first."""
         me = require_principal().account_id
@@ -181,16 +189,16 @@ class Notifications(MethodView):
         )
 
 
-@blp.route("/sagas/<saga_id>")
+@blp.route("/sagas/<uuid:saga_id>")
 class MySaga(MethodView):
     @authenticated
-    @blp.response(200)
+    @blp.response(200, MySagaOut)
     def get(self, saga_id):
         """One of your sagas, with its steps."""
         me = require_principal().account_id
         with services().engine.connect() as conn:
             try:
-                found = engine.history(conn, saga_uuid(saga_id))
+                found = engine.history(conn, saga_id)
             except engine.SagaNotFound:
                 raise NotFound("No such saga.") from None
         if found["saga"]["account_id"] != me:
@@ -198,25 +206,32 @@ class MySaga(MethodView):
         return json_response(render_saga(found["saga"], found["steps"]), 200)
 
 
-ADMIN_STATUSES = ["running", "compensating", "completed", "compensated", "failed", "stuck"]
+ADMIN_STATUSES = SAGA_STATUSES
+SAGA_LIST_PARAMETERS = [
+    {"name": "status", "in": "query", "schema": {"type": "string", "enum": SAGA_STATUSES}},
+    {"name": "type", "in": "query", "schema": {"type": "string"}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 40}},
+    {"name": "max_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+]
 
 
 @blp.route("/admin/sagas")
 class AdminSagas(MethodView):
     @authenticated
-    @blp.response(200)
+    @blp.doc(parameters=SAGA_LIST_PARAMETERS)
+    @blp.response(200, SagaPageOut)
     def get(self):
         """Sagas, newest first, filtered by status and type (admin)."""
         require_admin()
         status, type_ = request.args.get("status"), request.args.get("type")
-        if status and status not in ADMIN_STATUSES:
+        if status is not None and status not in ADMIN_STATUSES:
             raise_invalid("status", f"One of {', '.join(ADMIN_STATUSES)}.")
-        if type_ and type_ not in engine.LATEST:
+        if type_ is not None and type_ not in engine.LATEST:
             raise_invalid("type", f"One of {', '.join(sorted(engine.LATEST))}.")
         limit = _limit()
         before = None
         with services().engine.connect() as conn:
-            if request.args.get("max_id"):
+            if "max_id" in request.args:
                 try:
                     last = engine.load(conn, UUID(request.args["max_id"])).row
                 except (ValueError, engine.SagaNotFound):
@@ -258,27 +273,27 @@ def raise_invalid(field: str, message: str) -> None:
     raise InvalidInput(f"{field} is not valid.", errors={field: [message]})
 
 
-@blp.route("/admin/sagas/<saga_id>")
+@blp.route("/admin/sagas/<uuid:saga_id>")
 class AdminSaga(MethodView):
     @authenticated
-    @blp.response(200)
+    @blp.response(200, SagaHistoryOut)
     def get(self, saga_id):
         """A saga with its full step history and operator actions (admin)."""
         require_admin()
         with services().engine.connect() as conn:
             try:
-                found = engine.history(conn, saga_uuid(saga_id))
+                found = engine.history(conn, saga_id)
             except engine.SagaNotFound:
                 raise NotFound("No such saga.") from None
         return json_response(render_saga(found["saga"], found["steps"], found["actions"]), 200)
 
 
-def _operator_action(saga_id: str, action) -> Any:
+def _operator_action(saga_id: UUID, action) -> Any:
     """An operator's retry or abort (``engine.retry_in``, ``engine.abort_in``): a command like
     any other, with its Idempotency-Key and X-Consistency-Token, in one transaction; run again
     when another process moved the saga meanwhile."""
     admin = require_admin()
-    ident = str(saga_uuid(saga_id))
+    ident = str(saga_id)
     for attempt in range(ACTION_ATTEMPTS):
         try:
             return run_command(
@@ -300,7 +315,7 @@ def _operator_action(saga_id: str, action) -> Any:
 ACTION_ATTEMPTS = 5
 
 
-@blp.route("/admin/sagas/<saga_id>/retry")
+@blp.route("/admin/sagas/<uuid:saga_id>/retry")
 class AdminRetry(MethodView):
     @authenticated
     @blp.doc(
@@ -319,7 +334,9 @@ class AdminRetry(MethodView):
             },
         ]
     )
-    @blp.response(202)
+    @blp.response(202, RetriedSagaOut)
+    @blp.alt_response(200, schema=RepairPreviewOut, description="A dry run: what would change")
+    @blp.alt_response(409, schema=ProblemOut, description="The saga is not failed or stuck")
     def post(self, saga_id):
         """Resume a failed or stuck saga from the step that failed (admin), optionally after
         repairing the read models it touched."""
@@ -331,7 +348,7 @@ class AdminRetry(MethodView):
         svc = services()
         with svc.engine.connect() as conn:
             try:
-                saga = engine.load(conn, saga_uuid(saga_id)).row
+                saga = engine.load(conn, saga_id).row
             except engine.SagaNotFound:
                 raise NotFound("No such saga.") from None
         if saga["status"] not in ("failed", "stuck"):
@@ -358,10 +375,11 @@ def _flag(name: str) -> bool:
     return raw in ("true", "1")
 
 
-@blp.route("/admin/sagas/<saga_id>/abort")
+@blp.route("/admin/sagas/<uuid:saga_id>/abort")
 class AdminAbort(MethodView):
     @authenticated
-    @blp.response(202)
+    @blp.response(202, SagaOut)
+    @blp.alt_response(409, schema=ProblemOut, description="The saga has ended")
     def post(self, saga_id):
         """Compensate what was done and end the saga compensated (admin)."""
         return _operator_action(saga_id, engine.abort_in)

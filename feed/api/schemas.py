@@ -94,20 +94,33 @@ class CastVoteIn(StrictSchema):
     )
 
 
-class IdString(fields.Field):
+class IdString(fields.String):
     """A 64-bit id written as a decimal string."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"pattern": "^[0-9]+$"}, **kwargs)
 
     def _serialize(self, value, attr, obj, **kwargs):
         return None if value is None else str(value)
 
 
-class Rfc3339(fields.Field):
+class Rfc3339(fields.String):
     """A time as ``2026-11-26T15:04:05.123Z``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"format": "date-time"}, **kwargs)
 
     def _serialize(self, value, attr, obj, **kwargs):
         from feed.clock import rfc3339
 
         return None if value is None else rfc3339(value)
+
+
+class Uuid(fields.String):
+    """A saga's, a media file's or a ledger entry's id."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"format": "uuid"}, **kwargs)
 
 
 class AccountOut(Schema):
@@ -126,17 +139,28 @@ class AuthorOut(Schema):
     display_name = fields.String(required=True)
 
 
+class AttachedMediaOut(Schema):
+    id = Uuid(required=True)
+    content_type = fields.String(required=True)
+    size = fields.Integer(required=True)
+    url = fields.String(required=True)
+
+
+POST_STATUSES = ["published", "pending", "rejected", "deleted"]
+VOTES = [1, -1, 0]
+
+
 class PostOut(Schema):
     id = IdString(required=True)
     author = fields.Nested(AuthorOut, required=True)
     body = fields.String(required=True)
-    media = fields.List(fields.Dict(), required=True)
+    media = fields.List(fields.Nested(AttachedMediaOut), required=True)
     created_at = Rfc3339(required=True)
-    status = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(POST_STATUSES))
     up = fields.Integer(required=True)
     down = fields.Integer(required=True)
-    score = fields.Method("_score", required=True)
-    my_vote = fields.Integer()
+    score = fields.Method("_score", required=True, metadata={"type": "integer"})
+    my_vote = fields.Integer(validate=validate.OneOf(VOTES))
 
     def _score(self, post):
         return post["up"] - post["down"]
@@ -156,21 +180,140 @@ class VoteOut(Schema):
     post_id = IdString(required=True)
     up = fields.Integer(required=True)
     down = fields.Integer(required=True)
-    score = fields.Method("_score", required=True)
-    my_vote = fields.Integer(required=True)
+    score = fields.Method("_score", required=True, metadata={"type": "integer"})
+    my_vote = fields.Integer(required=True, validate=validate.OneOf(VOTES))
 
     def _score(self, counts):
         return counts["up"] - counts["down"]
 
 
 class ProblemOut(Schema):
-    type = fields.String()
-    title = fields.String()
-    status = fields.Integer()
-    detail = fields.String()
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
 
 
 class PostPageOut(Schema):
     items = fields.List(fields.Nested(PostOut), required=True)
     next_max_id = fields.String(allow_none=True, required=True)
+
+
+class PendingPostOut(PostOut):
+    """A post with media, answered 202 while its publish saga runs."""
+
+    saga_id = Uuid(required=True)
+
+
+class SagaStartedOut(Schema):
+    saga_id = Uuid(required=True)
+    status = fields.String(required=True)
+
+
+class LedgerEntryOut(Schema):
+    id = IdString(required=True)
+    kind = fields.String(required=True)
+    amount = fields.Integer(required=True)
+    saga_id = Uuid(required=True, allow_none=True)
+    counter_account = fields.String(required=True, allow_none=True)
+    at = Rfc3339(required=True)
+
+
+class WalletOut(Schema):
+    balance = fields.Integer(required=True)
+    entries = fields.List(fields.Nested(LedgerEntryOut), required=True)
+
+
+class NotificationOut(Schema):
+    id = IdString(required=True)
+    kind = fields.String(required=True)
+    payload = fields.Dict(required=True)
+    created_at = Rfc3339(required=True)
+
+
+class NotificationPageOut(Schema):
+    items = fields.List(fields.Nested(NotificationOut), required=True)
+    next_max_id = fields.String(allow_none=True, required=True)
+
+
+SAGA_STATUSES = ["running", "compensating", "completed", "compensated", "failed", "stuck"]
+
+
+class SagaOut(Schema):
+    id = Uuid(required=True)
+    type = fields.String(required=True)
+    version = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(SAGA_STATUSES))
+    current_step = fields.String(required=True)
+    direction = fields.String(required=True, validate=validate.OneOf(["forward", "backward"]))
+    last_error = fields.String(required=True, allow_none=True)
+    created_at = Rfc3339(required=True)
+    updated_at = Rfc3339(required=True)
+
+
+class SagaStepOut(Schema):
+    step_id = Uuid(required=True)
+    name = fields.String(required=True)
+    kind = fields.String(required=True)
+    attempt = fields.Integer(required=True)
+    status = fields.String(required=True)
+    error = fields.String(required=True, allow_none=True)
+    command = fields.String(required=True)
+    service = fields.String(required=True)
+    sent_at = Rfc3339(required=True)
+    replied_at = Rfc3339(required=True, allow_none=True)
+
+
+class MySagaOut(SagaOut):
+    steps = fields.List(fields.Nested(SagaStepOut), required=True)
+
+
+class OperatorActionOut(Schema):
+    operator = fields.String(required=True)
+    action = fields.String(required=True)
+    detail = fields.Dict(required=True, allow_none=True)
+    at = Rfc3339(required=True)
+
+
+class SagaHistoryOut(MySagaOut):
+    operator_actions = fields.List(fields.Nested(OperatorActionOut), required=True)
+
+
+class SagaPageOut(Schema):
+    items = fields.List(fields.Nested(SagaOut), required=True)
+    next_max_id = Uuid(allow_none=True, required=True)
+
+
+class RepairOut(Schema):
+    """What a repair rebuilt (or, in a dry run, would rebuild) from PostgreSQL."""
+
+    keys_checked = fields.Integer(required=True)
+    dry_run = fields.Boolean(required=True)
+    changes = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
+
+
+class RetriedSagaOut(SagaOut):
+    """A saga sent on again; ``repair`` when the retry asked for one."""
+
+    repair = fields.Nested(RepairOut)
+
+
+class RepairPreviewOut(Schema):
+    saga = fields.Nested(SagaOut, required=True)
+    repair = fields.Nested(RepairOut, required=True)
+
+
+class MediaOut(Schema):
+    id = Uuid(required=True)
+    size = fields.Integer(required=True)
+    content_type = fields.String(required=True)
+
+
+class HealthOut(Schema):
+    status = fields.String(required=True)
+
+
+class ReadyOut(Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

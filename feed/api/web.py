@@ -83,6 +83,7 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
         require_principal()
         return view(*args, **kwargs)
 
+    wrapper.needs_token = True  # read by feed.api.openapi: bearer security and 401
     return wrapper
 
 
