@@ -8,10 +8,11 @@ from flask import Flask
 from flask_migrate import Migrate
 
 from feed.admin import bp as admin_page
-from feed.api import init_api
+from feed.api import init_api, too_long
 from feed.bootstrap import Services, build_services
 from feed.cli import register_cli
 from feed.config import Settings
+from feed.deadline import RequestDeadline
 from feed.observability import configure_logging
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         WTF_CSRF_TIME_LIMIT=3600,
     )
     init_api(app)
+    app.wsgi_app = RequestDeadline(app.wsgi_app, settings.request_timeout_seconds, too_long)
     app.register_blueprint(admin_page)
     register_cli(app)
     return app

@@ -16,6 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from feed.deadline import at_most
 from feed.errors import Unauthenticated
 from feed.expiring import Expiring
 
@@ -145,8 +146,9 @@ class ActiveAccounts:
     """Whether an account's tokens still open the API: only while the account is active (not
     disabled by a deletion in progress, not deleted). Read from PostgreSQL and remembered for
     ``ttl`` seconds in this process, so a token dies with its account within that, at one
-    query per account and period. While PostgreSQL does not answer, the last status known
-    stands (an account never seen counts as active: its token is valid and signed)."""
+    query per account and period. While PostgreSQL does not answer (refused, or no answer in
+    ``STATUS_WAIT_SECONDS``), the last status known stands (an account never seen counts as
+    active: its token is valid and signed), so reads served from Redis go on."""
 
     def __init__(self, engine: Any, ttl: float) -> None:
         self._engine = engine
@@ -160,14 +162,22 @@ class ActiveAccounts:
         active = self._active.get(account_id)
         if active is not None:
             return active
-        try:
-            with self._engine.connect() as conn:
-                status = conn.execute(ACCOUNT_STATUS, {"id": account_id}).scalar_one_or_none()
-        except OperationalError:
+        status = UNKNOWN
+        with at_most(STATUS_WAIT_SECONDS):
+            try:
+                with self._engine.connect() as conn:
+                    status = conn.execute(ACCOUNT_STATUS, {"id": account_id}).scalar_one_or_none()
+            except OperationalError:
+                pass
+        if status is UNKNOWN:
             last = self._active.get(account_id, expired_too=True)
             return True if last is None else last
         self._active.put(account_id, status == "active")
         return status == "active"
+
+
+UNKNOWN = object()
+STATUS_WAIT_SECONDS = 1.0
 
 
 ACCOUNT_STATUS = text("SELECT status FROM accounts WHERE id = :id")

@@ -68,10 +68,13 @@ def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=5,
-        # A stuck lock or query fails (503) instead of holding request threads forever.
+        # A stuck lock or query fails (503) instead of holding request threads forever; a
+        # session whose client went silent mid-transaction (a partition, a frozen process)
+        # ends after 30 s, not hours later, and lets go of its locks and advisory locks.
         connect_args={
             "connect_timeout": 5,
-            "options": "-c lock_timeout=5000 -c statement_timeout=30000",
+            "options": "-c lock_timeout=5000 -c statement_timeout=30000"
+            " -c idle_in_transaction_session_timeout=30000",
         },
     )
     event.listen(engine, "checkout", drop_if_closed_by_server)

@@ -69,6 +69,7 @@ class Settings:
     rate_limit_handle_address: str = "10/hour"  # failed logins at one handle, from one address
     rate_limits_enabled: bool = True
     account_status_cache_seconds: float = 5.0  # a token dies with its account within this
+    request_timeout_seconds: float = 10.0  # a request still running is answered 503 (0: never)
     behind_tls: bool = False  # answers carry Strict-Transport-Security
     consistency_token_ttl_seconds: int = 600  # after this a token no longer waits
     miss_seconds: float = 10.0  # an unknown post or account id is asked of PostgreSQL once in this
@@ -129,6 +130,9 @@ class Settings:
             or defaults.rate_limit_handle_address,
             account_status_cache_seconds=float(
                 env.get("ACCOUNT_STATUS_CACHE_SECONDS") or defaults.account_status_cache_seconds
+            ),
+            request_timeout_seconds=float(
+                env.get("REQUEST_TIMEOUT_SECONDS") or defaults.request_timeout_seconds
             ),
             behind_tls=_bool(env, "BEHIND_TLS", False),
             miss_seconds=float(env.get("MISS_SECONDS") or defaults.miss_seconds),

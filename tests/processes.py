@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pika
@@ -164,3 +164,28 @@ def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float = 12
             pass
         time.sleep(0.2)
     raise AssertionError("the service did not become ready")
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The API under gunicorn (``feed/gunicorn_conf.py``) with ``env``, on a free port, once it
+    is ready: its base URL and process. Stopped on exit (SIGTERM, then SIGKILL)."""
+    from tests.servers import free_port
+
+    port = free_port()
+    config = str(ROOT / "feed" / "gunicorn_conf.py")
+    command = [sys.executable, "-m", "gunicorn", "--config", config, "--bind", f"127.0.0.1:{port}"]
+    with log_path.open("a") as log:
+        process = spawn([*command, "app:create_app()"], env, log)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until_healthy(base, process, timeout=60)
+            yield base, process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from tests.processes import ROOT, spawn, wait_until_healthy
-from tests.servers import free_port
+from tests.processes import gunicorn as run_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +20,6 @@ ARGON2 = {"ARGON2_TIME_COST": "16", "ARGON2_MEMORY_COST": "65536", "ARGON2_PARAL
 @pytest.fixture
 def gunicorn(settings, clean_state, tmp_path):
     """gunicorn serving ``app:create_app()`` on the test database, one gevent worker."""
-    port = free_port()
     env = {
         **os.environ,
         **ARGON2,
@@ -36,22 +31,8 @@ def gunicorn(settings, clean_state, tmp_path):
         "WEB_CONCURRENCY": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
-    log = (tmp_path / "gunicorn.log").open("w")
-    config = str(ROOT / "feed" / "gunicorn_conf.py")
-    command = [sys.executable, "-m", "gunicorn", "--config", config, "--bind", f"127.0.0.1:{port}"]
-    process = spawn([*command, "app:create_app()"], env, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(base, process, timeout=60)
+    with run_gunicorn(env, tmp_path / "gunicorn.log") as (base, _):
         yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_a_login_does_not_stall_the_other_requests_of_its_worker(gunicorn):

@@ -17,7 +17,7 @@ from feed.api import accounts, baseline, media, ops, posts, sagas, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.openapi import ApiConventions
-from feed.api.problems import register_problem_handlers
+from feed.api.problems import problem, register_problem_handlers
 from feed.api.schemas import ProblemOut
 from feed.api.web import require_admin, services, touch_activity
 from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
@@ -103,6 +103,17 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(ops.blp)  # in the OpenAPI document too
     if app.extensions["feed"].settings.bench_baseline:
         app.register_blueprint(baseline.blp)
+
+
+def too_long(environ: dict) -> Response:
+    """The answer to a request interrupted at its deadline (feed.deadline): a dependency it
+    waited on does not answer."""
+    HTTP_REQUESTS.labels(environ.get("REQUEST_METHOD", ""), "deadline exceeded", "503").inc()
+    return problem(
+        503,
+        "A dependency did not answer in time; try again later.",
+        headers={"Retry-After": "5", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def _start_request() -> None:

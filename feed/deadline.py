@@ -1,0 +1,79 @@
+"""Deadlines for waits on a connection that hangs: a partition that drops packets, or a proxy
+that stops forwarding, answers nothing and refuses nothing, so no error ever comes. Socket
+timeouts bound Redis; PostgreSQL's driver has none for a query in flight, so the API bounds
+the whole request instead.
+
+The deadlines are gevent timers, so they apply where the API runs on gevent workers (the
+default, and what ``make run`` starts); elsewhere they do nothing. The timer raises a
+``BaseException``: SQLAlchemy and redis-py treat one as an interruption and drop the
+connection it was waiting on, where an ordinary error would first try a rollback over the
+hung socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# After the deadline, the request's own clean-up (a rollback, returning connections) gets this
+# long before it is interrupted too.
+CLEAN_UP_SECONDS = 2.0
+
+
+def green() -> bool:
+    """True in a process gevent has monkey-patched (a gunicorn gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
+def at_most(seconds: float) -> contextlib.AbstractContextManager:
+    """A block that is left, silently, after ``seconds`` (only where ``green()``): the caller
+    checks whether it got its result."""
+    if not green():
+        return contextlib.nullcontext()
+    import gevent
+
+    return gevent.Timeout(seconds, False)
+
+
+class DeadlineExceeded(BaseException):
+    """The request ran past REQUEST_TIMEOUT_SECONDS."""
+
+
+class RequestDeadline:
+    """WSGI middleware: a request still running after ``seconds`` is interrupted and answered
+    503 with Retry-After, so a client never waits on a hung dependency past its deadline."""
+
+    def __init__(self, app: Callable, seconds: float, answer: Callable[[dict], Any]) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.answer = answer  # the request's environ -> the 503 response (a WSGI app)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if not self.seconds or not green():
+            return self.app(environ, start_response)
+        import gevent
+
+        expired = DeadlineExceeded()
+        try:
+            with (
+                gevent.Timeout(self.seconds, expired),
+                gevent.Timeout(self.seconds + CLEAN_UP_SECONDS, expired),
+            ):
+                return self.app(environ, start_response)
+        except DeadlineExceeded as error:
+            if error is not expired:
+                raise
+            log.warning(
+                "request_deadline_exceeded",
+                method=environ.get("REQUEST_METHOD"),
+                path=environ.get("PATH_INFO"),
+                seconds=self.seconds,
+            )
+            return self.answer(environ)(environ, start_response)
