@@ -6,14 +6,22 @@ from pathlib import Path
 
 from flask import Flask
 from flask_migrate import Migrate
+from flask_smorest import Api
 
-from feed.admin import bp as admin_page
-from feed.api import init_api, too_long
+from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_long
 from feed.bootstrap import Services, build_services
 from feed.cli import register_cli
+from feed.commands import PublishWithMedia
 from feed.config import Settings
 from feed.deadline import RequestDeadline
 from feed.observability import configure_logging
+from sagas import api as saga_api
+from sagas import media_api
+from sagas.admin import bp as admin_page
+from sagas.cli import register_saga_cli
+from sagas.commands import publish_with_media
+from sagas.engine import counts_by_type_and_status
+from sagas.metrics import SagaCollector
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -40,8 +48,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=3600,
     )
-    init_api(app)
-    app.wsgi_app = RequestDeadline(app.wsgi_app, settings.request_timeout_seconds, too_long)
-    app.register_blueprint(admin_page)
+    api = init_api(app)
     register_cli(app)
+    install_sagas(app, api)
+    app.wsgi_app = RequestDeadline(app.wsgi_app, settings.request_timeout_seconds, too_long)
     return app
+
+
+def install_sagas(app: Flask, api: Api) -> None:
+    """The one place where the sagas join the feed (``feed`` never imports ``sagas``): their
+    endpoints, operators' page and CLI, the handler of a post with media, their metrics."""
+    services = app.extensions["feed"]
+    for blueprint in (saga_api.blp, media_api.blp):
+        api.register_blueprint(blueprint, url_prefix=API_PREFIX)
+    NON_JSON_ENDPOINTS.add(media_api.UPLOAD_ENDPOINT)
+    app.register_blueprint(admin_page)
+    register_saga_cli(app)
+    services.handlers[PublishWithMedia] = publish_with_media
+    services.collectors.append(SagaCollector(lambda: counts_by_type_and_status(services.engine)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import select
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, exc, text
 from feed.auth import ActiveAccounts, Passwords, Tokens
 from feed.config import Settings, broker_urls, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
+from feed.errors import InvalidInput
 from feed.origin import check_at_start
 from feed.readmodel import FeedKeepAlive, Store
 
@@ -37,12 +39,22 @@ class Services:
     store: Store
     keep_alive: FeedKeepAlive = field(default_factory=FeedKeepAlive)
     active_accounts: ActiveAccounts | None = None
+    # Handlers of commands that other packages carry out, by command type (a post with media
+    # is published by a saga), and collectors for /metrics: filled in by app.py.
+    handlers: dict[type, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    collectors: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.active_accounts is None:
             self.active_accounts = ActiveAccounts(
                 self.engine, self.settings.account_status_cache_seconds
             )
+
+    def handler_for(self, command: Any) -> Callable[[Any, Any], Any]:
+        try:
+            return self.handlers[type(command)]
+        except KeyError:
+            raise InvalidInput(f"{type(command).__name__} is not available here.") from None
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -56,7 +68,7 @@ def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
     The pool keeps every connection it opens, up to ``pool_size`` (no overflow): an overflow
     connection is closed as soon as it is returned to a full pool, and under a burst of
     concurrent commands that meant a new PostgreSQL session (a forked backend, its caches
-    rebuilt) every few requests: 258-297 new sessions in 15 s of posting at 330/s. A request
+    rebuilt) every few requests (docs/performance.md). A request
     beyond the pool waits up to ``pool_timeout`` for a connection, then gets a 503.
 
     A pooled connection the server has closed (a restart, an idle timeout, a terminated
@@ -82,7 +94,7 @@ def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
 
 
 # The system's poll even where gevent has patched ``select``: a poll with no timeout never
-# blocks, and gevent's emulation of it cost ~20 us a checkout (against ~1) in a gunicorn worker.
+# blocks, and gevent's emulation of it cost a checkout many times more.
 _poll = get_original("select", "poll")
 
 
@@ -191,9 +203,8 @@ def freeze_heap() -> None:
     A long-lived process starts with ~130,000 tracked objects; each full (oldest-generation)
     collection walks them all, a pause of tens to a hundred milliseconds that stalls every
     request of a gevent worker at once. Frozen, they are never walked again; the collector
-    only sees what requests and messages allocate. Call once start-up is done. (In-process,
-    3,000 feed reads and 600 posts: the slowest request 67-70 ms -> 11-13 ms, the one full
-    collection gone; throughput unchanged.)
+    only sees what requests and messages allocate. Call once start-up is done
+    (docs/performance.md has what it did to the slowest requests).
     """
     gc.collect()
     gc.freeze()

@@ -83,6 +83,16 @@ class PublishPost:
 
 
 @dataclass(frozen=True)
+class PublishWithMedia:
+    """A post with media: a saga publishes it once moderation passed. Its handler is the
+    sagas' (registered in ``Services.handlers`` at start-up)."""
+
+    author: Principal
+    body: str
+    media_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class DeletePost:
     actor: Principal
     post_id: int

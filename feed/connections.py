@@ -3,8 +3,8 @@ trip, on one node or across a cluster's nodes (``Functions.run`` sends through `
 
 Through redis-py's pipelines a feed page's two round trips spent more of the API's CPU than
 Redis did: each pooled checkout takes a lock and polls the socket, each command is packed
-through a layer of checks, and each of a page's ~27 replies passes through ~7 us of redis-py's
-bookkeeping before hiredis parses it. Here a command list is packed by hiredis in one call and
+through a layer of checks, and each of a page's replies passes through redis-py's bookkeeping
+before hiredis parses it. Here a command list is packed by hiredis in one call and
 the replies are parsed by hiredis's reader straight from the socket (docs/performance.md).
 
 What the library does that this does not, it is left to: a TLS or RESP3 connection, or a

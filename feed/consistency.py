@@ -13,15 +13,7 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from feed.errors import FeedError
-
-
-class InvalidConsistencyToken(FeedError):
-    """The X-Consistency-Token header was not issued by this service, or not to the caller."""
-
-    status = 400
-    title = "Invalid consistency token"
-    slug = "invalid-consistency-token"
+from feed.errors import InvalidConsistencyToken
 
 
 @dataclass(frozen=True)

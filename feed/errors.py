@@ -1,4 +1,5 @@
-"""One error family for the core; the web layer turns each into a problem+json answer."""
+"""The one error family: everything the service raises on purpose is a ``FeedError`` (the sagas'
+errors too), and ``feed.api.problems`` turns each into a problem+json answer."""
 
 from __future__ import annotations
 
@@ -63,6 +64,28 @@ class Conflict(FeedError):
     status = 409
     title = "Conflict"
     slug = "conflict"
+
+
+class MalformedQuery(FeedError):
+    """A query parameter is not of its type (or not a cursor this API handed out)."""
+
+    title = "Malformed query parameter"
+    slug = "malformed-query"
+
+
+class InvalidConsistencyToken(FeedError):
+    """The X-Consistency-Token header was not issued by this service, or not to the caller."""
+
+    title = "Invalid consistency token"
+    slug = "invalid-consistency-token"
+
+
+class UnknownEvent(FeedError):
+    """An outbox row or message names an event type or version this code does not know."""
+
+    status = 422
+    title = "Unknown event"
+    slug = "unknown-event"
 
 
 class IdempotencyKeyReused(InvalidInput):

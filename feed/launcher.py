@@ -79,6 +79,7 @@ def process_commands(settings: Settings) -> dict[str, list[str]]:
             "app:create_app()",
         ],
         "relay": [python, "-m", "workers.relay"],
+        "sweeper": [python, "-m", "sagas.sweeper"],
         "workers": [
             python,
             "-m",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from feed.auth import Principal
-from feed.commands import create_pending_post
+from feed.commands import PublishWithMedia, create_pending_post
 from feed.errors import Forbidden, NotFound
 from feed.unit_of_work import UnitOfWork
 from sagas import engine
@@ -46,13 +46,6 @@ def promote_post(uow: UnitOfWork, cmd: PromotePost) -> str:
         correlation_id=uow.correlation_id,
     )
     return str(saga_id)
-
-
-@dataclass(frozen=True)
-class PublishWithMedia:
-    author: Principal
-    body: str
-    media_ids: tuple[str, ...]
 
 
 def publish_with_media(uow: UnitOfWork, cmd: PublishWithMedia) -> dict:

@@ -22,10 +22,11 @@ from sqlalchemy import Connection, Engine, func, insert, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 
 from feed.clock import utcnow
+from feed.errors import Conflict, FeedError, NotFound
 from feed.events import Event, register_event
 from feed.failpoints import failpoint
-from feed.observability import SAGA_COMPENSATIONS, SAGA_RETRIES, SAGA_STEP_SECONDS
 from feed.outbox import append_events
+from sagas.metrics import SAGA_COMPENSATIONS, SAGA_RETRIES, SAGA_STEP_SECONDS
 from sagas.schema import saga_operator_actions, saga_steps, sagas
 
 # --- definitions ---------------------------------------------------------------------------
@@ -163,19 +164,19 @@ SAGA_EVENTS = frozenset({"SagaStepRequested", "SagaStepReplied", "SagaTimerDue"}
 # --- errors --------------------------------------------------------------------------------
 
 
-class SagaError(Exception):
-    """Base of the engine's errors."""
+class SagaError(FeedError):
+    """Base of the engine's errors (members of the service's one error family)."""
 
 
-class SagaNotFound(SagaError):
+class SagaNotFound(SagaError, NotFound):
     """No saga with that id."""
 
 
-class ConcurrentUpdate(SagaError):
+class ConcurrentUpdate(SagaError, Conflict):
     """The saga row changed under us (optimistic lock); redo from fresh state."""
 
 
-class InvalidTransition(SagaError):
+class InvalidTransition(SagaError, Conflict):
     """The operator asked for something the saga's status does not allow."""
 
 

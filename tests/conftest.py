@@ -256,12 +256,13 @@ def project_all(app):
 
 @pytest.fixture
 def pipeline(settings, clean_state, tmp_path):
-    """A real relay and a real Dramatiq worker over RabbitMQ, for this test."""
+    """A real relay, saga sweeper and Dramatiq worker over RabbitMQ, for this test."""
     from tests.processes import Processes, delete_queues, process_env
 
     env = process_env(settings.database_url, settings.redis_url, settings.broker_url)
     processes = Processes(env, tmp_path)
     processes.start("relay")
+    processes.start("sweeper")
     processes.start("workers")
     yield processes
     processes.stop_all()

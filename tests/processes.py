@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 COMMANDS = {
     "relay": [sys.executable, "-m", "workers.relay"],
+    "sweeper": [sys.executable, "-m", "sagas.sweeper"],
     "workers": [
         sys.executable,
         "-m",

@@ -28,14 +28,18 @@ def test_the_stack_has_its_servers_with_healthchecks_and_the_app_services():
         assert SERVICES[name]["healthcheck"]["test"], name
 
 
-def test_the_relay_and_workers_are_in_the_stack():
-    assert {"relay", "workers"} <= set(APP_SERVICES)
+def test_the_relay_sweeper_and_workers_are_in_the_stack():
+    assert {"relay", "sweeper", "workers"} <= set(APP_SERVICES)
+
+
+# The sweeper works in PostgreSQL alone; every other process uses the broker too.
+SERVERS = {"sweeper": "postgres"}
 
 
 def test_app_services_wait_for_healthy_servers_and_the_migration():
     for name in APP_SERVICES:
         needs = SERVICES[name]["depends_on"]
-        assert "rabbitmq" in needs, name
+        assert SERVERS.get(name, "rabbitmq") in needs, name
         for server, condition in needs.items():
             expected = (
                 "service_completed_successfully" if server == "migrate" else "service_healthy"
@@ -46,7 +50,7 @@ def test_app_services_wait_for_healthy_servers_and_the_migration():
 
 
 def test_processes_that_share_metrics_share_one_directory():
-    for name in ("api", "relay", "workers"):
+    for name in ("api", "relay", "sweeper", "workers"):
         env = SERVICES[name]["environment"]
         assert env["PROMETHEUS_MULTIPROC_DIR"] == "/metrics", name
         assert "metrics:/metrics" in SERVICES[name]["volumes"], name

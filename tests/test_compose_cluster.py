@@ -4,6 +4,7 @@ and every setting one the code reads."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,10 @@ def test_three_rabbitmq_nodes_share_a_cookie_and_find_each_other():
     assert len(cookies) == 1
 
 
-def test_two_relays_and_two_worker_containers_run():
+def test_two_relays_a_sweeper_and_two_worker_containers_run():
     commands = [SERVICES[name]["command"] for name in APP_SERVICES]
     assert sum(c[:3] == ["python", "-m", "workers.relay"] for c in commands) == 2
+    assert sum(c[:3] == ["python", "-m", "sagas.sweeper"] for c in commands) == 1
     assert sum(c[:2] == ["dramatiq", "workers.actors"] for c in commands) == 2
 
 
@@ -86,7 +88,8 @@ def test_every_command_the_cluster_stack_runs_exists_in_the_code(name, settings,
     elif args[0] == "gunicorn":
         assert _gunicorn_target_exists(args), args
     elif args[:2] == ["python", "-m"]:
-        assert args[2] == "workers.relay", args
+        assert args[2] in ("workers.relay", "sagas.sweeper"), args
+        assert callable(importlib.import_module(args[2]).run), args
     elif args[0] == "dramatiq":
         assert _dramatiq_module_declares_actors(args, monkeypatch), args
     else:

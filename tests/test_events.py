@@ -14,13 +14,13 @@ from sqlalchemy import DateTime, create_engine, literal, select, text
 from feed import events
 from feed.clock import rfc3339, rfc3339_sql
 from feed.config import sqlalchemy_url
+from feed.errors import UnknownEvent
 from feed.events import (
     EVENT_TYPES,
     UPCASTERS,
     AccountFollowed,
     AccountUnfollowed,
     PostPublished,
-    UnknownEvent,
     VoteCast,
     account_counts,
     decode,

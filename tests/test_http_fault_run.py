@@ -244,6 +244,7 @@ def run(database_url, dying_cluster, rabbits, clean_tables, tmp_path):
         processes.running["api"] = api  # stopped with the others
         for name in ("relay-1", "relay-2"):
             processes.start(name, command="relay")
+        processes.start("sweeper")
         for name in ("workers-1", "workers-2"):
             processes.start(name, command="workers")
         base = f"http://127.0.0.1:{port}"

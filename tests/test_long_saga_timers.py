@@ -92,6 +92,7 @@ def test_a_retry_timer_longer_than_the_consumer_timeout_is_fired_from_postgresql
     timeouts_before = node.log().count(TIMED_OUT)
     try:
         processes.start("relay")
+        processes.start("sweeper")
         processes.start("workers")
         saga_id = client.post(
             "/api/v1/posts",
@@ -116,7 +117,7 @@ def test_a_retry_timer_longer_than_the_consumer_timeout_is_fired_from_postgresql
         # The long wait was left to the sweeper, which fired it from PostgreSQL.
         left = processes.log_events("workers", "saga_timer_left_to_sweeper")
         assert any(record["wait_ms"] > CONSUMER_TIMEOUT_MS for record in left)
-        fired = processes.log_events("relay", "sagas_swept")
+        fired = processes.log_events("sweeper", "sagas_swept")
         assert sum(record["timers"] for record in fired) >= len(left)
         delivered = [r["type"] for r in processes.log_events("workers", "saga_message")]
     finally:

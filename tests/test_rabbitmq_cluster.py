@@ -141,6 +141,7 @@ class Promotion:
 def test_a_post_reaches_its_followers_feeds_through_the_cluster(app, processes):
     author, fans = followers_with_live_feeds(app, 3)
     processes.start("relay")
+    processes.start("sweeper")
     processes.start("workers")
 
     for n in range(5):
@@ -152,6 +153,7 @@ def test_a_post_reaches_its_followers_feeds_through_the_cluster(app, processes):
 def test_a_promotion_saga_completes_through_the_cluster(app, processes):
     promotion = Promotion(app)
     processes.start("relay")
+    processes.start("sweeper")
     processes.start("workers")
 
     saga_id = promotion.start()
@@ -167,6 +169,7 @@ def test_the_node_the_processes_use_dies_its_messages_survive_and_work_goes_on(
     author, fans = followers_with_live_feeds(app, 3)
     promotion = Promotion(app)
     processes.start("relay")
+    processes.start("sweeper")
     processes.start("workers")
     post(app, author, "before")
     eventually(lambda: in_every_feed(app, [author, *fans]), timeout=60, interval=0.5)

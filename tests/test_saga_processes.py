@@ -47,6 +47,7 @@ def test_a_killed_orchestrator_resumes_from_postgresql(
     processes = Processes(env, tmp_path)
     try:
         processes.start("relay")
+        processes.start("sweeper")
         doomed = processes.start("workers", {"FEED_FAILPOINTS": failpoint})
         saga_id = client.post(
             f"/api/v1/posts/{post_id}/promote", json={"credits": 2}, headers=author.auth
@@ -89,6 +90,7 @@ def test_a_publish_saga_survives_its_worker_being_killed(
     processes = Processes(env, tmp_path)
     try:
         processes.start("relay")
+        processes.start("sweeper")
         doomed = processes.start("workers", {"FEED_FAILPOINTS": failpoint})
         post = client.post(
             "/api/v1/posts",

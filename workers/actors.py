@@ -18,6 +18,7 @@ import structlog
 
 from feed.bootstrap import Services, build_services, freeze_heap
 from feed.config import Settings
+from feed.errors import FeedError, UnknownEvent
 from feed.events import PostPublished
 from feed.observability import (
     FANOUT_PAGE_SIZE,
@@ -75,7 +76,7 @@ def read_model() -> Store:
 RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
 
 
-class Undecodable(Exception):
+class Undecodable(FeedError):
     """A message no handler can read: missing or mistyped fields, an event type or version
     this code does not know. Retrying cannot help."""
 
@@ -85,7 +86,7 @@ def readable(actor_name: str, read: Callable[[Any], T], message: Any) -> T:
     cannot be read."""
     try:
         return read(message)
-    except (TypeError, KeyError, ValueError, AttributeError) as error:  # UnknownEvent too
+    except (TypeError, KeyError, ValueError, AttributeError, UnknownEvent) as error:
         POISON_MESSAGES.labels(actor_name).inc()
         log.error("poison_message", actor=actor_name, error=f"{type(error).__name__}: {error}")
         raise Undecodable(f"{actor_name}: {type(error).__name__}: {error}") from error

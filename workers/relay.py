@@ -23,9 +23,8 @@ from feed.bootstrap import build_engine, freeze_heap
 from feed.config import Settings
 from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
 from feed.outbox import Envelope, listen_connection, purge_published, relay_once
-from sagas.engine import SAGA_EVENTS, sweep
+from sagas.engine import SAGA_EVENTS
 from sagas.runtime import SUBSCRIBED_EVENTS
-from sagas.services.media import sweep_unattached
 from workers.actors import (
     SETTINGS,
     broker,
@@ -71,37 +70,20 @@ def routes(event_type: str) -> list:
     return [project_event]
 
 
-_last_sweep = 0.0
-SWEEP_SECONDS = 1.0
-
-
-def sweep_sagas(engine, stuck_visible_seconds: float) -> None:
-    """Once a second: time out unanswered saga steps, fire overdue timers, mark sagas stuck
-    and resume them. Idempotent, so several relays may do it."""
-    global _last_sweep
-    if time.monotonic() - _last_sweep >= SWEEP_SECONDS:
-        _last_sweep = time.monotonic()
-        counts = sweep(engine, stuck_visible_seconds=stuck_visible_seconds)
-        if any(counts.values()):
-            log.info("sagas_swept", **counts)
-
-
 _last_purge = 0.0
 PURGE_SECONDS = 3600.0
 
 
 def housekeeping(engine, settings: Settings) -> None:
-    """Once an hour: delete outbox events published more than ``OUTBOX_RETENTION_DAYS`` ago,
-    and uploads unattached for ``MEDIA_UNATTACHED_HOURS`` (idempotent, so several relays may
-    do it)."""
+    """Once an hour: delete outbox events published more than ``OUTBOX_RETENTION_DAYS`` ago
+    (idempotent, so several relays may do it)."""
     global _last_purge
     if time.monotonic() - _last_purge >= PURGE_SECONDS:
         _last_purge = time.monotonic()
         with engine.begin() as conn:
             events = purge_published(conn, settings.outbox_retention_days * 86400)
-            uploads = sweep_unattached(conn, settings)
-        if events or uploads:
-            log.info("housekeeping", outbox_events_purged=events, unattached_media_deleted=uploads)
+        if events:
+            log.info("housekeeping", outbox_events_purged=events)
 
 
 def run(settings: Settings) -> None:
@@ -134,7 +116,6 @@ def run(settings: Settings) -> None:
             ):
                 pass
             backoff = 0.5
-            sweep_sagas(engine, settings.saga_stuck_visible_seconds)
             housekeeping(engine, settings)
             # Sleep until a commit notifies us, or the poll interval passes; then linger, and
             # take the notifications of the commits that the next batch will hold.

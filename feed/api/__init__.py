@@ -13,7 +13,7 @@ from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_smorest import Api
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from feed.api import accounts, baseline, media, ops, posts, sagas, timelines
+from feed.api import accounts, baseline, ops, posts, timelines
 from feed.api.converters import IdConverter
 from feed.api.limits import limiter
 from feed.api.openapi import ApiConventions
@@ -26,8 +26,8 @@ API_PREFIX = "/api/v1"
 ADMIN_PREFIX = API_PREFIX + "/admin/"
 SWAGGER_ASSETS = "/docs/assets"
 REQUEST_ID_HEADER = "X-Request-ID"
-# Endpoints whose body is not JSON (multipart uploads).
-NON_JSON_ENDPOINTS: set[str] = {"media.Media"}
+# Endpoints whose body is not JSON (multipart uploads): added by the blueprints' owners.
+NON_JSON_ENDPOINTS: set[str] = set()
 
 
 class FeedApi(Api):
@@ -52,8 +52,9 @@ class CookieSessionsOutsideTheApi(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
-def init_api(app: Flask) -> None:
-    """Register converters, hooks, error handlers and blueprints on ``app``."""
+def init_api(app: Flask) -> Api:
+    """Register converters, hooks, error handlers and the feed's blueprints on ``app``; the
+    flask-smorest ``Api``, for other packages' blueprints."""
     app.session_interface = CookieSessionsOutsideTheApi()
     app.url_map.converters["id"] = IdConverter
     app.url_map.strict_slashes = False
@@ -98,11 +99,10 @@ def init_api(app: Flask) -> None:
     api.register_blueprint(accounts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(posts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(timelines.blp, url_prefix=API_PREFIX)
-    api.register_blueprint(sagas.blp, url_prefix=API_PREFIX)
-    api.register_blueprint(media.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops.blp)  # in the OpenAPI document too
     if app.extensions["feed"].settings.bench_baseline:
         app.register_blueprint(baseline.blp)
+    return api
 
 
 def too_long(environ: dict) -> Response:

@@ -12,12 +12,10 @@ from feed.api.schemas import (
     FollowOut,
     ProblemOut,
     RegisterAccountIn,
-    SagaStartedOut,
     SessionOut,
     StartSessionIn,
 )
 from feed.api.web import StoredForm, authenticated, require_principal, run_command, services
-from sagas.commands import delete_my_account
 
 blp = Blueprint("accounts", __name__, description="Accounts, sessions and follows")
 # Schemas are built once: building one per request copies every field.
@@ -101,19 +99,4 @@ class Follow(MethodView):
             lambda following: {"following": following},
             principal=principal,
             single_statement=True,
-        )
-
-
-@blp.route("/accounts/me")
-class Me(MethodView):
-    @authenticated
-    @blp.response(202, SagaStartedOut)
-    def delete(self):
-        """Delete your account and every trace of it (a saga)."""
-        principal = require_principal()
-        return run_command(
-            202,
-            lambda uow: delete_my_account(uow, principal),
-            lambda saga_id: {"saga_id": saga_id, "status": "running"},
-            principal=principal,
         )

@@ -10,9 +10,8 @@ from feed.api.problems import problem
 from feed.api.schemas import HealthOut, ProblemOut, ReadyOut
 from feed.api.web import json_response, services
 from feed.bootstrap import check_broker, check_database, check_redis
-from feed.observability import OutboxCollector, SagaCollector, metrics_payload
+from feed.observability import OutboxCollector, metrics_payload
 from feed.outbox import backlog
-from sagas.engine import counts_by_type_and_status
 
 blp = Blueprint("ops", __name__, description="Operations: liveness, readiness, metrics")
 log = structlog.get_logger(__name__)
@@ -64,9 +63,8 @@ def readyz() -> Response:
 )
 def metrics() -> Response:
     """Prometheus text format."""
-    engine = services().engine
+    svc = services()
     payload, content_type = metrics_payload(
-        OutboxCollector(lambda: backlog(engine)),
-        SagaCollector(lambda: counts_by_type_and_status(engine)),
+        OutboxCollector(lambda: backlog(svc.engine)), *svc.collectors
     )
     return Response(payload, mimetype=None, content_type=content_type)

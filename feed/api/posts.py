@@ -14,8 +14,7 @@ from feed.api.schemas import (
     PublishPostIn,
     VoteOut,
 )
-from feed.api.web import authenticated, require_principal, run_command
-from sagas.commands import PublishWithMedia, publish_with_media
+from feed.api.web import authenticated, require_principal, run_command, services
 
 blp = Blueprint("posts", __name__, description="Posts and votes")
 # Schemas are built once: building one per request copies every field.
@@ -36,10 +35,13 @@ class Posts(MethodView):
         """Publish a post."""
         principal = require_principal()
         if data["media_ids"]:
-            with_media = PublishWithMedia(principal, data["body"], tuple(data["media_ids"]))
+            with_media = commands.PublishWithMedia(
+                principal, data["body"], tuple(data["media_ids"])
+            )
+            publish = services().handler_for(with_media)
             return run_command(
                 202,
-                lambda uow: publish_with_media(uow, with_media),
+                lambda uow: publish(uow, with_media),
                 lambda post: {**POST_OUT.dump(post), "saga_id": post["saga_id"]},
                 principal=principal,
             )

@@ -15,14 +15,19 @@ from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from feed.bootstrap import Services
+from feed.errors import FeedError
 from feed.failpoints import failpoint
 from feed.outbox import append_events
 from sagas.engine import SagaStepReplied, SagaStepRequested
 from sagas.schema import participant_faults, processed_steps
 
 
-class StepFailed(Exception):
+class StepFailed(FeedError):
     """A participant refuses or cannot do a step; ``retryable``: trying again may help."""
+
+    status = 422
+    title = "Step failed"
+    slug = "step-failed"
 
     def __init__(self, reason: str, *, retryable: bool = False) -> None:
         super().__init__(reason)

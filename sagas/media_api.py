@@ -11,7 +11,7 @@ from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from feed.api.limits import anonymous_reads
-from feed.api.schemas import MediaOut, ProblemOut
+from feed.api.schemas import ProblemOut
 from feed.api.web import (
     authenticated,
     optional_principal,
@@ -20,10 +20,12 @@ from feed.api.web import (
     services,
 )
 from feed.errors import InvalidInput, NotFound
+from sagas.api_schemas import MediaOut
 from sagas.services.media import ALLOWED_TYPES, media_dir, store_upload
 
 blp = Blueprint("media", __name__, description="Media uploads")
 MULTIPART_OVERHEAD = 64 * 1024
+UPLOAD_ENDPOINT = "media.Media"  # its body is multipart, not JSON
 
 
 @blp.route("/media")

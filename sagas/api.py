@@ -11,21 +11,7 @@ from flask_smorest import Blueprint
 from marshmallow import fields, validate
 from sqlalchemy import text
 
-from feed.api.schemas import (
-    SAGA_STATUSES,
-    MySagaOut,
-    NotificationPageOut,
-    ProblemOut,
-    RepairPreviewOut,
-    RetriedSagaOut,
-    SagaHistoryOut,
-    SagaOut,
-    SagaPageOut,
-    SagaStartedOut,
-    StrictInteger,
-    StrictSchema,
-    WalletOut,
-)
+from feed.api.schemas import ProblemOut, StrictInteger, StrictSchema
 from feed.api.timelines import CURSOR_PARAMETERS, parse_cursor
 from feed.api.web import (
     authenticated,
@@ -36,9 +22,21 @@ from feed.api.web import (
     services,
 )
 from feed.clock import rfc3339
-from feed.errors import Conflict, FeedError, NotFound
+from feed.errors import Conflict, MalformedQuery, NotFound
 from sagas import engine, repair
-from sagas.commands import PromotePost, promote_post
+from sagas.api_schemas import (
+    SAGA_STATUSES,
+    MySagaOut,
+    NotificationPageOut,
+    RepairPreviewOut,
+    RetriedSagaOut,
+    SagaHistoryOut,
+    SagaOut,
+    SagaPageOut,
+    SagaStartedOut,
+    WalletOut,
+)
+from sagas.commands import PromotePost, delete_my_account, promote_post
 from sagas.services import billing, notifications
 
 blp = Blueprint("sagas", __name__, description="Sagas, wallets, notifications, admin")
@@ -106,6 +104,21 @@ class Promote(MethodView):
         return run_command(
             202,
             lambda uow: promote_post(uow, cmd),
+            lambda saga_id: {"saga_id": saga_id, "status": "running"},
+            principal=principal,
+        )
+
+
+@blp.route("/accounts/me")
+class Me(MethodView):
+    @authenticated
+    @blp.response(202, SagaStartedOut)
+    def delete(self):
+        """Delete your account and every trace of it (a saga)."""
+        principal = require_principal()
+        return run_command(
+            202,
+            lambda uow: delete_my_account(uow, principal),
             lambda saga_id: {"saga_id": saga_id, "status": "running"},
             principal=principal,
         )
@@ -235,7 +248,7 @@ class AdminSagas(MethodView):
                 try:
                     last = engine.load(conn, UUID(request.args["max_id"])).row
                 except (ValueError, engine.SagaNotFound):
-                    raise MalformedCursor(
+                    raise MalformedQuery(
                         "max_id must be a saga id from next_max_id.",
                         errors={"max_id": ["Not a saga id."]},
                     ) from None
@@ -250,18 +263,10 @@ class AdminSagas(MethodView):
         )
 
 
-class MalformedCursor(FeedError):
-    """A cursor query parameter is not one this API handed out."""
-
-    status = 400
-    title = "Malformed query parameter"
-    slug = "malformed-query"
-
-
 def _limit() -> int:
     raw = request.args.get("limit", "20")
     if not raw.isdigit() or len(raw) > 6:
-        raise MalformedCursor("limit must be a whole number.", errors={"limit": ["Not a number."]})
+        raise MalformedQuery("limit must be a whole number.", errors={"limit": ["Not a number."]})
     if not 1 <= int(raw) <= 40:
         raise_invalid("limit", "Must be 1 to 40.")
     return int(raw)
