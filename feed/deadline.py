@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 # After the deadline, the request's own clean-up (a rollback, returning connections) gets this
 # long before it is interrupted too.
 CLEAN_UP_SECONDS = 2.0
+WATCH_SECONDS = 0.25
 
 
 def green() -> bool:
@@ -48,25 +50,31 @@ class DeadlineExceeded(BaseException):
 
 class RequestDeadline:
     """WSGI middleware: a request still running after ``seconds`` is interrupted and answered
-    503 with Retry-After, so a client never waits on a hung dependency past its deadline."""
+    503 with Retry-After, so a client never waits on a hung dependency past its deadline.
+
+    One watchdog greenlet per process looks at the running requests every ``WATCH_SECONDS``
+    (a dict entry per request: a gevent timer per request cost feed reads a measurable share,
+    docs/performance.md); a request interrupted whose clean-up hangs too is interrupted again
+    after ``CLEAN_UP_SECONDS``."""
 
     def __init__(self, app: Callable, seconds: float, answer: Callable[[dict], Any]) -> None:
         self.app = app
         self.seconds = seconds
         self.answer = answer  # the request's environ -> the 503 response (a WSGI app)
+        self._running: dict[Any, tuple[float, DeadlineExceeded]] = {}  # greenlet -> (due, exc)
+        self._watchdog: Any = None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.seconds or not green():
             return self.app(environ, start_response)
         import gevent
 
-        expired = DeadlineExceeded()
+        if self._watchdog is None:
+            self._watchdog = gevent.spawn(self._watch)
+        me, expired = gevent.getcurrent(), DeadlineExceeded()
+        self._running[me] = (time.monotonic() + self.seconds, expired)
         try:
-            with (
-                gevent.Timeout(self.seconds, expired),
-                gevent.Timeout(self.seconds + CLEAN_UP_SECONDS, expired),
-            ):
-                return self.app(environ, start_response)
+            return self.app(environ, start_response)
         except DeadlineExceeded as error:
             if error is not expired:
                 raise
@@ -77,3 +85,24 @@ class RequestDeadline:
                 seconds=self.seconds,
             )
             return self.answer(environ)(environ, start_response)
+        finally:
+            self._running.pop(me, None)
+
+    def _watch(self) -> None:
+        import gevent
+
+        loop = gevent.get_hub().loop
+        while True:
+            gevent.sleep(WATCH_SECONDS)
+            now = time.monotonic()
+            for request, (due, expired) in list(self._running.items()):
+                if now >= due:
+                    self._running[request] = (now + CLEAN_UP_SECONDS, expired)
+                    loop.run_callback(self._interrupt, request, expired)
+
+    def _interrupt(self, request: Any, expired: DeadlineExceeded) -> None:
+        """In the hub, so the request's greenlet is not running: interrupt it only if it is
+        still in the request that expired (on a kept-alive connection it may be in the next)."""
+        entry = self._running.get(request)
+        if entry is not None and entry[1] is expired:
+            request.throw(expired)
