@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -72,6 +72,9 @@ class SagaDefinition:
     steps: tuple[Step, ...]
     # No progress for this long marks a saga ``stuck`` (the sweeper then resumes it).
     stuck_after_seconds: float = 120.0
+    # The read-model keys, (kind, id), a saga of this type can have changed, from its data
+    # and PostgreSQL: what a repair rebuilds (sagas/repair.py).
+    touched: Callable[[Connection, dict[str, Any]], list[tuple[str, int]]] = lambda conn, data: []
 
     def step(self, index: int) -> Step:
         return self.steps[index]

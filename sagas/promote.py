@@ -5,12 +5,25 @@ Invariant: for every wallet, credits - debits + refunds = balance, and debits - 
 what completed campaigns cost (a campaign is complete only past the point of no return).
 """
 
+from typing import Any
+
+from sqlalchemy import Connection
+
 from sagas.engine import RetryPolicy, SagaDefinition, Step, define
+
+
+def touched(conn: Connection, data: dict[str, Any]) -> list[tuple[str, int]]:
+    """The post and the feeds it was placed in."""
+    return [("post", int(data["post_id"]))] + [
+        ("feed", int(a)) for a in data.get("placed_accounts", [])
+    ]
+
 
 PROMOTE_POST = define(
     SagaDefinition(
         type="promote_post",
         version=1,
+        touched=touched,
         steps=(
             Step("debit_wallet", "billing", "debit", compensation="refund"),
             Step("create_campaign", "feed", "create_campaign", compensation="cancel_campaign"),

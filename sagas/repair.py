@@ -21,31 +21,13 @@ from feed.rebuild import (
     rebuild_feed,
     rebuild_posts,
 )
+from sagas.engine import DEFINITIONS
 
 
 def touched_keys(conn: Connection, saga: dict[str, Any]) -> list[tuple[str, int]]:
-    """The read-model keys (kind, id) a saga of this type can have changed."""
-    data = saga["data"]
-    keys: list[tuple[str, int]] = []
-    if saga["type"] == "promote_post":
-        keys.append(("post", int(data["post_id"])))
-        keys += [("feed", int(a)) for a in data.get("placed_accounts", [])]
-    elif saga["type"] == "publish_post":
-        author = int(data["account_id"])
-        keys += [("post", int(data["post_id"])), ("posts", author), ("feed", author)]
-        followers = conn.execute(
-            text("SELECT follower_id FROM follows WHERE followee_id = :a"), {"a": author}
-        ).scalars()
-        keys += [("feed", f) for f in followers]
-    elif saga["type"] == "delete_account":
-        account = int(data["account_id"])
-        keys += [("account", account), ("posts", account)]
-        keys += [("feed", int(f)) for f in data.get("former_followers", [])]
-        posts = conn.execute(
-            text("SELECT id FROM posts WHERE author_id = :a"), {"a": account}
-        ).scalars()
-        keys += [("post", p) for p in posts]
-    return sorted(set(keys))
+    """The read-model keys (kind, id) the saga can have changed, as its definition says."""
+    definition = DEFINITIONS[(saga["type"], saga["version"])]
+    return sorted(set(definition.touched(conn, saga["data"])))
 
 
 def plan(store: Store, conn: Connection, keys: list[tuple[str, int]]) -> dict[str, Any]:

@@ -281,3 +281,24 @@ def test_a_deleted_posts_text_leaves_its_publish_sagas_data(app, client, engine,
 
     assert fetch_all(engine, "SELECT data->>'body' AS body FROM sagas") == [{"body": ""}]
     assert fetch_all(engine, "SELECT body FROM posts") == [{"body": ""}]
+
+
+def test_a_repair_checks_what_each_kind_of_saga_touched(app, client, engine, people):
+    """Each saga definition names the read-model keys it can change; a repair checks those."""
+    from sagas import engine as saga_engine
+    from sagas.repair import touched_keys
+
+    author, fan = people
+    media_id = upload(client, author).get_json()["id"]
+    client.post("/api/v1/posts", json={"body": "cat", "media_ids": [media_id]}, headers=author.auth)
+    client.delete("/api/v1/accounts/me", headers=fan.auth)
+    settle(app)
+    sagas = {row["type"]: row for row in fetch_all(engine, "SELECT * FROM sagas")}
+    with engine.connect() as conn:
+        published = touched_keys(conn, saga_engine.load(conn, sagas["publish_post"]["id"]).row)
+        deleted = touched_keys(conn, saga_engine.load(conn, sagas["delete_account"]["id"]).row)
+    post_id = int(sagas["publish_post"]["data"]["post_id"])
+    assert published == sorted(
+        {("post", post_id), ("posts", int(author.id)), ("feed", int(author.id))}
+    )
+    assert ("account", int(fan.id)) in deleted and ("posts", int(fan.id)) in deleted
