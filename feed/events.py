@@ -266,9 +266,12 @@ def decode(name: str, version: int, payload: dict[str, Any]) -> Event:
         raise UnknownEvent(f"unknown event type {name!r}")
     data = upcast(name, version, payload)
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = {key: value for key, value in data.items() if key in fields}
-    if "media" in values:
-        values["media"] = tuple(values["media"])
+    # JSON has lists where the events have tuples
+    values = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in data.items()
+        if key in fields
+    }
     return cls(**values)
 
 
@@ -287,3 +290,43 @@ class AccountDeleted(Event):
 
 
 register_event(AccountDeleted)
+
+
+@dataclass(frozen=True)
+class PostPlaced(Event):
+    """A post was placed in these accounts' home feeds by something other than a follow (a
+    promotion). The placement is in PostgreSQL, in a feed source registered with
+    ``feed.rebuild``, so rebuilt feeds hold it too."""
+
+    name: ClassVar[str] = "PostPlaced"
+    version: ClassVar[int] = 1
+
+    post_id: str
+    account_ids: tuple[str, ...]
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.post_id
+
+
+register_event(PostPlaced)
+
+
+@dataclass(frozen=True)
+class PostUnplaced(Event):
+    """A placement was withdrawn: the post leaves those feeds, unless their owner follows its
+    author or it is placed there still."""
+
+    name: ClassVar[str] = "PostUnplaced"
+    version: ClassVar[int] = 1
+
+    post_id: str
+    author_id: str
+    account_ids: tuple[str, ...]
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.post_id
+
+
+register_event(PostUnplaced)

@@ -23,7 +23,9 @@ from feed.events import (
     AccountUnfollowed,
     Event,
     PostDeleted,
+    PostPlaced,
     PostPublished,
+    PostUnplaced,
     VoteCast,
 )
 from feed.keys import (
@@ -48,7 +50,7 @@ from feed.readmodel import (
     post_document,
     score_of,
 )
-from feed.rebuild import COUNTS, account_row, account_row_commands
+from feed.rebuild import COUNTS, account_row, account_row_commands, placements_query
 
 log = structlog.get_logger(__name__)
 
@@ -361,7 +363,28 @@ def project_account_deleted(store: Store, event: AccountDeleted, send: SendPage)
     )
 
 
+def project_post_placed(store: Store, event: PostPlaced, send: SendPage) -> None:
+    # Safe twice and late: only the feeds PostgreSQL still places the post in get it, and
+    # adding it again changes nothing.
+    owners = placed_in(store, int(event.post_id), [int(a) for a in event.account_ids])
+    if owners:
+        add_to_feeds(store, owners, [int(event.post_id)])
+
+
+def project_post_unplaced(store: Store, event: PostUnplaced, send: SendPage) -> None:
+    # Safe twice and late: ZREM is idempotent, and a feed that should hold the post anyway
+    # (its owner follows the author, or it is placed there again) keeps it.
+    post_id, author = int(event.post_id), int(event.author_id)
+    owners = tuple(int(a) for a in event.account_ids if int(a) != author)
+    keep = set(still_following(store, author, owners)) | set(placed_in(store, post_id, owners))
+    leaving = [o for o in owners if o not in keep]
+    if leaving:
+        store.run([("ZREM", feed_key(o), post_id) for o in leaving])
+
+
 HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
+    PostPlaced: project_post_placed,
+    PostUnplaced: project_post_unplaced,
     AccountDeleted: project_account_deleted,
     AccountRegistered: project_account_registered,
     PostPublished: project_post_published,
@@ -494,6 +517,15 @@ def follower_pages(
             if len(page) < size:
                 return
             after = page[-1]
+
+
+def placed_in(store: Store, post_id: int, owners: Sequence[int]) -> list[int]:
+    """The subset of ``owners`` whose feeds PostgreSQL places ``post_id`` in now."""
+    query = placements_query()
+    if query is None or not owners:
+        return []
+    with store.reader.connect() as conn:
+        return list(conn.execute(query, {"post": post_id, "owners": list(owners)}).scalars())
 
 
 def still_following(store: Store, author_id: int, follower_ids: tuple[int, ...]) -> list[int]:

@@ -70,30 +70,63 @@ def _fill_sorted_set(store: Store, key: str, post_ids: Iterable[int], cap: int |
     pipe.execute()
 
 
+# Posts placed in home feeds by something other than follows (the sagas' promotions): each
+# source is a SELECT of (account_id, post_id) pairs that PostgreSQL holds, registered by the
+# package that writes them, so that a rebuilt feed holds them without this module knowing
+# their tables.
+PLACEMENT_SOURCES: list[str] = []
+
+
+def register_placements(source: str) -> None:
+    """Add a source of placements: SQL selecting ``account_id`` and ``post_id`` columns."""
+    if source not in PLACEMENT_SOURCES:
+        PLACEMENT_SOURCES.append(source)
+        _queries.clear()
+
+
+_queries: dict[str, Any] = {}
+
+
+def placements_query() -> Any:
+    """Of the accounts ``:owners``, those whose feeds a source places ``:post`` in."""
+    if not PLACEMENT_SOURCES:
+        return None
+    if "placed" not in _queries:
+        _queries["placed"] = text(
+            "SELECT DISTINCT account_id FROM ("
+            + " UNION ALL ".join(PLACEMENT_SOURCES)
+            + ") placed WHERE post_id = :post AND account_id = ANY(:owners)"
+        )
+    return _queries["placed"]
+
+
+def _feed_query() -> Any:
+    if "feed" not in _queries:
+        placed = "".join(
+            f" UNION SELECT post_id FROM ({source}) placed WHERE account_id = :me"
+            for source in PLACEMENT_SOURCES
+        )
+        _queries["feed"] = text(
+            "SELECT id FROM ("
+            " SELECT p.id FROM (SELECT followee_id AS author FROM follows"
+            "  WHERE follower_id = :me UNION ALL SELECT CAST(:me AS bigint)) f"
+            " CROSS JOIN LATERAL (SELECT id FROM posts WHERE author_id = f.author"
+            "  AND status = 'published' ORDER BY id DESC LIMIT :n) p"
+            + placed
+            + ") feed ORDER BY id DESC LIMIT :n"
+        )
+    return _queries["feed"]
+
+
 def feed_ids_from_db(store: Store, db: Connection, account_id: int) -> list[int]:
     """What a home feed holds according to PostgreSQL: the newest ``feed_size`` posts of the
-    account, of those it follows, and those promoted to it.
+    account, of those it follows, and those placed in it (``PLACEMENT_SOURCES``).
 
     Each author's newest posts come from the (author_id, id DESC) index (a LATERAL join), so the
     cost follows the number of accounts followed, not the size of the posts table.
     """
     return list(
-        db.execute(
-            text(
-                "SELECT id FROM ("
-                " SELECT p.id FROM (SELECT followee_id AS author FROM follows"
-                "  WHERE follower_id = :me UNION ALL SELECT CAST(:me AS bigint)) f"
-                " CROSS JOIN LATERAL (SELECT id FROM posts WHERE author_id = f.author"
-                "  AND status = 'published' ORDER BY id DESC LIMIT :n) p"
-                " UNION"
-                " SELECT c.post_id FROM campaign_placements cp JOIN campaigns c"
-                "  ON c.id = cp.campaign_id JOIN posts q ON q.id = c.post_id"
-                "  WHERE cp.account_id = :me AND c.status IN ('active', 'completed')"
-                "  AND q.status = 'published'"
-                ") feed ORDER BY id DESC LIMIT :n"
-            ),
-            {"me": account_id, "n": store.settings.feed_size},
-        ).scalars()
+        db.execute(_feed_query(), {"me": account_id, "n": store.settings.feed_size}).scalars()
     )
 
 

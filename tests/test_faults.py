@@ -105,17 +105,16 @@ def test_a_worker_killed_mid_fan_out_loses_nothing(
         settings.database_url, settings.redis_url, settings.broker_url, FANOUT_PAGE_SIZE="20"
     )
     processes = Processes(env, tmp_path)
-    # small pages: the fan-out is 300 messages, long enough to be cut in the middle
+    # small pages: the fan-out is 300 messages; the worker dies (as if SIGKILLed) after its
+    # 50th page, with pages applied and not acknowledged
     processes.start("relay")
-    processes.start("workers")
+    doomed = processes.start("workers", {"FEED_FAILPOINTS": "fanout.after_page@50"})
     try:
         post_id = client.post(
             "/api/v1/posts", json={"body": "to all"}, headers=author.auth
         ).get_json()["id"]
-        eventually(
-            lambda: feeds_holding(redis_client, followers, post_id) > 0, timeout=30, interval=0.005
-        )
-        processes.kill("workers")
+        assert doomed.wait(60) != 0  # it died at the failpoint
+        processes.kill("workers")  # and whatever it forked
         cut_at = feeds_holding(redis_client, followers, post_id)
         assert 0 < cut_at < len(followers), cut_at
 

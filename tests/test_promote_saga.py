@@ -8,10 +8,13 @@ import time
 import pytest
 from sqlalchemy import text
 
-from feed.outbox import claim_batch
+from feed.clock import rfc3339
+from feed.outbox import Envelope, append_events, claim_batch
+from feed.projections import project
 from sagas import engine as saga_engine
 from sagas.runtime import handle_saga_event
 from sagas.services import inject_fault
+from sagas.services.feed import withdrawal_events
 from tests.conftest import drain, fetch_all
 
 
@@ -494,3 +497,39 @@ def test_admin_actions_are_commands_with_a_key_and_a_token(app, client, engine, 
     assert wallet["balance"] == 7  # once
     (entry,) = wallet["entries"]
     assert entry["counter_account"] == f"admin:{admin.id}" and entry["at"]
+
+
+def test_placements_reach_feeds_only_by_events_late_ones_undo_nothing(app, client, engine, scene):
+    """The promotion changes feeds only through PostPlaced and PostUnplaced events, and a
+    placement projected again late, after its withdrawal, puts nothing back: the feeds
+    follow PostgreSQL's placements and follows."""
+    saga_id = promote(client, scene)
+    settle(app)
+    assert saga(client, scene, saga_id)["status"] == "completed"
+    post_id, author, readers = scene["post_id"], scene["author"], scene["readers"]
+    assert all(post_id in home_ids(client, r) for r in readers)
+    [placement] = fetch_all(engine, "SELECT * FROM outbox WHERE type = 'PostPlaced'")
+    assert sorted(placement["payload"]["account_ids"]) == sorted(r.id for r in readers)
+
+    # The placements withdrawn (one reader follows the author meanwhile), by their event.
+    client.post(f"/api/v1/accounts/{author.id}/follow", headers=readers[0].auth)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM campaign_placements"))
+        append_events(
+            conn, withdrawal_events(int(post_id), int(author.id), [int(r.id) for r in readers])
+        )
+    settle(app)
+    assert post_id in home_ids(client, readers[0])  # a follower keeps it
+    assert not any(post_id in home_ids(client, r) for r in readers[1:])
+
+    late = Envelope(
+        position=placement["position"],
+        event_id=str(placement["event_id"]),
+        type=placement["type"],
+        version=placement["version"],
+        payload=placement["payload"],
+        correlation_id=placement["correlation_id"],
+        created_at=rfc3339(placement["created_at"]),
+    )
+    project(app.extensions["feed"].store, late, lambda page: None)
+    assert not any(post_id in home_ids(client, r) for r in readers[1:])

@@ -20,6 +20,7 @@ from feed.bootstrap import Services, build_services, freeze_heap
 from feed.config import Settings
 from feed.errors import FeedError, UnknownEvent
 from feed.events import PostPublished
+from feed.failpoints import failpoint
 from feed.observability import (
     FANOUT_PAGE_SIZE,
     FANOUT_SECONDS,
@@ -230,6 +231,7 @@ def fan_out_page(message: dict) -> None:
     """Apply one page of a fan-out (about a thousand followers) in one Redis script call."""
     page = readable("fan_out_page", FanOutPage.from_message, message)
     _apply_page(page, message.get("created_at"))
+    failpoint("fanout.after_page")  # applied, not yet acknowledged
 
 
 def _apply_page(page: FanOutPage, created_at: str | None, *, just_read: bool = False) -> None:

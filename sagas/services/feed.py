@@ -20,11 +20,21 @@ from feed.commands import (
     purge_votes,
     set_account_status,
 )
-from feed.keys import feed_key
+from feed.events import PostPlaced, PostUnplaced
 from feed.outbox import append_events
-from feed.projections import add_to_feeds
+from feed.rebuild import register_placements
 from sagas.schema import campaign_placements, campaigns
 from sagas.services import StepContext, StepFailed, handles
+
+# A promoted post is in the feeds it was placed in while its campaign runs or after it
+# completed: the feed's rebuild unions this in (the read model changes only by events).
+register_placements(
+    "SELECT cp.account_id, c.post_id FROM campaign_placements cp"
+    " JOIN campaigns c ON c.id = cp.campaign_id JOIN posts q ON q.id = c.post_id"
+    " WHERE c.status IN ('active', 'completed') AND q.status = 'published'"
+)
+# Accounts an event names at most: a large campaign's placements go in several events.
+EVENT_ACCOUNTS = 500
 
 
 def campaign_id_for(saga_id: str) -> uuid.UUID:
@@ -110,7 +120,7 @@ def place_promoted(conn: Connection, args: dict[str, Any], ctx: StepContext) -> 
             [{"campaign_id": campaign_id, "account_id": a} for a in added],
         )
     wanted = [*already, *added]
-    _add_to_existing_feeds(ctx, wanted, post_id)
+    append_events(conn, placement_events(post_id, wanted))
     # The saga keeps where the post went, so a repair knows which feeds it touched.
     return {"placed": len(wanted), "placed_accounts": [str(a) for a in wanted]}
 
@@ -127,12 +137,7 @@ def remove_promoted(conn: Connection, args: dict[str, Any], ctx: StepContext) ->
         .scalars()
         .all()
     )
-    if placed:
-        # Only feeds whose owner does not follow the author lose the post.
-        pipe = ctx.services.redis.pipeline(transaction=False)
-        for account in placed:
-            pipe.zrem(feed_key(account), str(args["post_id"]))
-        pipe.execute()
+    append_events(conn, withdrawal_events(int(args["post_id"]), int(args["account_id"]), placed))
     return {"placed": 0}
 
 
@@ -146,10 +151,20 @@ def complete_campaign(conn: Connection, args: dict[str, Any], ctx: StepContext) 
     return {}
 
 
-def _add_to_existing_feeds(ctx: StepContext, accounts: list[int], post_id: int) -> None:
-    store = ctx.services.store
-    for start in range(0, len(accounts), 500):
-        add_to_feeds(store, accounts[start : start + 500], [post_id])
+def placement_events(post_id: int, accounts: list[int]) -> list[PostPlaced]:
+    return [
+        PostPlaced(str(post_id), tuple(str(a) for a in accounts[i : i + EVENT_ACCOUNTS]))
+        for i in range(0, len(accounts), EVENT_ACCOUNTS)
+    ]
+
+
+def withdrawal_events(post_id: int, author_id: int, accounts: list[int]) -> list[PostUnplaced]:
+    return [
+        PostUnplaced(
+            str(post_id), str(author_id), tuple(str(a) for a in accounts[i : i + EVENT_ACCOUNTS])
+        )
+        for i in range(0, len(accounts), EVENT_ACCOUNTS)
+    ]
 
 
 @handles("feed", "hold_post")
@@ -218,11 +233,11 @@ def purge_account_posts(conn: Connection, args: dict[str, Any], ctx: StepContext
         ),
         {"a": account_id},
     ).all()
-    if placed:
-        pipe = ctx.services.redis.pipeline(transaction=False)
-        for reader, post_id in placed:
-            pipe.zrem(feed_key(reader), str(post_id))
-        pipe.execute()
+    readers_of: dict[int, list[int]] = {}
+    for reader, post_id in placed:
+        readers_of.setdefault(post_id, []).append(reader)
+    for post_id, readers in readers_of.items():
+        append_events(conn, withdrawal_events(post_id, account_id, readers))
     return {}
 
 
