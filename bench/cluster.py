@@ -28,7 +28,7 @@ from typing import Any
 import requests
 
 from bench import fanout
-from bench.run import HOME, RESULTS, log_in, service, wrk
+from bench.harness import HOME, RESULTS, log_in, service, wrk
 from tests.servers import PrivateRedisCluster
 
 

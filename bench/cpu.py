@@ -2,7 +2,7 @@
 
     python -m bench.cpu [reads|posts ...] [--rounds 3] [--seconds 8]
 
-Starts the service as ``make bench`` does (``bench.run.service``) on the seeded data, then runs
+Starts the service as ``make bench`` does (``bench.harness.service``) on the seeded data, then runs
 rounds of feed reads (with the constant-JSON baseline round before each) and/or posting at 16
 connections, and prints what each kind of process (gunicorn, Dramatiq, the relay, PostgreSQL,
 Redis, RabbitMQ) used, in CPU-seconds per second of the round, read from ``/proc``. Divided by
@@ -25,7 +25,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from bench.run import (
+from bench.harness import (
     DATABASE_URL,
     HOME,
     REDIS_URL,

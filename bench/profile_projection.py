@@ -17,7 +17,7 @@ import time
 
 from sqlalchemy import text
 
-from bench.run import use_bench_servers
+from bench.harness import use_bench_servers
 
 
 def main() -> int:

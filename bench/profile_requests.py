@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench.run import HOME, RESULTS, use_bench_servers
+from bench.harness import HOME, RESULTS, use_bench_servers
 
 
 def timed(label: str, call: Callable[[int], object], n: int) -> None:

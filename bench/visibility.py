@@ -3,7 +3,7 @@
     python -m bench.visibility RATE [RATE ...] [--seconds 15]
 
 ``make bench`` times visibility at half the posting rate it measured in that run, so the rate
-moves with the machine's load; this runs the same phase (``bench.run``: new authors, 16 by
+moves with the machine's load; this runs the same phase (``bench.probe``: new authors, 16 by
 default (``--authors``), all followed by the same 100 accounts with live feeds, posting in turn,
 open loop; Redis polled every 2 ms, one script call a poll) at fixed rates, for comparing one
 change with the next. Prints p50/p99/max, the rate achieved and the load generator's CPU.
@@ -17,19 +17,8 @@ import sys
 import redis
 from sqlalchemy import create_engine
 
-from bench.run import (
-    DATABASE_URL,
-    REDIS_URL,
-    RESULTS,
-    VISIBILITY_AUTHORS,
-    VisibilityProbe,
-    _pct,
-    log_in,
-    make_cohort,
-    post_at_rate,
-    service,
-    wait_until_drained,
-)
+from bench.harness import DATABASE_URL, REDIS_URL, RESULTS, log_in, pct, service, wait_until_drained
+from bench.probe import VISIBILITY_AUTHORS, VisibilityProbe, make_cohort, post_at_rate
 from feed.config import sqlalchemy_url
 
 
@@ -53,8 +42,8 @@ def main() -> int:
             if sent["failed"] or sent["never_visible"] or not seen:
                 raise RuntimeError(f"posting at {rate}/s lost posts: {sent}")
             print(
-                f"{rate:.0f} posts/s: p50 {_pct(seen, 50) * 1000:.0f} ms, "
-                f"p99 {_pct(seen, 99) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms "
+                f"{rate:.0f} posts/s: p50 {pct(seen, 50) * 1000:.0f} ms, "
+                f"p99 {pct(seen, 99) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms "
                 f"({len(seen)} posts at {sent['achieved_rate']:.0f}/s achieved, "
                 f"{sent['late_sends']} sent over 50 ms late; senders and probe used "
                 f"{sent['generator_cores']:.2f} cores)",

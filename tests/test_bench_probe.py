@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from bench.run import VisibilityProbe
+from bench.probe import VisibilityProbe
 from tests.conftest import REDIS_URL
 
 

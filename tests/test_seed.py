@@ -108,10 +108,10 @@ def test_a_small_seed_loads_the_graph_and_builds_the_same_read_models_in_two_pro
 def test_make_bench_seeds_what_is_missing_and_keeps_what_is_there(
     seed_database, tmp_path, monkeypatch
 ):
-    """``bench.run.ensure_seeded``: an empty database is seeded; a seeded one whose sample's
-    credentials are gone (or empty) is seeded again; one whose read models Redis lost gets
-    them rebuilt; a complete one is left alone."""
-    from bench import run
+    """``bench.harness.ensure_seeded``: an empty database is seeded; a seeded one whose
+    sample's credentials are gone (or empty) is seeded again; one whose read models Redis lost
+    gets them rebuilt; a complete one is left alone."""
+    from bench import harness as run
 
     url, (feeds, _) = seed_database
     monkeypatch.setattr(run, "DATABASE_URL", url)
