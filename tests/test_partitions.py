@@ -179,7 +179,9 @@ def test_api_to_postgres_hangs_no_request_waits_past_its_deadline(app, pipeline,
         proxy.heal()
         healed_at = time.monotonic()
         before = len(load.acknowledged)
-        eventually(lambda: len(load.acknowledged) >= before + 10, timeout=30, interval=0.2)
+        # An author whose post froze mid-transaction gets 409 for its key until PostgreSQL
+        # ends that session (idle_in_transaction_session_timeout, 30 s after the freeze).
+        eventually(lambda: len(load.acknowledged) >= before + 10, timeout=60, interval=0.2)
         recovered_at = time.monotonic()
 
     slow = [(kind, round(s, 1), code) for _, s, kind, code in load.answers if s > LONGEST_ANSWER]
@@ -193,7 +195,7 @@ def test_api_to_postgres_hangs_no_request_waits_past_its_deadline(app, pipeline,
     # status this process remembered has expired (ACCOUNT_STATUS_CACHE_SECONDS).
     reads = load.between(hung_at, healed_at, "read")
     assert reads and {code for _, code in reads} == {200}, reads
-    assert recovered_at - healed_at < 20  # the API came back by itself
+    assert recovered_at - healed_at < 45  # the API came back by itself
 
     svc = app.extensions["feed"]
     with svc.engine.connect() as conn:
