@@ -3,11 +3,11 @@ that stops forwarding, answers nothing and refuses nothing, so no error ever com
 timeouts bound Redis; PostgreSQL's driver has none for a query in flight, so the API bounds
 the whole request instead.
 
-The deadlines are gevent timers, so they apply where the API runs on gevent workers (the
-default, and what ``make run`` starts); elsewhere they do nothing. The timer raises a
-``BaseException``: SQLAlchemy and redis-py treat one as an interruption and drop the
-connection it was waiting on, where an ordinary error would first try a rollback over the
-hung socket.
+The deadlines work through gevent (a watchdog greenlet for requests, a timer for
+``at_most``), so they apply where the API runs on gevent workers (the default, and what
+``make run`` starts); elsewhere they do nothing. They interrupt with a ``BaseException``:
+SQLAlchemy and redis-py treat one as an interruption and drop the connection it was waiting
+on, where an ordinary error would first try a rollback over the hung socket.
 """
 
 from __future__ import annotations

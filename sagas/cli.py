@@ -28,7 +28,7 @@ def _services() -> Services:
 
 @media_cli.command("sweep")
 def sweep_media() -> None:
-    """Delete uploads left unattached for MEDIA_UNATTACHED_HOURS (the relay does it hourly
+    """Delete uploads left unattached for MEDIA_UNATTACHED_HOURS (the saga sweeper does it hourly
     too)."""
     svc = _services()
     with svc.engine.begin() as conn:
