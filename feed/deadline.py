@@ -63,9 +63,12 @@ class RequestDeadline:
         self.answer = answer  # the request's environ -> the 503 response (a WSGI app)
         self._running: dict[Any, tuple[float, DeadlineExceeded]] = {}  # greenlet -> (due, exc)
         self._watchdog: Any = None
+        self._on: bool | None = None  # known at the first request: gevent patches a worker first
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if not self.seconds or not green():
+        if self._on is None:
+            self._on = bool(self.seconds) and green()
+        if not self._on:
             return self.app(environ, start_response)
         import gevent
 
