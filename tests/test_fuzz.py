@@ -14,6 +14,8 @@ machine are run through hypothesis directly.)
 
 from __future__ import annotations
 
+import functools
+import io
 import re
 import uuid
 from collections import Counter
@@ -183,3 +185,103 @@ def test_linked_sequences_answer_as_documented(app, role):
     # (which ones a run reaches varies with the state the sequences meet).
     missed = FOLLOWED[role] - reached
     assert len(missed) <= 2, sorted(missed)
+
+
+# Bodies for the operations a link leads to that take one.
+LINK_TARGET_BODIES = {"putVote": {"value": 1}, "postPromote": {"credits": 1}}
+ADMIN_TARGET_BODIES = {"postAdminCredit": {"credits": 5}}
+
+
+def test_every_link_in_the_document_leads_to_what_it_names(app, tokens):
+    """Each link, followed from a real answer of its operation, reaches the resource it names:
+    a 2xx (or, for a retry, the 409 of a saga that has not failed), never a 404."""
+    client = app.test_client()
+    user = {"Authorization": f"Bearer {tokens['user']}"}
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    document = client.get("/openapi.json").get_json()
+    operations = {
+        op["operationId"]: (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    }
+
+    def new_account() -> tuple[dict, dict]:
+        login = {"handle": f"l_{uuid.uuid4().hex[:10]}", "password": "correct horse battery"}
+        created = client.post("/api/v1/accounts", json=login)
+        token = client.post("/api/v1/sessions", json=login).get_json()["token"]
+        return created, {"Authorization": f"Bearer {token}"}
+
+    def post_with_media():
+        png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+        media = client.post(
+            "/api/v1/media",
+            data={"file": (io.BytesIO(png), "a.png")},
+            headers=user,
+            content_type="multipart/form-data",
+        ).get_json()["id"]
+        return client.post("/api/v1/posts", json={"body": "m", "media_ids": [media]}, headers=user)
+
+    def text_post() -> str:
+        return client.post("/api/v1/posts", json={"body": "t"}, headers=user).get_json()["id"]
+
+    sources = {
+        ("postAccounts", "201"): lambda: (new_account()[0], user),
+        ("postSessions", "200"): lambda: (
+            client.post(
+                "/api/v1/sessions",
+                json={"handle": "fuzz_user", "password": "correct horse battery"},
+            ),
+            user,
+        ),
+        ("postPosts", "201"): lambda: (
+            client.post("/api/v1/posts", json={"body": "x"}, headers=user),
+            user,
+        ),
+        ("postPosts", "202"): lambda: (post_with_media(), user),
+        ("postMedia", "201"): lambda: (
+            client.post(
+                "/api/v1/media",
+                data={"file": (io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\x01" * 64), "b.png")},
+                headers=user,
+                content_type="multipart/form-data",
+            ),
+            user,
+        ),
+        ("postPromote", "202"): lambda: (
+            client.post(f"/api/v1/posts/{text_post()}/promote", json={"credits": 1}, headers=user),
+            user,
+        ),
+    }
+    followed = []
+    for item in document["paths"].values():
+        for op in item.values():
+            if not isinstance(op, dict):  # the path's own parameters
+                continue
+            for status, response in op.get("responses", {}).items():
+                for name, link in response.get("links", {}).items():
+                    source = sources[(op["operationId"], status)]
+                    answer, caller = source()
+                    assert answer.status_code == int(status), (op["operationId"], answer.json)
+                    body = answer.get_json()
+                    target = link["operationId"]
+                    target_method, target_path = operations[target]
+                    for parameter, expression in link["parameters"].items():
+                        pointer = expression.removeprefix("$response.body#/").split("/")
+                        value = functools.reduce(lambda node, key: node[key], pointer, body)
+                        target_path = target_path.replace(f"{{{parameter}}}", str(value))
+                    headers = admin if "/admin/" in target_path else caller
+                    json_body = {**LINK_TARGET_BODIES, **ADMIN_TARGET_BODIES}.get(target)
+                    reached = client.open(
+                        target_path, method=target_method, json=json_body, headers=headers
+                    )
+                    allowed = {409} if target == "postAdminRetry" else set()
+                    assert reached.status_code < 300 or reached.status_code in allowed, (
+                        op["operationId"],
+                        status,
+                        name,
+                        target_path,
+                        reached.get_json(),
+                    )
+                    followed.append(name)
+    assert len(followed) >= 15

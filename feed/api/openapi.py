@@ -48,8 +48,8 @@ LINKS: dict[tuple[str, int], dict[str, tuple[str, dict[str, str]]]] = {
         "Promote": ("postPromote", {"post_id": "$response.body#/id"}),
         "DeletePost": ("deletePost", {"post_id": "$response.body#/id"}),
     },
+    # A post with media is readable once its saga published it: until then, its saga.
     ("postPosts", 202): {
-        "GetPost": ("getPostItem", {"post_id": "$response.body#/id"}),
         "GetSaga": ("getMySaga", {"saga_id": "$response.body#/saga_id"}),
     },
     ("postMedia", 201): {
@@ -60,9 +60,6 @@ LINKS: dict[tuple[str, int], dict[str, tuple[str, dict[str, str]]]] = {
         "GetSagaHistory": ("getAdminSaga", {"saga_id": "$response.body#/saga_id"}),
         "Retry": ("postAdminRetry", {"saga_id": "$response.body#/saga_id"}),
         "Abort": ("postAdminAbort", {"saga_id": "$response.body#/saga_id"}),
-    },
-    ("deleteMe", 202): {
-        "GetSaga": ("getMySaga", {"saga_id": "$response.body#/saga_id"}),
     },
 }
 
