@@ -1,6 +1,6 @@
 """Where the CPU goes: wrk rounds against the service, with each process's CPU per second.
 
-    python -m bench.cpu [reads|posts ...] [--rounds 3] [--seconds 8]
+    python -m bench.cpu [reads|posts|votes|follows ...] [--rounds 3] [--seconds 8]
 
 Starts the service as ``make bench`` does (``bench.harness.service``) on the seeded data, then runs
 rounds of feed reads (with the constant-JSON baseline round before each) and/or posting at 16
@@ -36,6 +36,7 @@ from bench.harness import (
     wait_until_drained,
     wrk,
 )
+from bench.writes import vote_and_follow_targets
 from feed.config import sqlalchemy_url
 
 KINDS = {
@@ -88,6 +89,37 @@ def events_and_messages(base: str) -> tuple[float, float]:
     return events, messages
 
 
+def post_round(engine, client, url: str, tokens, seconds: int, label: str) -> None:
+    """A posting round against ``url``, drained before and after, with the events a message."""
+    wait_until_drained(engine, client)
+    events, messages = events_and_messages(url)
+    posts, cpu = measured(lambda: wrk(url, "POST", "/api/v1/posts", tokens, seconds, 16))
+    wait_until_drained(engine, client)
+    events_after, messages_after = events_and_messages(url)
+    per_message = (events_after - events) / max(1.0, messages_after - messages)
+    print(
+        f"{label}posts {posts['rps']:.0f}/s p50 {posts['p50_ms']:.1f} ms "
+        f"p99 {posts['p99_ms']:.1f} ms; {per_message:.1f} events a message; CPU/s {cpu}",
+        flush=True,
+    )
+
+
+def write_rounds(engine, client, url, tokens, seconds, label, method, targets) -> None:
+    """A spread and a hot round of ``method`` (VOTE or FOLLOW, as ``make bench`` runs them)."""
+    ids = targets[method]
+    for kind, chosen in (("spread", ids), ("hot", ids[:1])):
+        ids_file = RESULTS / f"cpu-{method.lower()}-{kind}.txt"
+        ids_file.write_text("\n".join(map(str, chosen)) + "\n")
+        wait_until_drained(engine, client)
+        result, cpu = measured(lambda f=ids_file: wrk(url, method, str(f), tokens, seconds, 16))
+        print(
+            f"{label}{method.lower()}s {kind} {result['rps']:.0f}/s p99 {result['p99_ms']:.1f} ms;"
+            f" CPU/s {cpu}",
+            flush=True,
+        )
+        ids_file.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kinds", nargs="*", default=["reads", "posts"])
@@ -99,7 +131,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="reads also from a second service with these settings, in alternating order",
+        help="every kind also against a second service with these settings, in alternating order",
     )
     args = parser.parse_args()
     against = dict(setting.split("=", 1) for setting in args.against)
@@ -122,6 +154,9 @@ def main() -> int:
             size = len(page.content)
         constant = f"/bench/constant?bytes={size}"
         wait_until_drained(engine, client)
+        targets = vote_and_follow_targets(
+            engine, list(csv.DictReader((RESULTS / "credentials.csv").open())), len(accounts)
+        )
         for round_ in range(args.rounds):
             if "reads" in args.kinds:
                 baseline = wrk(base, "GET", constant, None, args.seconds, 16)
@@ -136,21 +171,17 @@ def main() -> int:
                         f"p99 {reads['p99_ms']:.1f} ms; CPU/s {cpu}",
                         flush=True,
                     )
+            for method in ("VOTE", "FOLLOW"):
+                if f"{method.lower()}s" in args.kinds:
+                    services = [("", base)] + ([(f"{against} ", other)] if other else [])
+                    for label, url in services[:: 1 if round_ % 2 == 0 else -1]:
+                        write_rounds(
+                            engine, client, url, tokens, args.seconds, label, method, targets
+                        )
             if "posts" in args.kinds:
-                wait_until_drained(engine, client)
-                events, messages = events_and_messages(base)
-                posts, cpu = measured(
-                    lambda: wrk(base, "POST", "/api/v1/posts", tokens, args.seconds, 16)
-                )
-                wait_until_drained(engine, client)
-                events_after, messages_after = events_and_messages(base)
-                per_message = (events_after - events) / max(1.0, messages_after - messages)
-                print(
-                    f"posts {posts['rps']:.0f}/s p50 {posts['p50_ms']:.1f} ms "
-                    f"p99 {posts['p99_ms']:.1f} ms; {per_message:.1f} events a message; "
-                    f"CPU/s {cpu}",
-                    flush=True,
-                )
+                services = [("", base)] + ([(f"{against} ", other)] if other else [])
+                for label, url in services[:: 1 if round_ % 2 == 0 else -1]:
+                    post_round(engine, client, url, tokens, args.seconds, label)
     return 0
 
 

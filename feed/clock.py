@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, String, func, literal_column
-
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
@@ -17,10 +15,3 @@ def rfc3339(moment: datetime) -> str:
     return (
         moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     )
-
-
-def rfc3339_sql(moment: ColumnElement[datetime]) -> ColumnElement[str]:
-    """``rfc3339`` in SQL, for a ``timestamptz`` that PostgreSQL formats itself (``MS``
-    truncates to the millisecond, as ``rfc3339`` does)."""
-    utc = func.timezone(literal_column("'UTC'"), moment)
-    return func.to_char(utc, literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"""), type_=String)

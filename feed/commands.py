@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    CTE,
     BigInteger,
-    ColumnElement,
     Connection,
     Integer,
     Select,
@@ -27,32 +26,29 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal_column,
     or_,
     select,
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from feed.auth import Passwords, Principal, Tokens
-from feed.clock import rfc3339, rfc3339_sql
+from feed.clock import rfc3339, utcnow
 from feed.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from feed.events import (
     AccountDeleted,
     AccountFollowed,
     AccountRegistered,
     AccountUnfollowed,
-    Event,
     PostDeleted,
     PostPublished,
     VoteCast,
     account_counts,
     post_author,
 )
-from feed.outbox import append_from_select, event_params, sql_string
+from feed.outbox import append_when
 from feed.schema import accounts, follows, posts, votes
 from feed.unit_of_work import UnitOfWork
 
@@ -182,16 +178,30 @@ def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
             "Unknown media.",
             errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
         )
-    params = {"author_id": cmd.author.account_id, "body": cmd.body}
-    row = uow.conn.execute(PUBLISH_POST, {**params, **event_params(uow.correlation_id)}).first()
+    row = uow.conn.execute(
+        PUBLISH_POST, {"author_id": cmd.author.account_id, "body": cmd.body}
+    ).first()
     if row is None:
         raise Unauthenticated("This account is no longer active.")
     # The columns come back in the order PUBLISH_POST lists them.
-    *answer, position = row
-    uow.appended(position)
-    author = dict(zip(_ANSWER_AUTHOR, answer[: len(_ANSWER_AUTHOR)], strict=True))
-    post = dict(zip(_ANSWER_POST, answer[len(_ANSWER_AUTHOR) :], strict=True))
-    return {**post, "author": author, "media": [], "my_vote": 0}
+    author = dict(zip(_POST_AUTHOR, row[: len(_POST_AUTHOR)], strict=True))
+    post = dict(zip(_ANSWER_POST, row[len(_POST_AUTHOR) :], strict=True))
+    uow.emit(_published(post, author, media=()))
+    answer_author = {name: author[name] for name in _ANSWER_AUTHOR}
+    return {**post, "author": answer_author, "media": [], "my_vote": 0}
+
+
+def _published(post: Row, author: Row, media: tuple[dict[str, Any], ...]) -> PostPublished:
+    """The event of a post just published; ``author`` is its row after the publish."""
+    return PostPublished(
+        post_id=str(post["id"]),
+        author_id=str(author["id"]),
+        body=post["body"],
+        created_at=rfc3339(post["created_at"]),
+        author=post_author(author),
+        media=media,
+        author_counts=account_counts(author),
+    )
 
 
 def create_pending_post(conn: Connection, author: Principal, body: str) -> Row:
@@ -228,19 +238,8 @@ def publish_pending_post(
     )
     if post is None:
         return None
-    author = (
-        conn.execute(select(accounts).where(accounts.c.id == post["author_id"])).mappings().one()
-    )
-    counts = _bump_counts(conn, post["author_id"], posts_count=1)
-    return PostPublished(
-        post_id=str(post["id"]),
-        author_id=str(author["id"]),
-        body=post["body"],
-        created_at=rfc3339(post["created_at"]),
-        author=post_author(author),
-        media=tuple(media),
-        author_counts=account_counts(counts),
-    )
+    author = _bump_counts(conn, post["author_id"], posts_count=1)
+    return _published(post, author, media=tuple(media))
 
 
 def delete_post(uow: UnitOfWork, cmd: DeletePost) -> None:
@@ -280,7 +279,13 @@ def follow_account(uow: UnitOfWork, cmd: FollowAccount) -> bool:
         raise InvalidInput(
             "You cannot follow yourself.", errors={"id": ["You cannot follow yourself."]}
         )
-    _run_follow_statement(uow, FOLLOW, cmd.follower.account_id, cmd.followee_id)
+    at = utcnow()
+    event = AccountFollowed(
+        follower_id=str(cmd.follower.account_id),
+        followee_id=str(cmd.followee_id),
+        followed_at=rfc3339(at),
+    )
+    _run_follow_statement(uow, FOLLOW, event, at)
     return True
 
 
@@ -290,12 +295,25 @@ def unfollow_account(uow: UnitOfWork, cmd: UnfollowAccount) -> bool:
         raise InvalidInput(
             "You cannot unfollow yourself.", errors={"id": ["You cannot unfollow yourself."]}
         )
-    _run_follow_statement(uow, UNFOLLOW, cmd.follower.account_id, cmd.followee_id)
+    at = utcnow()
+    event = AccountUnfollowed(
+        follower_id=str(cmd.follower.account_id),
+        followee_id=str(cmd.followee_id),
+        unfollowed_at=rfc3339(at),
+    )
+    _run_follow_statement(uow, UNFOLLOW, event, at)
     return False
 
 
-def _run_follow_statement(uow: UnitOfWork, statement: Select, follower: int, followee: int) -> None:
-    params = {"follower_id": follower, "followee_id": followee, **event_params(uow.correlation_id)}
+def _run_follow_statement(
+    uow: UnitOfWork, statement: Select, event: AccountFollowed | AccountUnfollowed, at: datetime
+) -> None:
+    params = {
+        "follower_id": int(event.follower_id),
+        "followee_id": int(event.followee_id),
+        "at": at,
+        **uow.in_statement(event),
+    }
     row = uow.conn.execute(statement, params).one()
     if not row.follower_active:
         raise Unauthenticated("This account is no longer active.")
@@ -316,13 +334,10 @@ def _remove_follow(
     ).scalar_one_or_none()
     if removed is None:
         return None
-    follower, followee = _bump_follow_counts(conn, follower_id, followee_id, -1)
+    _bump_counts(conn, follower_id, following_count=-1)
+    _bump_counts(conn, followee_id, followers_count=-1)
     return AccountUnfollowed(
-        follower_id=str(follower_id),
-        followee_id=str(followee_id),
-        unfollowed_at=rfc3339(removed),
-        follower_counts=account_counts(follower),
-        followee_counts=account_counts(followee),
+        follower_id=str(follower_id), followee_id=str(followee_id), unfollowed_at=rfc3339(removed)
     )
 
 
@@ -336,11 +351,14 @@ def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
     on the key, writes nothing, and runs again (in a savepoint when the command has a
     transaction of its own, for its idempotency record).
     """
+    event = VoteCast(
+        post_id=str(cmd.post_id), account_id=str(cmd.voter.account_id), value=cmd.value
+    )
     params = {
         "voter_id": cmd.voter.account_id,
         "voted_post_id": cmd.post_id,
         "vote": cmd.value,
-        **event_params(uow.correlation_id),
+        **uow.in_statement(event),
     }
     for attempt in range(1, VOTE_ATTEMPTS + 1):
         try:
@@ -352,7 +370,6 @@ def cast_vote(uow: UnitOfWork, cmd: CastVote) -> Row:
                 raise
             if attempt == VOTE_ATTEMPTS:
                 raise Conflict("Votes by this account on this post raced; try again.") from error
-            params.update(event_params(uow.correlation_id))
     if row is None:
         raise NotFound("No such post.")
     if not row["voter_active"]:
@@ -447,42 +464,33 @@ def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
     )
 
 
-# What a published post's event needs of its author (not, say, the password hash).
-_POST_AUTHOR_COLUMNS = [
-    accounts.c[name]
-    for name in (
-        "id",
-        "handle",
-        "display_name",
-        "followers_count",
-        "following_count",
-        "posts_count",
-        "counts_version",
-    )
-]
-# What the answer to a post (PostOut) needs of its author and of the post, in that order.
+# What a published post's event needs of its author (not, say, the password hash), and what
+# the answer to a post (PostOut) needs of its author and of the post.
+_POST_AUTHOR = (
+    "id",
+    "handle",
+    "display_name",
+    "followers_count",
+    "following_count",
+    "posts_count",
+    "counts_version",
+)
 _ANSWER_AUTHOR = ("id", "handle", "display_name")
 _ANSWER_POST = ("id", "body", "status", "created_at", "up", "down")
 
 
 def _publish_post_statement() -> Select:
-    """The author's counters bumped (posts_count + 1, a new counts version, marked active), the
-    post inserted and its ``PostPublished`` appended to the outbox, in one statement.
-
-    A statement on its own is a transaction of its own: one round trip with no ``BEGIN`` or
-    ``COMMIT``, and the author's row is locked only while PostgreSQL runs it. (Over several
-    round trips a busy client held that lock for as long as its other requests kept it from
-    reading the answers, and the author's next posts queued behind it, each holding a pooled
-    connection.) The update locks the author's row; the insert reads the author from it, so a
-    gone or disabled author inserts nothing and the statement returns no row. It returns what
-    the answer needs: ``_ANSWER_AUTHOR`` and ``_ANSWER_POST`` (as ``author_*`` and ``post_*``),
-    then ``event_position``; parameters are ``author_id``, ``body`` and ``outbox.event_params``.
+    """The author's counters bumped (posts_count + 1, a new counts version, marked active) and
+    the post inserted, in one statement: one round trip, and the author's row is read and
+    locked once. The update locks the author's row; the insert reads the author from it, so a
+    gone or disabled author inserts nothing and the statement returns no row. It returns
+    ``_POST_AUTHOR`` then ``_ANSWER_POST``; parameters are ``author_id`` and ``body``.
     """
     author = (
         update(accounts)
         .where(accounts.c.id == bindparam("author_id"), accounts.c.status == "active")
         .values(**_counter_changes({"posts_count": 1}), last_active_at=func.now())
-        .returning(*_POST_AUTHOR_COLUMNS)
+        .returning(*(accounts.c[name] for name in _POST_AUTHOR))
         .cte("author")
     )
     post = (
@@ -491,57 +499,9 @@ def _publish_post_statement() -> Select:
         .returning(*(posts.c[name] for name in _ANSWER_POST))
         .cte("post")
     )
-    event = append_from_select(
-        PostPublished,
-        cast(post.c.id, Text),
-        _post_published_payload(author, post),
-        author.join(post, true()),
-    ).cte("event")
     return select(
-        *(author.c[name].label(f"author_{name}") for name in _ANSWER_AUTHOR),
-        *(post.c[name].label(f"post_{name}") for name in _ANSWER_POST),
-        event.c.position.label("event_position"),
-    ).select_from(author.join(post, true()).join(event, true()))
-
-
-def _post_published_payload(author: CTE, post: CTE) -> ColumnElement[Any]:
-    """``PostPublished(...).to_payload()`` of a text post, built by PostgreSQL from the
-    statement's author and post rows (the same JSON: ``test_events``)."""
-    payload: dict[str, ColumnElement[Any]] = {
-        "post_id": cast(post.c.id, Text),
-        "author_id": cast(author.c.id, Text),
-        "body": post.c.body,
-        "created_at": rfc3339_sql(post.c.created_at),
-        "author": _jsonb_object(
-            {
-                "id": cast(author.c.id, Text),
-                "handle": author.c.handle,
-                "display_name": author.c.display_name,
-            }
-        ),
-        "media": literal_column("'[]'::jsonb", JSONB),  # posts with media: the publish saga
-        "author_counts": _jsonb_object(account_counts(author.c)),
-    }
-    return _event_payload(PostPublished, payload)
-
-
-def _event_payload(
-    event_type: type[Event], payload: Mapping[str, ColumnElement[Any]]
-) -> ColumnElement[Any]:
-    """An event's payload built by PostgreSQL; its keys must be the event's fields (the tests
-    check the values against ``to_payload``)."""
-    mismatch = {f.name for f in fields(event_type)} ^ set(payload)
-    if mismatch:
-        raise TypeError(f"{event_type.name}'s payload in SQL does not match its fields: {mismatch}")
-    return _jsonb_object(payload)
-
-
-def _jsonb_object(values: Mapping[str, ColumnElement[Any]]) -> ColumnElement[Any]:
-    """``jsonb_build_object`` of ``values``, the names written into the SQL (not bound)."""
-    return func.jsonb_build_object(
-        *(part for name, value in values.items() for part in (sql_string(name), value)),
-        type_=JSONB,
-    )
+        *(author.c[name] for name in _POST_AUTHOR), *(post.c[name] for name in _ANSWER_POST)
+    ).select_from(author.join(post, true()))
 
 
 PUBLISH_POST = _publish_post_statement()
@@ -550,16 +510,16 @@ UNIQUE_VIOLATION = "23505"
 
 
 def _cast_vote_statement() -> Select:
-    """A vote in one statement; parameters ``voter_id``, ``voted_post_id``, ``vote`` and
-    ``outbox.event_params`` (named apart from the columns of the tables it updates: SQLAlchemy
-    adds a parameter named like a column to that column's ``SET``).
+    """A vote in one statement; parameters ``voter_id``, ``voted_post_id``, ``vote`` and the
+    ``VoteCast``'s ``outbox.statement_params`` (named apart from the columns of the tables it
+    updates: SQLAlchemy adds a parameter named like a column to that column's ``SET``).
 
     Locks are taken in the order the other commands take them: the post first (``FOR NO KEY
     UPDATE``; ``voter`` waits for ``target``), then the voter's account. The voter is marked
     active (one account's votes take turns on its row), its previous vote on the post is read
     with ``FOR UPDATE`` (the latest committed one, whatever the statement's snapshot saw), and
     when the vote changes, the post's counters move by the difference, the vote row is
-    inserted, updated or deleted, and ``VoteCast`` is appended to the outbox. A missing vote
+    inserted, updated or deleted, and the ``VoteCast`` is appended to the outbox. A missing vote
     row that another statement inserts meanwhile makes the insert fail on the key: the caller
     runs the statement again.
 
@@ -634,9 +594,7 @@ def _cast_vote_statement() -> Select:
     deleted = (delete(votes).where(*key, changed, value == 0).returning(votes.c.value)).cte(
         "deleted"
     )
-    event = append_from_select(
-        VoteCast, cast(post_id, Text), _vote_cast_payload(counts, voter_id, post_id, value), counts
-    ).cte("event")
+    event = append_when(counts).cte("event")
     return (
         select(
             select(voter.c.id).exists().label("voter_active"),
@@ -654,31 +612,12 @@ def _cast_vote_statement() -> Select:
     )
 
 
-def _vote_cast_payload(
-    counts: CTE,
-    voter_id: ColumnElement[int],
-    post_id: ColumnElement[int],
-    value: ColumnElement[int],
-) -> ColumnElement[Any]:
-    """``VoteCast(...).to_payload()``, built by PostgreSQL from the statement's counts."""
-    payload: dict[str, ColumnElement[Any]] = {
-        "post_id": cast(post_id, Text),
-        "account_id": cast(voter_id, Text),
-        "value": value,
-        "previous": counts.c.previous,
-        "up": counts.c.up,
-        "down": counts.c.down,
-        "votes_version": counts.c.votes_version,
-    }
-    return _event_payload(VoteCast, payload)
-
-
 CAST_VOTE = _cast_vote_statement()
 
 
 def _follow_statement(*, follow: bool) -> Select:
-    """A follow (or an unfollow) in one statement; parameters ``follower_id``, ``followee_id``
-    and ``outbox.event_params``.
+    """A follow (or an unfollow) in one statement; parameters ``follower_id``, ``followee_id``,
+    ``at`` (the follow's time) and the event's ``outbox.statement_params``.
 
     Both accounts are locked in id order (``FOR NO KEY UPDATE``, as ``_lock_accounts`` does, so
     two accounts following each other at once cannot deadlock) and checked: the follower must be
@@ -713,10 +652,13 @@ def _follow_statement(*, follow: bool) -> Select:
         change = (
             pg_insert(follows)
             .from_select(
-                ["follower_id", "followee_id"], select(follower_id, followee_id).where(both)
+                ["follower_id", "followee_id", "created_at"],
+                select(
+                    follower_id, followee_id, bindparam("at", type_=follows.c.created_at.type)
+                ).where(both),
             )
             .on_conflict_do_nothing()
-            .returning(follows.c.created_at.label("at"))
+            .returning(follows.c.follower_id)
             .cte("change")
         )
     else:
@@ -724,10 +666,10 @@ def _follow_statement(*, follow: bool) -> Select:
             delete(follows)
             .where(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)
             .where(both)
-            .returning(func.now().label("at"))
+            .returning(follows.c.follower_id)
             .cte("change")
         )
-    changed = select(change.c.at).exists()
+    changed = select(change.c.follower_id).exists()
     delta = 1 if follow else -1
     counted = (
         update(accounts)
@@ -740,46 +682,19 @@ def _follow_statement(*, follow: bool) -> Select:
             + case((and_(is_followee, changed), delta), else_=0),
             counts_version=accounts.c.counts_version + case((changed, 1), else_=0),
         )
-        .returning(*(accounts.c[n] for n in ("id", *account_counts(accounts.c))))
+        .returning(accounts.c.id)
         .cte("counted")
     )
-    follower_after, followee_after = (
-        counted.alias("follower_after"),
-        counted.alias("followee_after"),
-    )
-    event_type = AccountFollowed if follow else AccountUnfollowed
-    payload: dict[str, ColumnElement[Any]] = {
-        "follower_id": cast(follower_id, Text),
-        "followee_id": cast(followee_id, Text),
-        ("followed_at" if follow else "unfollowed_at"): rfc3339_sql(change.c.at),
-        "follower_counts": _jsonb_object(account_counts(follower_after.c)),
-        "followee_counts": _jsonb_object(account_counts(followee_after.c)),
-    }
-    event = append_from_select(
-        event_type,
-        cast(follower_id, Text),
-        _event_payload(event_type, payload),
-        change.join(follower_after, follower_after.c.id == follower_id).join(
-            followee_after, followee_after.c.id == followee_id
-        ),
-    ).cte("event")
+    event = append_when(change).cte("event")
     return select(
         follower_active.label("follower_active"),
         followee_found.label("followee_found"),
         select(event.c.position).scalar_subquery().label("event_position"),
-    )
+    ).add_cte(counted)  # not read by the answer; naming it keeps it in the statement
 
 
 FOLLOW = _follow_statement(follow=True)
 UNFOLLOW = _follow_statement(follow=False)
-
-
-def _bump_follow_counts(
-    conn: Connection, follower_id: int, followee_id: int, delta: int
-) -> tuple[Row, Row]:
-    follower = _bump_counts(conn, follower_id, following_count=delta)
-    followee = _bump_counts(conn, followee_id, followers_count=delta)
-    return follower, followee
 
 
 # --- account deletion (steps of the delete-account saga) ---------------------------------
@@ -837,31 +752,16 @@ def purge_votes(conn: Connection, account_id: int) -> list[VoteCast]:
         ).scalar_one_or_none()
         if previous is None:
             continue
-        counts = (
-            conn.execute(
-                update(posts)
-                .where(posts.c.id == post_id)
-                .values(
-                    up=posts.c.up - int(previous == 1),
-                    down=posts.c.down - int(previous == -1),
-                    votes_version=posts.c.votes_version + 1,
-                )
-                .returning(posts.c.up, posts.c.down, posts.c.votes_version)
-            )
-            .mappings()
-            .one()
-        )
-        events.append(
-            VoteCast(
-                post_id=str(post_id),
-                account_id=str(account_id),
-                value=0,
-                previous=previous,
-                up=counts["up"],
-                down=counts["down"],
-                votes_version=counts["votes_version"],
+        conn.execute(
+            update(posts)
+            .where(posts.c.id == post_id)
+            .values(
+                up=posts.c.up - int(previous == 1),
+                down=posts.c.down - int(previous == -1),
+                votes_version=posts.c.votes_version + 1,
             )
         )
+        events.append(VoteCast(post_id=str(post_id), account_id=str(account_id), value=0))
     return events
 
 

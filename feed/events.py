@@ -2,12 +2,16 @@
 
 Every event written to the outbox is listed here; this module is the one place that documents
 their fields. Ids are decimal strings (64-bit ids do not survive JSON numbers in every client),
-times are RFC 3339 strings in UTC. Counters travel with the write model's value *and* its
-version, so a projection can apply them in any order and keep the newest.
+times are RFC 3339 strings in UTC. A command builds its events from these classes, and the unit
+of work (or the command's one statement) writes them to the outbox as parameters.
 
-An account's counters always travel together (``AccountCounts``): a projection keeps the set
-with the highest ``counts_version``, so no counter can be lost to a newer event that did not
-carry it.
+A post's publication and deletion carry its author's counters with their version, so a
+projection can apply them in any order and keep the newest. An account's counters always
+travel together (``account_counts``), so no counter can be lost to a newer event that did not
+carry it. A vote and a follow carry only what the command was asked: they are single
+statements that lock a popular post or account only while PostgreSQL runs them, so their
+events must be built before the statement; their projections read the counters, with their
+versions, from PostgreSQL.
 
 A payload written by an older version is brought up to date by the chain of ``upcast_*``
 functions registered in ``UPCASTERS`` before it is decoded.
@@ -146,16 +150,18 @@ class PostDeleted(Event):
 
 @dataclass(frozen=True)
 class AccountFollowed(Event):
-    """``follower_id`` now follows ``followee_id``; both accounts' counters after the change."""
+    """``follower_id`` now follows ``followee_id``.
+
+    Version 1 also carried both accounts' counters (see ``drop_follow_counts``): the
+    projection reads them, and whether the follow still stands, from PostgreSQL.
+    """
 
     name: ClassVar[str] = "AccountFollowed"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     follower_id: str
     followee_id: str
     followed_at: str
-    follower_counts: dict[str, int]
-    followee_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:
@@ -164,16 +170,14 @@ class AccountFollowed(Event):
 
 @dataclass(frozen=True)
 class AccountUnfollowed(Event):
-    """``follower_id`` no longer follows ``followee_id``; both accounts' counters after it."""
+    """``follower_id`` no longer follows ``followee_id`` (version 1: as ``AccountFollowed``)."""
 
     name: ClassVar[str] = "AccountUnfollowed"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     follower_id: str
     followee_id: str
     unfollowed_at: str
-    follower_counts: dict[str, int]
-    followee_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:
@@ -184,19 +188,17 @@ class AccountUnfollowed(Event):
 class VoteCast(Event):
     """An account set its vote on a post to ``value`` (1, -1, or 0 for cleared).
 
-    ``up``/``down`` are the post's exact totals after the vote and ``votes_version`` orders them.
+    Version 1 also carried the vote it replaced and the post's totals after it (see
+    ``drop_vote_counts``): the projection reads the totals, their version and the account's
+    vote from PostgreSQL.
     """
 
     name: ClassVar[str] = "VoteCast"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     post_id: str
     account_id: str
     value: int
-    previous: int
-    up: int
-    down: int
-    votes_version: int
 
     @property
     def aggregate_id(self) -> str:
@@ -241,6 +243,22 @@ def post_published_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 UPCASTERS[("PostPublished", 1)] = post_published_v1_to_v2
+
+
+def drop_follow_counts(payload: dict[str, Any]) -> dict[str, Any]:
+    """``AccountFollowed`` and ``AccountUnfollowed`` version 1 read as version 2: without the
+    counters, which the projection takes from PostgreSQL."""
+    return {k: v for k, v in payload.items() if k not in ("follower_counts", "followee_counts")}
+
+
+def drop_vote_counts(payload: dict[str, Any]) -> dict[str, Any]:
+    """``VoteCast`` version 1 read as version 2: without the replaced vote and the totals."""
+    return {k: v for k, v in payload.items() if k in ("post_id", "account_id", "value")}
+
+
+UPCASTERS[("AccountFollowed", 1)] = drop_follow_counts
+UPCASTERS[("AccountUnfollowed", 1)] = drop_follow_counts
+UPCASTERS[("VoteCast", 1)] = drop_vote_counts
 
 
 def upcast(name: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:

@@ -10,15 +10,12 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
-    String,
     bindparam,
     delete,
     func,
     insert,
-    literal_column,
     select,
     text,
     update,
@@ -36,36 +33,36 @@ OUTBOX_CHANNEL = "outbox"
 
 
 _APPEND = insert(outbox).returning(outbox.c.position, outbox.c.type)
+_COLUMNS = ("event_id", "type", "version", "aggregate_id", "payload", "correlation_id")
 
 
-def append_from_select(
-    event: type[Event], aggregate_id: ColumnElement[str], payload: ColumnElement[Any], *froms: Any
-) -> ReturningInsert[tuple[int]]:
-    """An outbox insert of one ``event`` whose id and payload PostgreSQL builds from ``froms``
-    (the other parts of the same statement): for a command that writes its rows and its event
-    in one statement. Its parameters are ``event_params``; it returns the position."""
-    columns = ["event_id", "type", "version", "aggregate_id", "payload", "correlation_id"]
-    values = select(
-        bindparam("event_id", type_=outbox.c.event_id.type),
-        sql_string(event.name),
-        literal_column(str(int(event.version)), outbox.c.version.type),
-        aggregate_id,
-        payload,
-        bindparam("correlation_id", type_=outbox.c.correlation_id.type),
+def outbox_row(event: Event, correlation_id: str | None) -> dict[str, Any]:
+    """The outbox row of ``event``: its payload is ``to_payload``'s, a statement parameter."""
+    return {
+        "event_id": uuid.uuid4(),
+        "type": event.name,
+        "version": event.version,
+        "aggregate_id": event.aggregate_id,
+        "payload": event.to_payload(),
+        "correlation_id": correlation_id,
+    }
+
+
+def append_when(*froms: Any) -> ReturningInsert[tuple[int]]:
+    """An outbox insert of the event in the statement's parameters (``statement_params``), once
+    for each row of ``froms``, other parts of the same statement: a command that writes its rows
+    and its event in one statement writes the event only when its rows changed. It returns the
+    position."""
+    event = select(
+        *(bindparam(f"event_{name}", type_=outbox.c[name].type) for name in _COLUMNS)
     ).select_from(*froms)
-    return insert(outbox).from_select(columns, values).returning(outbox.c.position)
+    return insert(outbox).from_select(list(_COLUMNS), event).returning(outbox.c.position)
 
 
-def sql_string(value: str) -> ColumnElement[str]:
-    """A constant name written into a statement's SQL as a string literal (not bound)."""
-    if not value.replace("_", "").isalnum():
-        raise ValueError(f"not a plain name: {value!r}")
-    return literal_column(f"'{value}'", String)
-
-
-def event_params(correlation_id: str | None) -> dict[str, Any]:
-    """The parameters of an ``append_from_select`` insert."""
-    return {"event_id": uuid.uuid4(), "correlation_id": correlation_id}
+def statement_params(event: Event, correlation_id: str | None) -> dict[str, Any]:
+    """The parameters of an ``append_when`` insert of ``event`` (named apart from any column,
+    which SQLAlchemy would add to an update's ``SET``)."""
+    return {f"event_{name}": value for name, value in outbox_row(event, correlation_id).items()}
 
 
 def listen_connection(database_url: str) -> psycopg.Connection:
@@ -84,17 +81,7 @@ def append_events(
 ) -> int:
     """Write ``events`` to the outbox inside the caller's transaction; return the last position
     of those the read model projects (a consistency token's), 0 when there is none."""
-    rows = [
-        {
-            "event_id": uuid.uuid4(),
-            "type": event.name,
-            "version": event.version,
-            "aggregate_id": event.aggregate_id,
-            "payload": event.to_payload(),
-            "correlation_id": correlation_id,
-        }
-        for event in events
-    ]
+    rows = [outbox_row(event, correlation_id) for event in events]
     if not rows:
         return 0
     # One event (most commands) as a single-row insert: cheaper than SQLAlchemy's executemany.

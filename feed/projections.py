@@ -248,22 +248,49 @@ def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> No
         send(FanOutPage("remove", author_id, followers, (post_id,)))
 
 
-def project_account_followed(store: Store, event: AccountFollowed, send: SendPage) -> None:
-    # Safe twice and reordered: the edge applies only when its version is newer than the last
-    # one seen for the pair; merging the same posts again adds nothing.
-    if _apply_follow_edge(store, event, send, follow=True):
-        merge_author_posts(store, int(event.followee_id), [int(event.follower_id)])
+def project_follow(
+    store: Store, event: AccountFollowed | AccountUnfollowed, send: SendPage
+) -> None:
+    """A follow or an unfollow: the pair's edge, both accounts' counters and the follower's feed
+    as PostgreSQL has them now (the events carry none of it: see ``feed.events``).
 
-
-def project_account_unfollowed(store: Store, event: AccountUnfollowed, send: SendPage) -> None:
-    # Safe twice and reordered: as for follows, by the edge version; removing is idempotent.
-    if not _apply_follow_edge(store, event, send, follow=False):
-        return
+    Safe twice, reordered and late: the edge applies only when the follower's counts version
+    read with it is newer than the last one seen for the pair (the version moves with every
+    follow and unfollow of the follower), and merging or removing the same posts again changes
+    nothing. An event whose follow was undone since projects the undoing."""
     follower, followee = int(event.follower_id), int(event.followee_id)
-    # The followee's posts newer than the feed's oldest entry (the last before the sentinel),
-    # from PostgreSQL and whatever their status: a deletion projected first has taken its post
-    # out of the followee's list, and out of the feeds of those who follow the followee now,
-    # which this follower no longer does.
+    with store.reader.connect() as conn:
+        rows = {row.id: row for row in conn.execute(FOLLOW_STATE, {"a": follower, "b": followee})}
+    if follower not in rows or rows[follower].status == "deleted":
+        return  # its account's deletion takes every key of it
+    counted = [rows[a] for a in (follower, followee) if a in rows and rows[a].status != "deleted"]
+    following = rows[follower].following
+    version = rows[follower].counts_version
+    *answers, applied = store.run(
+        [
+            *(_counts_call(store, row.id, _counts_of(row)) for row in counted),
+            store.call(
+                "apply_follow_edge",
+                [following_key(follower), follow_versions_key(follower)],
+                [followee, version, 1 if following else 0],
+            ),
+        ]
+    )
+    for row, answer in zip(counted, answers, strict=True):
+        _after_counts(store, row.id, _counts_of(row), answer, send)
+    if not applied:
+        return
+    if following:
+        merge_author_posts(store, followee, [follower])
+    else:
+        _remove_author_posts(store, follower, followee)
+
+
+def _remove_author_posts(store: Store, follower: int, followee: int) -> None:
+    """Take the followee's posts out of an unfollower's feed: those newer than the feed's
+    oldest entry (the last before the sentinel), from PostgreSQL and whatever their status (a
+    deletion projected first has taken its post out of the followee's list, and out of the
+    feeds of those who follow the followee now, which this follower no longer does)."""
     oldest = store.redis.zrange(feed_key(follower), -2, -2, withscores=True)
     if not oldest:
         return
@@ -274,25 +301,8 @@ def project_account_unfollowed(store: Store, event: AccountUnfollowed, send: Sen
         store.redis.zrem(feed_key(follower), *ids)
 
 
-def _apply_follow_edge(
-    store: Store, event: AccountFollowed | AccountUnfollowed, send: SendPage, *, follow: bool
-) -> bool:
-    """Both accounts' counters and the follower's edge, in one round trip; True if the edge is
-    this event's: changed now, or by an earlier delivery that died before the feed was done."""
-    follower_answer, followee_answer, applied = store.run(
-        [
-            _counts_call(store, event.follower_id, event.follower_counts),
-            _counts_call(store, event.followee_id, event.followee_counts),
-            store.call(
-                "apply_follow_edge",
-                [following_key(event.follower_id), follow_versions_key(event.follower_id)],
-                [event.followee_id, event.follower_counts["counts_version"], 1 if follow else 0],
-            ),
-        ]
-    )
-    _after_counts(store, event.follower_id, event.follower_counts, follower_answer, send)
-    _after_counts(store, event.followee_id, event.followee_counts, followee_answer, send)
-    return bool(applied)
+def _counts_of(row: Any) -> dict[str, int]:
+    return {name: getattr(row, name) for name in COUNTS}
 
 
 def merge_author_posts(store: Store, author_id: int, follower_ids: Sequence[int]) -> int:
@@ -326,19 +336,25 @@ def merge_author_posts(store: Store, author_id: int, follower_ids: Sequence[int]
 
 
 def project_vote_cast(store: Store, event: VoteCast, send: SendPage) -> None:
-    # Safe twice and reordered: the post's counts and the voter's vote carry votes_version and
-    # only a newer version replaces them; nothing is incremented.
+    # Safe twice, reordered and late: the post's totals and the voter's vote are PostgreSQL's
+    # now, read together with the totals' version, and only a newer version replaces them.
+    with store.reader.connect() as conn:
+        row = conn.execute(
+            VOTE_STATE, {"post": int(event.post_id), "account": int(event.account_id)}
+        ).first()
+    if row is None:
+        return
     store.run(
         [
             store.call(
                 "apply_post_votes",
                 [post_key(event.post_id), tombstone_key(event.post_id)],
-                [event.up, event.down, event.votes_version],
+                [row.up, row.down, row.votes_version],
             ),
             store.call(
                 "apply_my_vote",
                 [my_votes_key(event.account_id)],
-                [event.post_id, event.value, event.votes_version],
+                [event.post_id, row.value, row.votes_version],
             ),
         ]
     )
@@ -389,8 +405,8 @@ HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
     AccountRegistered: project_account_registered,
     PostPublished: project_post_published,
     PostDeleted: project_post_deleted,
-    AccountFollowed: project_account_followed,
-    AccountUnfollowed: project_account_unfollowed,
+    AccountFollowed: project_follow,
+    AccountUnfollowed: project_follow,
     VoteCast: project_vote_cast,
 }
 
@@ -482,6 +498,17 @@ POSTS_STATE = text(
     + _FOLLOWER_PAGE.format(author="p.author_id")
     + " END AS followers FROM unnest(CAST(:ids AS int8[]), CAST(:with_followers AS bool[]))"
     " AS x(id, with_followers) LEFT JOIN posts p ON p.id = x.id"
+)
+# A follow's accounts (their status and counters) and whether it stands: one snapshot.
+FOLLOW_STATE = text(
+    "SELECT a.id, a.status, a.followers_count, a.following_count, a.posts_count, "
+    "a.counts_version, EXISTS (SELECT FROM follows f WHERE f.follower_id = :a "
+    "AND f.followee_id = :b) AS following FROM accounts a WHERE a.id IN (:a, :b)"
+)
+# A vote's post totals with their version, and the voter's vote (0 for none): one snapshot.
+VOTE_STATE = text(
+    "SELECT p.up, p.down, p.votes_version, coalesce(v.value, 0) AS value FROM posts p "
+    "LEFT JOIN votes v ON v.post_id = p.id AND v.account_id = :account WHERE p.id = :post"
 )
 POSTS_SINCE = text("SELECT id FROM posts WHERE author_id = :author AND id >= :since")
 NEWEST_POSTS = text(

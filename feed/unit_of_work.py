@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from feed.events import Event
-from feed.outbox import append_events, last_position
+from feed.outbox import append_events, last_position, statement_params
 
 
 class UnitOfWork:
@@ -17,9 +18,10 @@ class UnitOfWork:
     rows and events alike.
 
     ``single_statement=True`` is for a command that writes everything, its events included, in
-    one statement (and says where they went with ``appended``): that statement then runs in
-    autocommit, a transaction of its own, without the ``BEGIN`` and ``COMMIT`` round trips.
-    Events cannot be ``emit``-ted in that mode: they would commit apart from the rows.
+    one statement: it passes its events in with ``in_statement`` and says where they went with
+    ``appended``. That statement runs in autocommit, a transaction of its own, without the
+    ``BEGIN`` and ``COMMIT`` round trips. Events cannot be ``emit``-ted in that mode: they
+    would commit apart from the rows.
     """
 
     def __init__(
@@ -61,6 +63,11 @@ class UnitOfWork:
         if self.single_statement:
             raise RuntimeError("A single-statement command writes its events in its statement.")
         self._pending.extend(events)
+
+    def in_statement(self, event: Event) -> dict[str, Any]:
+        """The parameters with which the command's own statement appends ``event``
+        (``outbox.append_when``)."""
+        return statement_params(event, self.correlation_id)
 
     def appended(self, position: int) -> None:
         """The command's own statement wrote events to the outbox, up to ``position``."""

@@ -132,12 +132,9 @@ def statements_seen(engine) -> Iterator[list[tuple[str, str]]]:
         sa_event.remove(engine, "after_cursor_execute", record)
 
 
-def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
-    client, engine, make_account
-):
-    """No BEGIN/COMMIT round trips for a post (the author's row stays locked only while the
-    statement runs); with an Idempotency-Key its record must commit with it, so a transaction.
-    The pooled connection goes back to transactions for the next command."""
+def test_a_post_is_its_statement_and_its_event_in_one_transaction(client, engine, make_account):
+    """A post's rows are one statement; the ``PostPublished`` built from what it returned is
+    appended by the unit of work in the same transaction (and an Idempotency-Key's record)."""
     ada = make_account("ada_l")
 
     with statements_seen(engine) as alone:
@@ -149,7 +146,7 @@ def test_a_post_is_one_statement_that_commits_by_itself_unless_it_has_a_key(
     with statements_seen(engine) as delete:
         assert client.delete(f"/api/v1/posts/{post_id}", headers=ada.auth).status_code == 204
 
-    assert alone == [("WITH", "IDLE")]  # committed as it ran: no transaction left open
+    assert alone == [("WITH", "INTRANS"), ("INSERT", "INTRANS")]  # the rows, then the event
     assert ("WITH", "INTRANS") in with_key and all(s == "INTRANS" for _, s in with_key)
     assert delete and all(status == "INTRANS" for _, status in delete)
 
@@ -280,8 +277,7 @@ def test_following_writes_the_follow_both_counters_and_account_followed(
     event = outbox_events(engine)[-1]
     assert event["type"] == "AccountFollowed"
     assert event["payload"]["follower_id"] == ada.id and event["payload"]["followee_id"] == bob.id
-    assert event["payload"]["followee_counts"]["followers_count"] == 1
-    assert event["payload"]["follower_counts"]["following_count"] == 1
+    assert set(event["payload"]) == {"follower_id", "followee_id", "followed_at"}
 
 
 def test_a_second_follow_changes_nothing(client, engine, make_account):
@@ -318,8 +314,12 @@ def test_unfollowing_removes_the_follow_and_writes_account_unfollowed(client, en
     assert fetch_all(engine, "SELECT * FROM follows") == []
     event = outbox_events(engine)[-1]
     assert event["type"] == "AccountUnfollowed"
-    assert event["payload"]["followee_counts"]["followers_count"] == 0
-    assert event["payload"]["follower_counts"]["following_count"] == 0
+    assert (event["payload"]["follower_id"], event["payload"]["followee_id"]) == (ada.id, bob.id)
+    counts = {
+        str(row["id"]): row
+        for row in fetch_all(engine, "SELECT id, followers_count, following_count FROM accounts")
+    }
+    assert counts[ada.id]["following_count"] == 0 and counts[bob.id]["followers_count"] == 0
 
 
 def test_unfollowing_someone_not_followed_changes_nothing(client, engine, make_account):
@@ -344,8 +344,9 @@ def test_voting_up_down_and_clearing_moves_the_counts(client, engine, make_accou
     assert cleared == {"post_id": post_id, "up": 0, "down": 0, "score": 0, "my_vote": 0}
     assert fetch_all(engine, "SELECT * FROM votes") == []
     events = [e for e in outbox_events(engine) if e["type"] == "VoteCast"]
-    assert [(e["payload"]["up"], e["payload"]["down"]) for e in events] == [(1, 0), (0, 1), (0, 0)]
-    assert [e["payload"]["votes_version"] for e in events] == [1, 2, 3]
+    assert [e["payload"]["value"] for e in events] == [1, -1, 0]
+    (post,) = fetch_all(engine, "SELECT up, down, votes_version FROM posts")
+    assert (post["up"], post["down"], post["votes_version"]) == (0, 0, 3)
 
 
 def test_the_same_vote_twice_counts_once_and_writes_one_event(client, engine, make_account):

@@ -47,7 +47,7 @@ def test_fifty_accounts_voting_at_once_count_exactly_fifty(app, client, engine, 
     assert (post["up"], post["down"], post["votes_version"]) == (50, 0, 50)
     assert len(fetch_all(engine, "SELECT * FROM votes")) == 50
     events = fetch_all(engine, "SELECT payload FROM outbox WHERE type = 'VoteCast'")
-    assert sorted(e["payload"]["votes_version"] for e in events) == list(range(1, 51))
+    assert sorted(e["payload"]["account_id"] for e in events) == sorted(v.id for v in voters)
 
 
 def test_switching_votes_at_once_moves_them_exactly(app, client, engine, make_account):
@@ -135,10 +135,11 @@ def test_one_account_changing_its_vote_at_once_leaves_counts_that_match_its_vote
                 id=post_id,
             )
         ]
-        assert [e["votes_version"] for e in events] == list(range(1, len(events) + 1))
-        # Each event replaces the vote the one before it set.
-        assert [e["previous"] for e in events] == [0] + [e["value"] for e in events[:-1]]
-        assert events == [] or events[-1]["value"] == value
+        assert len(events) == post["votes_version"]  # an event for each change, none for a repeat
+        # Each event changed the vote the one before it set (a repeat writes none).
+        values = [0] + [e["value"] for e in events]
+        assert all(before != after for before, after in zip(values, values[1:], strict=False))
+        assert values[-1] == value
 
 
 def test_voting_on_a_post_while_deleting_it_does_not_deadlock(app, client, engine, make_account):

@@ -51,7 +51,6 @@ class Posts(MethodView):
             lambda uow: commands.publish_post(uow, cmd),
             POST_OUT.dump,
             principal=principal,
-            single_statement=True,
         )
 
 
