@@ -171,28 +171,51 @@ def start_session(
 
 
 def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
-    """Publish a text post now (posts with media go through the publish saga)."""
+    """Publish a text post now (posts with media go through the publish saga).
+
+    Two statements, each a transaction of its own (the unit of work is in autocommit). The
+    first reads what the post and its ``PostPublished`` need: a new post id, the time, and the
+    author as a post shows it. The second (``PUBLISH_POST``) bumps the author's counters,
+    inserts the post and appends the event, its payload a parameter. The author's row is
+    locked only while PostgreSQL runs it: across a transaction's round trips a busy gevent
+    worker held it until it came back to the greenlet, and the author's next posts waited on
+    the lock, each holding a pooled connection.
+    """
     if cmd.media_ids:
         # No media can be attached yet: every id is unknown to the media service.
         raise InvalidInput(
             "Unknown media.",
             errors={"media_ids": [f"Unknown media id: {cmd.media_ids[0]}"]},
         )
-    row = uow.conn.execute(
-        PUBLISH_POST, {"author_id": cmd.author.account_id, "body": cmd.body}
-    ).first()
-    if row is None:
+    seen = uow.conn.execute(PUBLISH_POST_READ, {"author_id": cmd.author.account_id}).first()
+    if seen is None:
         raise Unauthenticated("This account is no longer active.")
-    # The columns come back in the order PUBLISH_POST lists them.
-    author = dict(zip(_POST_AUTHOR, row[: len(_POST_AUTHOR)], strict=True))
-    post = dict(zip(_ANSWER_POST, row[len(_POST_AUTHOR) :], strict=True))
-    uow.emit(_published(post, author, media=()))
-    answer_author = {name: author[name] for name in _ANSWER_AUTHOR}
-    return {**post, "author": answer_author, "media": [], "my_vote": 0}
+    post_id, created_at, *columns = seen
+    author = dict(zip(_ANSWER_AUTHOR, columns, strict=True))
+    post = {
+        "id": post_id,
+        "body": cmd.body,
+        "status": "published",
+        "created_at": created_at,
+        "up": 0,
+        "down": 0,
+    }
+    params = {
+        "author_id": author["id"],
+        "post_id": post_id,
+        "body": cmd.body,
+        "post_time": created_at,  # not "created_at": the accounts update would SET it
+        **uow.in_statement(_published(post, author, media=())),
+    }
+    position = uow.conn.execute(PUBLISH_POST, params).scalar()
+    if position is None:  # disabled or deleted since the read
+        raise Unauthenticated("This account is no longer active.")
+    uow.appended(position)
+    return {**post, "author": author, "media": [], "my_vote": 0}
 
 
 def _published(post: Row, author: Row, media: tuple[dict[str, Any], ...]) -> PostPublished:
-    """The event of a post just published; ``author`` is its row after the publish."""
+    """The event of a post just published."""
     return PostPublished(
         post_id=str(post["id"]),
         author_id=str(author["id"]),
@@ -200,7 +223,6 @@ def _published(post: Row, author: Row, media: tuple[dict[str, Any], ...]) -> Pos
         created_at=rfc3339(post["created_at"]),
         author=post_author(author),
         media=media,
-        author_counts=account_counts(author),
     )
 
 
@@ -464,47 +486,48 @@ def _bump_counts(conn: Connection, account_id: int, **deltas: int) -> Row:
     )
 
 
-# What a published post's event needs of its author (not, say, the password hash), and what
-# the answer to a post (PostOut) needs of its author and of the post.
-_POST_AUTHOR = (
-    "id",
-    "handle",
-    "display_name",
-    "followers_count",
-    "following_count",
-    "posts_count",
-    "counts_version",
-)
+# What the answer to a post (PostOut) needs of its author.
 _ANSWER_AUTHOR = ("id", "handle", "display_name")
-_ANSWER_POST = ("id", "body", "status", "created_at", "up", "down")
 
 
-def _publish_post_statement() -> Select:
-    """The author's counters bumped (posts_count + 1, a new counts version, marked active) and
-    the post inserted, in one statement: one round trip, and the author's row is read and
-    locked once. The update locks the author's row; the insert reads the author from it, so a
-    gone or disabled author inserts nothing and the statement returns no row. It returns
-    ``_POST_AUTHOR`` then ``_ANSWER_POST``; parameters are ``author_id`` and ``body``.
+def _publish_post_statements() -> tuple[Select, Select]:
+    """``publish_post``'s read and its write. The read returns the post's id and time, then
+    ``_ANSWER_AUTHOR`` of an active author (no row for another). The write bumps the author's
+    counters (a new counts version, marked active) if the author is still active, inserts the
+    post from that update (so nothing is inserted when it updated nothing) and appends the
+    event from the insert; it returns the event's position, or no row when it wrote nothing.
     """
+    read = select(
+        func.next_id(type_=BigInteger),
+        func.now(),
+        *(accounts.c[name] for name in _ANSWER_AUTHOR),
+    ).where(accounts.c.id == bindparam("author_id"), accounts.c.status == "active")
     author = (
         update(accounts)
         .where(accounts.c.id == bindparam("author_id"), accounts.c.status == "active")
         .values(**_counter_changes({"posts_count": 1}), last_active_at=func.now())
-        .returning(*(accounts.c[name] for name in _POST_AUTHOR))
+        .returning(accounts.c.id)
         .cte("author")
     )
     post = (
         insert(posts)
-        .from_select(["author_id", "body"], select(author.c.id, bindparam("body", type_=Text)))
-        .returning(*(posts.c[name] for name in _ANSWER_POST))
+        .from_select(
+            ["id", "author_id", "body", "created_at"],
+            select(
+                bindparam("post_id", type_=BigInteger),
+                author.c.id,
+                bindparam("body", type_=Text),
+                bindparam("post_time", type_=posts.c.created_at.type),
+            ),
+        )
+        .returning(posts.c.id)
         .cte("post")
     )
-    return select(
-        *(author.c[name] for name in _POST_AUTHOR), *(post.c[name] for name in _ANSWER_POST)
-    ).select_from(author.join(post, true()))
+    event = append_when(post).cte("event")
+    return read, select(event.c.position)
 
 
-PUBLISH_POST = _publish_post_statement()
+PUBLISH_POST_READ, PUBLISH_POST = _publish_post_statements()
 VOTE_ATTEMPTS = 10
 UNIQUE_VIOLATION = "23505"
 

@@ -5,13 +5,12 @@ their fields. Ids are decimal strings (64-bit ids do not survive JSON numbers in
 times are RFC 3339 strings in UTC. A command builds its events from these classes, and the unit
 of work (or the command's one statement) writes them to the outbox as parameters.
 
-A post's publication and deletion carry its author's counters with their version, so a
-projection can apply them in any order and keep the newest. An account's counters always
-travel together (``account_counts``), so no counter can be lost to a newer event that did not
-carry it. A vote and a follow carry only what the command was asked: they are single
-statements that lock a popular post or account only while PostgreSQL runs them, so their
-events must be built before the statement; their projections read the counters, with their
-versions, from PostgreSQL.
+A post's deletion carries its author's counters with their version, so a projection can apply
+them in any order and keep the newest. An account's counters always travel together
+(``account_counts``), so no counter can be lost to a newer event that did not carry it. A
+publication, a vote and a follow carry no counters: each is one statement that locks the author,
+the post or the followee only while PostgreSQL runs it, so its event is built before the
+statement, and their projections read the counters, with their versions, from PostgreSQL.
 
 A payload written by an older version is brought up to date by the chain of ``upcast_*``
 functions registered in ``UPCASTERS`` before it is decoded.
@@ -110,12 +109,12 @@ class PostPublished(Event):
 
     ``author`` is the author as a post shows it (``id``, ``handle``, ``display_name``; version 1
     had ``author_handle`` and ``author_display_name`` beside ``author_id``, see
-    ``post_published_v1_to_v2``); ``author_counts`` are the author's counters after the
-    publish (see ``account_counts``).
+    ``post_published_v1_to_v2``). Version 2 also carried the author's counters after the
+    publish (``drop_author_counts``): the projection reads them from PostgreSQL.
     """
 
     name: ClassVar[str] = "PostPublished"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3
 
     post_id: str
     author_id: str
@@ -123,7 +122,6 @@ class PostPublished(Event):
     created_at: str
     author: dict[str, str]
     media: tuple[dict[str, Any], ...]
-    author_counts: dict[str, int]
 
     @property
     def aggregate_id(self) -> str:
@@ -243,6 +241,14 @@ def post_published_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 UPCASTERS[("PostPublished", 1)] = post_published_v1_to_v2
+
+
+def drop_author_counts(payload: dict[str, Any]) -> dict[str, Any]:
+    """``PostPublished`` version 2 read as version 3: without the author's counters."""
+    return {k: v for k, v in payload.items() if k != "author_counts"}
+
+
+UPCASTERS[("PostPublished", 2)] = drop_author_counts
 
 
 def drop_follow_counts(payload: dict[str, Any]) -> dict[str, Any]:

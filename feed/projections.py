@@ -132,6 +132,7 @@ class _Plan:
     """One published post of a batch: where its commands' replies are, whom it reached."""
 
     event: PostPublished
+    counts: dict[str, int]
     first_page: list[int] | None
     at_once: bool
     replies: slice
@@ -139,9 +140,10 @@ class _Plan:
 
 def project_posts_published(store: Store, events: Sequence[PostPublished]) -> list[PostProjected]:
     """Project published posts, a message's worth at once: one PostgreSQL query for their
-    statuses and their authors' first pages of followers, one Redis pipeline for their caches,
-    their authors' counters and lists and, for authors with fewer followers than a page (nearly
-    all), the fan-out itself: one single-slot write per feed. Then one more round trip checks
+    statuses, their authors' counters (the event carries none) and first pages of followers,
+    one Redis pipeline for their caches, their authors' counters and lists and, for authors
+    with fewer followers than a page (nearly all), the fan-out itself: one single-slot write
+    per feed. Then one more round trip checks
     that no post was deleted meanwhile (its tombstone); one that was leaves every feed again.
     Returns what each post's projection did, in order.
 
@@ -150,10 +152,7 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
     """
     settings = store.settings
     page_size = settings.fanout_page_size
-    threshold = settings.feed_pull_threshold  # authors above it are pulled, not pushed
-    states = _posts_state(
-        store, [(int(e.post_id), e.author_counts["followers_count"] < threshold) for e in events]
-    )
+    states = _posts_state(store, [(int(e.post_id), True) for e in events])
     commands: list[tuple[Any, ...]] = []
     plans: list[_Plan | None] = []
     for event in events:
@@ -173,7 +172,7 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
                 [post_key(post_id), tombstone_key(post_id)],
                 [_document_of(event), state.up, state.down, state.votes_version],
             ),
-            _counts_call(store, author_id, event.author_counts),
+            _counts_call(store, author_id, _counts_of(state)),
             store.call(
                 "author_add",
                 [posts_key(author_id), feed_key(author_id)],
@@ -182,7 +181,9 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
         ]
         if at_once:
             commands += feed_adds(store, first_page, post_id)
-        plans.append(_Plan(event, first_page, at_once, slice(start, len(commands))))
+        plans.append(
+            _Plan(event, _counts_of(state), first_page, at_once, slice(start, len(commands)))
+        )
     answers = store.run(commands)
     written = [plan for plan in plans if plan is not None]
     _remove_if_deleted(
@@ -203,7 +204,7 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
             continue
         event, replies = plan.event, answers[plan.replies]
         pages: list[FanOutPage] = []
-        _after_counts(store, event.author_id, event.author_counts, replies[1], pages.append)
+        _after_counts(store, event.author_id, plan.counts, replies[1], pages.append)
         if plan.at_once:
             changed = sum(int(n) for n in replies[3:])
             projected.append(PostProjected(len(plan.first_page), changed, tuple(pages)))
@@ -336,28 +337,36 @@ def merge_author_posts(store: Store, author_id: int, follower_ids: Sequence[int]
 
 
 def project_vote_cast(store: Store, event: VoteCast, send: SendPage) -> None:
-    # Safe twice, reordered and late: the post's totals and the voter's vote are PostgreSQL's
-    # now, read together with the totals' version, and only a newer version replaces them.
+    project_votes_cast(store, [event])
+
+
+def project_votes_cast(store: Store, events: Sequence[VoteCast]) -> None:
+    """Project votes, a message's worth at once: one PostgreSQL query for the posts' totals
+    with their version and the voters' votes (the events carry none of it: see
+    ``feed.events``), one Redis pipeline to apply them.
+
+    Safe twice, reordered and late: what is applied is PostgreSQL's now, read in one snapshot,
+    and only a newer version replaces what Redis holds; nothing is incremented."""
+    pairs = sorted({(int(e.post_id), int(e.account_id)) for e in events})
     with store.reader.connect() as conn:
-        row = conn.execute(
-            VOTE_STATE, {"post": int(event.post_id), "account": int(event.account_id)}
-        ).first()
-    if row is None:
-        return
-    store.run(
-        [
+        rows = conn.execute(
+            VOTES_STATE, {"posts": [p for p, _ in pairs], "accounts": [a for _, a in pairs]}
+        ).all()
+    commands = []
+    for row in rows:
+        commands += [
             store.call(
                 "apply_post_votes",
-                [post_key(event.post_id), tombstone_key(event.post_id)],
+                [post_key(row.post_id), tombstone_key(row.post_id)],
                 [row.up, row.down, row.votes_version],
             ),
             store.call(
                 "apply_my_vote",
-                [my_votes_key(event.account_id)],
-                [event.post_id, row.value, row.votes_version],
+                [my_votes_key(row.account_id)],
+                [row.post_id, row.value, row.votes_version],
             ),
         ]
-    )
+    store.run(commands)
 
 
 def project_account_deleted(store: Store, event: AccountDeleted, send: SendPage) -> None:
@@ -489,15 +498,18 @@ _FOLLOWER_PAGE = (
     "AND f.follower_id > :after ORDER BY f.follower_id LIMIT :n)"
 )
 FOLLOWER_PAGE = text("SELECT " + _FOLLOWER_PAGE.format(author=":author"))
-# Posts' statuses and, where asked, their authors' first pages of followers: one round trip for
-# a message's posts. A post not in PostgreSQL comes back unpublished.
+# Posts' statuses and vote counts, their authors' counters and, where asked and the author is
+# pushed (below the pull threshold), the first page of followers: one round trip for a
+# message's posts. A post not in PostgreSQL comes back unpublished.
 POSTS_STATE = text(
     "SELECT x.id, p.status IS NOT DISTINCT FROM 'published' AS published, "
     "p.up, p.down, p.votes_version, "
-    "CASE WHEN x.with_followers THEN "
+    "a.followers_count, a.following_count, a.posts_count, a.counts_version, "
+    "CASE WHEN x.with_followers AND coalesce(a.followers_count, 0) < :threshold THEN "
     + _FOLLOWER_PAGE.format(author="p.author_id")
     + " END AS followers FROM unnest(CAST(:ids AS int8[]), CAST(:with_followers AS bool[]))"
-    " AS x(id, with_followers) LEFT JOIN posts p ON p.id = x.id"
+    " AS x(id, with_followers) LEFT JOIN posts p ON p.id = x.id "
+    "LEFT JOIN accounts a ON a.id = p.author_id"
 )
 # A follow's accounts (their status and counters) and whether it stands: one snapshot.
 FOLLOW_STATE = text(
@@ -505,10 +517,13 @@ FOLLOW_STATE = text(
     "a.counts_version, EXISTS (SELECT FROM follows f WHERE f.follower_id = :a "
     "AND f.followee_id = :b) AS following FROM accounts a WHERE a.id IN (:a, :b)"
 )
-# A vote's post totals with their version, and the voter's vote (0 for none): one snapshot.
-VOTE_STATE = text(
-    "SELECT p.up, p.down, p.votes_version, coalesce(v.value, 0) AS value FROM posts p "
-    "LEFT JOIN votes v ON v.post_id = p.id AND v.account_id = :account WHERE p.id = :post"
+# Votes' posts' totals with their version, and the voters' votes (0 for none): one snapshot.
+VOTES_STATE = text(
+    "SELECT x.post_id, x.account_id, p.up, p.down, p.votes_version, "
+    "coalesce(v.value, 0) AS value "
+    "FROM unnest(CAST(:posts AS int8[]), CAST(:accounts AS int8[])) AS x(post_id, account_id) "
+    "JOIN posts p ON p.id = x.post_id "
+    "LEFT JOIN votes v ON v.post_id = x.post_id AND v.account_id = x.account_id"
 )
 POSTS_SINCE = text("SELECT id FROM posts WHERE author_id = :author AND id >= :since")
 NEWEST_POSTS = text(
@@ -614,8 +629,8 @@ def _after_counts(
 
 def _posts_state(store: Store, posts: Sequence[tuple[int, bool]]) -> dict[int, Any]:
     """For each ``(post_id, with_followers)``: whether the post is published in PostgreSQL,
-    its vote counts and their version and, if asked, its author's first page of followers
-    (``None`` when not asked). One query."""
+    its vote counts and their version, its author's counters (``COUNTS``) and, if asked and the
+    author is pushed, its author's first page of followers (``None`` when not). One query."""
     with store.reader.connect() as conn:
         rows = conn.execute(
             POSTS_STATE,
@@ -624,6 +639,7 @@ def _posts_state(store: Store, posts: Sequence[tuple[int, bool]]) -> dict[int, A
                 "with_followers": [asked for _, asked in posts],
                 "after": 0,
                 "n": store.settings.fanout_page_size,
+                "threshold": store.settings.feed_pull_threshold,
             },
         ).all()
     return {row.id: row for row in rows}

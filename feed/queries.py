@@ -28,7 +28,7 @@ from feed.keys import (
     posts_key,
 )
 from feed.origin import ensure_following
-from feed.readmodel import SENTINEL, Store, score_of
+from feed.readmodel import SENTINEL, Store, render_post, score_of
 from feed.rebuild import (
     POST_COLUMNS,
     cache_account,
@@ -291,7 +291,7 @@ def get_post(
                 raise NotFound("No such post.")
             client = store.redis
             continue
-        return Item(_render(document, up, down, vote, viewer is not None))
+        return Item(render_post(document, up, down, None if viewer is None else _vote_of(vote)))
     raise DependencyDown("The post could not be read; retry shortly.")
 
 
@@ -347,17 +347,9 @@ def _window_args(cursor: Cursor) -> list[Any]:
     ]
 
 
-def _render(document: bytes | str, up: Any, down: Any, vote: Any, with_vote: bool) -> bytes:
-    """A post's JSON, the one renderer: the document pre-rendered when the post was
-    projected, with its counters (and the viewer's vote) spliced in before the closing brace.
-    Nothing is parsed."""
-    if isinstance(document, str):
-        document = document.encode()
-    ups, downs = int(up or 0), int(down or 0)
-    counters = b',"up":%d,"down":%d,"score":%d' % (ups, downs, ups - downs)
-    if with_vote:
-        counters += b',"my_vote":%d' % (int(vote.split(b":")[0]) if vote else 0)
-    return document[:-1] + counters + b"}"
+def _vote_of(reply: bytes | None) -> int:
+    """The viewer's vote from its read-model entry (``value:version``), 0 for none."""
+    return int(reply.split(b":")[0]) if reply else 0
 
 
 def render_page(page: Page) -> bytes:
@@ -397,7 +389,7 @@ def _assemble(
             document, up, down = refreshed.get(int(post_id)) or (None, None, None)
             if document is None:
                 continue
-        items.append(_render(document, up, down, vote, with_vote))
+        items.append(render_post(document, up, down, _vote_of(vote) if with_vote else None))
     next_max_id = rows[-1][0] if more and rows else None
     return Page(items, next_max_id)
 
@@ -443,9 +435,8 @@ def _posts_from_db(store: Store, post_ids: list[int], viewer: int | None) -> lis
             )
     out = []
     for row in rows:
-        document = post_document_of(row)
-        vote = f"{votes.get(row['id'], 0)}:0".encode() if viewer else None
-        out.append(_render(document, row["up"], row["down"], vote, viewer is not None))
+        vote = votes.get(row["id"], 0) if viewer is not None else None
+        out.append(render_post(post_document_of(row), row["up"], row["down"], vote))
     return out
 
 

@@ -103,8 +103,10 @@ def post_document(
     body: str,
     media: list | tuple,
     created_at: str,
+    status: str = "published",
 ) -> str:
-    """The cached JSON of a published post, without counters (those live beside it)."""
+    """A post's JSON without its counters: what the post cache holds for a published post
+    (the counters live beside it), and what ``render_post`` completes."""
     return json.dumps(
         {
             "id": str(post_id),
@@ -116,11 +118,24 @@ def post_document(
             "body": body,
             "media": list(media),
             "created_at": created_at,
-            "status": "published",
+            "status": status,
         },
         separators=(",", ":"),
         ensure_ascii=False,
     )
+
+
+def render_post(document: bytes | str, up: Any, down: Any, my_vote: int | None) -> bytes:
+    """A post's JSON, the one renderer of it (for reads from Redis or PostgreSQL, and for the
+    answer to a command): its ``post_document`` with its counters, and the viewer's vote unless
+    ``None``, spliced in before the closing brace. Nothing is parsed."""
+    if isinstance(document, str):
+        document = document.encode()
+    ups, downs = int(up or 0), int(down or 0)
+    counters = b',"up":%d,"down":%d,"score":%d' % (ups, downs, ups - downs)
+    if my_vote is not None:
+        counters += b',"my_vote":%d' % my_vote
+    return document[:-1] + counters + b"}"
 
 
 def account_document(

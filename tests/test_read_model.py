@@ -599,6 +599,23 @@ def test_pre_rendered_posts_read_the_same_from_redis_and_postgres(
     assert single == voted
 
 
+def test_a_post_answers_its_command_as_its_reads_give_it(client, ada_and_fans, project_all):
+    """One renderer: the answer to a post is, byte for byte, what reading it from Redis and
+    from PostgreSQL gives its author (no votes yet)."""
+    ada, _ = ada_and_fans
+    answer = client.post("/api/v1/posts", json={"body": 'a "quoted" \\ ✓'}, headers=ada.auth)
+    assert answer.status_code == 201
+    token = {"X-Consistency-Token": answer.headers["X-Consistency-Token"]}
+    url = f"/api/v1/posts/{answer.get_json()['id']}"
+    from_postgres = client.get(url, headers={**ada.auth, **token})
+    project_all()
+    from_redis = client.get(url, headers=ada.auth)
+
+    assert from_postgres.headers["X-Read-Model"] == "postgres"
+    assert from_redis.headers["X-Read-Model"] == "redis"
+    assert answer.data == from_postgres.data == from_redis.data
+
+
 def test_a_reader_of_many_pulled_authors_rebuilds_them_all_in_one_round(settings, clean_state):
     """A home read that finds several pulled authors' post lists gone (Redis lost them) rebuilds
     them all in one round, not one per read attempt: following more of them than the retry
@@ -789,21 +806,34 @@ def test_a_messages_posts_are_projected_together(app, client, make_account, engi
     assert client.get(f"/api/v1/posts/{gone}").status_code == 404
 
 
-def test_version_1_post_events_still_in_the_outbox_are_projected_as_version_2(
+def test_older_post_events_still_in_the_outbox_are_projected_as_the_current_version(
     app, client, ada_and_fans, engine, project_all
 ):
-    """PostPublished v2 carries the author as a post shows it. Rows written as v1 before an
-    upgrade (``author_handle``, ``author_display_name``) are upcast and projected the same: the
-    feeds and the posts read equal what a rebuild from PostgreSQL gives."""
+    """PostPublished v3 carries the author as a post shows it and no counters. Rows written
+    before an upgrade, as v2 (with ``author_counts``) or as v1 (``author_handle`` and
+    ``author_display_name`` too), are upcast and projected the same: the feeds, the posts and
+    the author's counts read equal what a rebuild from PostgreSQL gives."""
     ada, (fan, *_) = ada_and_fans
-    new = post(client, ada, "written as v2")
+    new = post(client, ada, "written as v3")
+    older = post(client, ada, "written as v2")
     old = post(client, ada, "written as v1")
+    counts = (
+        "jsonb_build_object('author_counts', jsonb_build_object('followers_count', 0, "
+        "'following_count', 0, 'posts_count', 1, 'counts_version', 1))"
+    )
     with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"UPDATE outbox SET version = 2, payload = payload || {counts} "
+                "WHERE aggregate_id = :older AND type = 'PostPublished'"
+            ),
+            {"older": older},
+        )
         conn.execute(
             text(
                 "UPDATE outbox SET version = 1, payload = (payload - 'author') || "
                 "jsonb_build_object('author_handle', payload->'author'->>'handle', "
-                "'author_display_name', payload->'author'->>'display_name') "
+                f"'author_display_name', payload->'author'->>'display_name') || {counts} "
                 "WHERE aggregate_id = :old AND type = 'PostPublished'"
             ),
             {"old": old},
@@ -815,19 +845,21 @@ def test_version_1_post_events_still_in_the_outbox_are_projected_as_version_2(
             .scalars()
             .all()
         )
-    assert versions == [2, 1]
+    assert versions == [3, 2, 1]
     project_all()
-    projected = (
-        home(client, fan)["items"],
-        [client.get(f"/api/v1/posts/{p}").get_json() for p in (new, old)],
-    )
 
+    def read():
+        return (
+            home(client, fan)["items"],
+            [client.get(f"/api/v1/posts/{p}").get_json() for p in (new, older, old)],
+            client.get(f"/api/v1/accounts/{ada.id}").get_json(),
+        )
+
+    projected = read()
     flush_read_model(app.extensions["feed"].redis)
-    rebuilt = (
-        home(client, fan)["items"],
-        [client.get(f"/api/v1/posts/{p}").get_json() for p in (new, old)],
-    )
+    rebuilt = read()
 
-    assert [p["id"] for p in projected[0]] == [old, new]
+    assert [p["id"] for p in projected[0]] == [old, older, new]
     assert projected == rebuilt
-    assert projected[1][1]["author"]["handle"] == "ada_l"
+    assert projected[2]["posts_count"] == 3
+    assert projected[1][2]["author"]["handle"] == "ada_l"

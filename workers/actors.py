@@ -19,7 +19,7 @@ import structlog
 from feed.bootstrap import Services, build_services, freeze_heap
 from feed.config import Settings
 from feed.errors import FeedError, UnknownEvent
-from feed.events import PostPublished
+from feed.events import PostPublished, VoteCast
 from feed.failpoints import failpoint
 from feed.observability import (
     FANOUT_PAGE_SIZE,
@@ -36,6 +36,7 @@ from feed.projections import (
     mark_applied,
     project,
     project_posts_published,
+    project_votes_cast,
     projection_lag_seconds,
 )
 from feed.readmodel import Store, configure_compact_encoding
@@ -110,24 +111,28 @@ def _events(message: dict) -> list[dict]:
 @dramatiq.actor(queue_name=queue_name(SETTINGS, "projections"), throws=(Undecodable,), **RETRY)
 def project_events(message: dict) -> None:
     """Project a run of outbox events: the relay sends them several to a message, one broker
-    round trip for many. Its published posts are projected together (one query, one Redis
-    pipeline); should that fail, each goes alone with the rest. An event that fails alone goes
-    on as a ``project_event`` message of its own, with its own retries and dead letter, and the
-    rest carry on: projections are safe in any order and twice. Should the worker die midway,
-    the whole message comes back and the events already done are applied again, harmlessly."""
+    round trip for many. Its published posts are projected together, and its votes (one query,
+    one Redis pipeline each); should that fail, each goes alone with the rest. An event that
+    fails alone goes on as a ``project_event`` message of its own, with its own retries and
+    dead letter, and the rest carry on: projections are safe in any order and twice. Should the
+    worker die midway, the whole message comes back and the events already done are applied
+    again, harmlessly."""
     events = readable("project_events", _events, message)
-    posts = [event for event in events if event["type"] == PostPublished.name]
-    if len(posts) > 1:
+    for name, project_together in BATCHED.items():
+        batch = [event for event in events if event["type"] == name]
+        if len(batch) < 2:
+            continue
         try:
-            _project_posts(posts)
-        except Exception as error:  # noqa: BLE001 - each post is projected alone below
+            project_together(batch)
+        except Exception as error:  # noqa: BLE001 - each is projected alone below
             log.warning(
-                "posts_projected_one_by_one",
-                count=len(posts),
+                "events_projected_one_by_one",
+                type=name,
+                count=len(batch),
                 error=f"{type(error).__name__}: {error}",
             )
         else:
-            events = [event for event in events if event["type"] != PostPublished.name]
+            events = [event for event in events if event["type"] != name]
     for event in events:
         structlog.contextvars.bind_contextvars(correlation_id=event.get("correlation_id"))
         try:
@@ -183,6 +188,26 @@ def _project_posts(messages: list[dict]) -> None:
             changed=post.changed,
         )
         _fan_out(list(post.pages), envelope)
+
+
+def _project_votes(messages: list[dict]) -> None:
+    """Project ``VoteCast`` events together: one query, one Redis pipeline."""
+    store = read_model()
+    envelopes = [Envelope(**message) for message in messages]
+    project_votes_cast(store, [envelope.event() for envelope in envelopes])
+    mark_applied(store, [envelope.position for envelope in envelopes])
+    for envelope in envelopes:
+        PROJECTION_LAG.labels("event").observe(projection_lag_seconds(envelope.created_at))
+        log.info(
+            "event_projected",
+            type=envelope.type,
+            position=envelope.position,
+            correlation_id=envelope.correlation_id,
+        )
+
+
+# Events a ``project_events`` message projects together, by type.
+BATCHED = {PostPublished.name: _project_posts, VoteCast.name: _project_votes}
 
 
 def _fan_out(pages: list[FanOutPage], envelope: Envelope) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -14,12 +17,36 @@ from feed.api.schemas import (
     PublishPostIn,
     VoteOut,
 )
-from feed.api.web import authenticated, require_principal, run_command, services
+from feed.api.web import StoredForm, authenticated, require_principal, run_command, services
+from feed.clock import rfc3339
+from feed.readmodel import post_document, render_post
 
 blp = Blueprint("posts", __name__, description="Posts and votes")
 # Schemas are built once: building one per request copies every field.
-POST_OUT = PostOut()
 VOTE_OUT = VoteOut()
+# A rendered answer is kept for Idempotency-Key replays as the JSON it is.
+AS_JSON = StoredForm(keep=json.loads, restore=lambda body: body)
+
+
+def post_answer(post: dict[str, Any]) -> bytes:
+    """A command's answer about a post (``PostOut``), rendered as a read renders one."""
+    author = post["author"]
+    document = post_document(
+        post_id=post["id"],
+        author_id=author["id"],
+        author_handle=author["handle"],
+        author_display_name=author["display_name"],
+        body=post["body"],
+        media=post["media"],
+        created_at=rfc3339(post["created_at"]),
+        status=post["status"],
+    )
+    return render_post(document, post["up"], post["down"], post["my_vote"])
+
+
+def pending_answer(post: dict[str, Any]) -> bytes:
+    """``PendingPostOut``: the post's answer and the id of the saga that publishes it."""
+    return post_answer(post)[:-1] + b',"saga_id":%s}' % json.dumps(post["saga_id"]).encode()
 
 
 @blp.route("/posts")
@@ -42,15 +69,18 @@ class Posts(MethodView):
             return run_command(
                 202,
                 lambda uow: publish(uow, with_media),
-                lambda post: {**POST_OUT.dump(post), "saga_id": post["saga_id"]},
+                pending_answer,
                 principal=principal,
+                stored_form=AS_JSON,
             )
         cmd = commands.PublishPost(author=principal, body=data["body"])
         return run_command(
             201,
             lambda uow: commands.publish_post(uow, cmd),
-            POST_OUT.dump,
+            post_answer,
             principal=principal,
+            stored_form=AS_JSON,
+            single_statement=True,
         )
 
 
