@@ -89,16 +89,19 @@ def events_and_messages(base: str) -> tuple[float, float]:
     return events, messages
 
 
-def post_round(engine, client, url: str, tokens, seconds: int, label: str) -> None:
-    """A posting round against ``url``, drained before and after, with the events a message."""
+def post_round(engine, client, url: str, tokens, seconds: int, label: str, constant: str) -> None:
+    """A posting round against ``url``, drained before and after, with the events a message;
+    its share of the constant-JSON baseline run just before it, as ``make bench`` takes it."""
     wait_until_drained(engine, client)
+    baseline = wrk(url, "GET", constant, None, seconds, 16)
     events, messages = events_and_messages(url)
     posts, cpu = measured(lambda: wrk(url, "POST", "/api/v1/posts", tokens, seconds, 16))
     wait_until_drained(engine, client)
     events_after, messages_after = events_and_messages(url)
     per_message = (events_after - events) / max(1.0, messages_after - messages)
     print(
-        f"{label}posts {posts['rps']:.0f}/s p50 {posts['p50_ms']:.1f} ms "
+        f"{label}posts {posts['rps']:.0f}/s ({posts['rps'] / baseline['rps']:.1%} of "
+        f"{baseline['rps']:.0f}) p50 {posts['p50_ms']:.1f} ms "
         f"p99 {posts['p99_ms']:.1f} ms; {per_message:.1f} events a message; CPU/s {cpu}",
         flush=True,
     )
@@ -181,7 +184,7 @@ def main() -> int:
             if "posts" in args.kinds:
                 services = [("", base)] + ([(f"{against} ", other)] if other else [])
                 for label, url in services[:: 1 if round_ % 2 == 0 else -1]:
-                    post_round(engine, client, url, tokens, args.seconds, label)
+                    post_round(engine, client, url, tokens, args.seconds, label, constant)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Time (and optionally profile) single requests in-process, on the ``make seed`` data.
 
-    python -m bench.profile_requests [--requests 500] [--profile home|open|post]
+    python -m bench.profile_requests [--requests 500] [--profile home|open|post|vote]
 
 No HTTP server and no concurrency: the Flask test client calls the app directly, so the numbers
 are the app's own cost per request (wall and CPU, in ms), for comparing one change with the
@@ -36,7 +36,7 @@ def timed(label: str, call: Callable[[int], object], n: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--profile", choices=["home", "open", "post"])
+    parser.add_argument("--profile", choices=["home", "open", "post", "vote"])
     args = parser.parse_args()
     use_bench_servers(RATE_LIMITS_ENABLED="false", BENCH_BASELINE="true")
     from app import create_app
@@ -64,9 +64,15 @@ def main() -> int:
         "post": lambda i: client.post(
             "/api/v1/posts", json={"body": f"profile {i}"}, headers=headers[i % len(headers)]
         ),
+        # each account's next vote on the post changes it: up, down, up...
+        "vote": lambda i: client.put(
+            f"/api/v1/posts/{opened[0]}/vote",
+            json={"value": 1 if (i // len(headers)) % 2 == 0 else -1},
+            headers=headers[i % len(headers)],
+        ),
     }
     for label, call in calls.items():
-        n = args.requests if label != "post" else max(1, args.requests // 5)
+        n = args.requests if label not in ("post", "vote") else max(1, args.requests // 5)
         for i in range(20):  # warm: connections, compiled statements, scripts
             call(i)
         timed(label, call, n)

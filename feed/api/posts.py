@@ -24,8 +24,9 @@ from feed.readmodel import post_document, render_post
 blp = Blueprint("posts", __name__, description="Posts and votes")
 # Schemas are built once: building one per request copies every field.
 VOTE_OUT = VoteOut()
-# A rendered answer is kept for Idempotency-Key replays as the JSON it is.
-AS_JSON = StoredForm(keep=json.loads, restore=lambda body: body)
+# A rendered answer is kept for Idempotency-Key replays as its text (a JSON string), so a
+# replay is the first answer byte for byte.
+AS_RENDERED = StoredForm(keep=bytes.decode, restore=str.encode)
 
 
 def post_answer(post: dict[str, Any]) -> bytes:
@@ -71,7 +72,7 @@ class Posts(MethodView):
                 lambda uow: publish(uow, with_media),
                 pending_answer,
                 principal=principal,
-                stored_form=AS_JSON,
+                stored_form=AS_RENDERED,
             )
         cmd = commands.PublishPost(author=principal, body=data["body"])
         return run_command(
@@ -79,7 +80,7 @@ class Posts(MethodView):
             lambda uow: commands.publish_post(uow, cmd),
             post_answer,
             principal=principal,
-            stored_form=AS_JSON,
+            stored_form=AS_RENDERED,
             single_statement=True,
         )
 
