@@ -3,11 +3,13 @@
     python -m bench.cpu [reads|posts|votes|follows ...] [--rounds 3] [--seconds 8]
 
 Starts the service as ``make bench`` does (``bench.harness.service``) on the seeded data, then runs
-rounds of feed reads (with the constant-JSON baseline round before each) and/or posting at 16
-connections, and prints what each kind of process (gunicorn, Dramatiq, the relay, PostgreSQL,
-Redis, RabbitMQ) used, in CPU-seconds per second of the round, read from ``/proc``. Divided by
-the round's requests per second, that is each process's CPU per request. For posting it also
-prints how many events the relay put in each ``project_events`` message (from ``/metrics``).
+rounds of feed reads and posting (each with the constant-JSON baseline round before it), and of
+votes and follows (spread over many targets, then all on one), at 16 connections, and prints
+what each kind of process (gunicorn, Dramatiq, the relay, PostgreSQL, Redis, RabbitMQ) used, in
+CPU-seconds per second of the round, read from ``/proc``. Divided by the round's requests per
+second, that is each process's CPU per request. For posting it also prints how many events the
+relay put in each ``project_events`` message (from ``/metrics``). ``--against NAME=VALUE`` runs
+every round against a second service with that setting too, in alternating order.
 """
 
 from __future__ import annotations
