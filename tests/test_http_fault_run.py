@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import random
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -37,15 +36,13 @@ from feed.readmodel import SENTINEL
 from feed.rebuild import feed_ids_from_db
 from tests.conftest import make_settings
 from tests.processes import (
-    ROOT,
     Processes,
     eventually,
+    gunicorn,
     process_env,
-    spawn,
-    wait_until_healthy,
 )
 from tests.readmodel_check import mismatches
-from tests.servers import PrivateRabbitMQ, PrivateRabbitMQCluster, PrivateRedisCluster, free_port
+from tests.servers import PrivateRabbitMQ, PrivateRabbitMQCluster, PrivateRedisCluster
 from tests.test_cluster_faults import (  # noqa: F401  (fixtures)
     _slots_by_primary,
     clean_tables,
@@ -228,28 +225,13 @@ def run(database_url, dying_cluster, rabbits, clean_tables, tmp_path):
     )
     app = create_app(services=build_services(settings))
     try:
-        port = free_port()
-        gunicorn = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            str(ROOT / "feed/gunicorn_conf.py"),
-        ]
-        api = spawn(
-            [*gunicorn, "--bind", f"127.0.0.1:{port}", "app:create_app()"],
-            env,
-            (tmp_path / "api.log").open("a"),
-        )
-        processes.running["api"] = api  # stopped with the others
         for name in ("relay-1", "relay-2"):
             processes.start(name, command="relay")
         processes.start("sweeper")
         for name in ("workers-1", "workers-2"):
             processes.start(name, command="workers")
-        base = f"http://127.0.0.1:{port}"
-        wait_until_healthy(base, api, timeout=60)
-        yield base, processes, app
+        with gunicorn(env, tmp_path / "api.log") as (base, _):
+            yield base, processes, app
     finally:
         processes.stop_all()
         app.extensions["feed"].close()
