@@ -256,32 +256,33 @@ def project_follow(
     as PostgreSQL has them now (the events carry none of it: see ``feed.events``).
 
     Safe twice, reordered and late: the edge applies only when the follower's counts version
-    read with it is newer than the last one seen for the pair (the version moves with every
-    follow and unfollow of the follower), and merging or removing the same posts again changes
-    nothing. An event whose follow was undone since projects the undoing."""
+    read with it is not older than the last one seen for the pair (the version moves with every
+    follow and unfollow of the follower; the same version again redoes the feed work of a
+    delivery that died), and merging or removing the same posts again changes nothing. An event
+    whose follow was undone since projects the undoing. A deleted follower's keys went with its
+    deletion: only the followee's counters are applied."""
     follower, followee = int(event.follower_id), int(event.followee_id)
     with store.reader.connect() as conn:
         rows = {row.id: row for row in conn.execute(FOLLOW_STATE, {"a": follower, "b": followee})}
-    if follower not in rows or rows[follower].status == "deleted":
-        return  # its account's deletion takes every key of it
     counted = [rows[a] for a in (follower, followee) if a in rows and rows[a].status != "deleted"]
-    following = rows[follower].following
-    version = rows[follower].counts_version
-    *answers, applied = store.run(
-        [
-            *(_counts_call(store, row.id, _counts_of(row)) for row in counted),
+    edge = follower in rows and rows[follower].status != "deleted"
+    commands = [_counts_call(store, row.id, _counts_of(row)) for row in counted]
+    if not counted:
+        return
+    if edge:
+        commands.append(
             store.call(
                 "apply_follow_edge",
                 [following_key(follower), follow_versions_key(follower)],
-                [followee, version, 1 if following else 0],
-            ),
-        ]
-    )
-    for row, answer in zip(counted, answers, strict=True):
+                [followee, rows[follower].counts_version, 1 if rows[follower].following else 0],
+            )
+        )
+    answers = store.run(commands)
+    for row, answer in zip(counted, answers, strict=False):
         _after_counts(store, row.id, _counts_of(row), answer, send)
-    if not applied:
+    if not edge or not answers[-1]:
         return
-    if following:
+    if rows[follower].following:
         merge_author_posts(store, followee, [follower])
     else:
         _remove_author_posts(store, follower, followee)

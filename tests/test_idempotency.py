@@ -25,6 +25,20 @@ def test_a_retried_post_returns_the_first_answer_and_posts_once(client, engine, 
     assert len(fetch_all(engine, "SELECT * FROM outbox WHERE type = 'PostPublished'")) == 1
 
 
+def test_a_post_answered_by_an_older_version_replays_as_stored(client, engine, make_account):
+    """Records written before post answers were kept as text hold the JSON object."""
+    ada = make_account()
+    headers = {**ada.auth, "Idempotency-Key": "from-before"}
+    first = client.post("/api/v1/posts", json={"body": "once"}, headers=headers)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE idempotency_keys SET body = (body #>> '{}')::jsonb"))
+
+    again = client.post("/api/v1/posts", json={"body": "once"}, headers=headers)
+
+    assert (again.status_code, again.get_json()) == (201, first.get_json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
 def test_every_command_replays(client, engine, make_account):
     ada, bob = make_account(), make_account()
     post_id = client.post("/api/v1/posts", json={"body": "x"}, headers=bob.auth).get_json()["id"]

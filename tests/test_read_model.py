@@ -599,6 +599,31 @@ def test_pre_rendered_posts_read_the_same_from_redis_and_postgres(
     assert single == voted
 
 
+def test_an_unfollow_projected_after_the_follower_was_erased_still_counts(
+    app, client, engine, make_account, project_all
+):
+    """Deleting an account removes its follows (an ``AccountUnfollowed`` each), then erases it.
+    An unfollow projected after the erasure (late, retried) must still take the follower out of
+    the followee's count, though the follower's own keys are gone."""
+    from feed.commands import erase_account, purge_follows
+    from feed.outbox import append_events
+
+    ada, carol = make_account(), make_account()
+    client.post(f"/api/v1/accounts/{carol.id}/follow", headers=ada.auth)
+    project_all()
+    assert client.get(f"/api/v1/accounts/{carol.id}").get_json()["followers_count"] == 1
+    with engine.begin() as conn:
+        append_events(conn, purge_follows(conn, int(ada.id)))
+        erase_account(conn, int(ada.id))
+    with engine.begin() as conn:
+        (unfollowed,) = claim_batch(conn, 1000)
+    store = app.extensions["feed"].store
+    project(store, unfollowed, lambda page: apply_fan_out_page(store, page))
+
+    assert unfollowed.type == "AccountUnfollowed"
+    assert client.get(f"/api/v1/accounts/{carol.id}").get_json()["followers_count"] == 0
+
+
 def test_a_post_answers_its_command_as_its_reads_give_it(client, ada_and_fans, project_all):
     """One renderer: the answer to a post is, byte for byte, what reading it from Redis and
     from PostgreSQL gives its author (no votes yet)."""

@@ -25,8 +25,10 @@ blp = Blueprint("posts", __name__, description="Posts and votes")
 # Schemas are built once: building one per request copies every field.
 VOTE_OUT = VoteOut()
 # A rendered answer is kept for Idempotency-Key replays as its text (a JSON string), so a
-# replay is the first answer byte for byte.
-AS_RENDERED = StoredForm(keep=bytes.decode, restore=str.encode)
+# replay is the first answer byte for byte. Records of older versions hold the JSON object.
+AS_RENDERED = StoredForm(
+    keep=bytes.decode, restore=lambda body: body.encode() if isinstance(body, str) else body
+)
 
 
 def post_answer(post: dict[str, Any]) -> bytes:
