@@ -30,7 +30,10 @@ Command = tuple[Any, ...]
 # A cluster's answers that a node is not (or not yet, or no longer) the one for a key.
 REDIRECTIONS = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "LOADING"})
 # Verbs a replica may answer (``REDIS_READ_FROM_REPLICAS``); the rest go to the primary.
-READS = frozenset({"FCALL_RO", "HGET", "HMGET", "HGETALL", "EXISTS", "ZSCORE", "ZMSCORE"})
+READS = frozenset(
+    {"FCALL_RO", "HGET", "HMGET", "HGETALL", "HEXISTS", "EXISTS", "SMISMEMBER"}
+    | {"ZRANGEBYSCORE", "ZSCORE", "ZMSCORE"}
+)
 _SUPPORTED = (redis.connection.Connection, redis.connection.UnixDomainSocketConnection)
 
 
@@ -315,8 +318,9 @@ class Batches:
 
     def _run_on_cluster(self, commands: Sequence[Command]) -> list[Any]:
         by_node: dict[str, list[int]] = {}
+        chosen: dict[int, str] = {}  # a slot's commands go to one node, replica or primary
         for i, command in enumerate(commands):
-            by_node.setdefault(self._node_for(command), []).append(i)
+            by_node.setdefault(self._node_for(command, chosen), []).append(i)
         replies: list[Any] = [None] * len(commands)
         again: list[int] = []  # for the library's pipeline: redirected, or the node is down
         sent = []
@@ -351,13 +355,17 @@ class Batches:
                 raise reply
         return replies
 
-    def _node_for(self, command: Command) -> str:
-        """The name of the node that answers ``command`` (its held links made on first use)."""
+    def _node_for(self, command: Command, chosen: dict[int, str]) -> str:
+        """The name of the node that answers ``command`` (its held links made on first use):
+        in one batch, the node ``chosen`` for its slot before, if that one may answer it."""
         verb = command[0]
         key = command[3] if verb in ("FCALL", "FCALL_RO", "EVALSHA") else command[1]
         nodes = self.client.nodes_manager
         slot = self.client.keyslot(key)
-        if self.from_replicas and verb in READS:
+        reads = self.from_replicas and verb in READS
+        if reads and slot in chosen:
+            return chosen[slot]
+        if reads:
             node = nodes.get_node_from_slot(
                 slot, load_balancing_strategy=self.client.load_balancing_strategy
             )
@@ -367,4 +375,6 @@ class Batches:
             self._nodes[node.name] = HeldConnections(
                 self.client.get_redis_connection(node), readonly=node.server_type == "replica"
             )
+        if reads:
+            chosen[slot] = node.name
         return node.name

@@ -28,7 +28,7 @@ from feed.keys import (
     posts_key,
 )
 from feed.origin import ensure_following
-from feed.readmodel import SENTINEL, Store, render_post, score_of
+from feed.readmodel import ID_SHIFT, SENTINEL, Store, render_post, score_of
 from feed.rebuild import (
     POST_COLUMNS,
     cache_account,
@@ -85,15 +85,87 @@ def wait_for_position(store: Store, position: int, *, wait: bool = True) -> bool
         time.sleep(0.01)
 
 
+class Window:
+    """The newest ``want`` post ids of one sorted set (a feed, an account's posts) within a
+    cursor's bounds, read from the set's slot by a plain ``ZRANGEBYSCORE`` in a caller's batch.
+
+    Plain commands, not a script: a script's ``redis.call`` turned the window's reply into Lua
+    values and back, several times the command's own cost in Redis (docs/performance.md).
+    The window asks for two entries more than it wants, and whatever Redis order leaves open
+    is settled here: ids of one millisecond share a score and come oldest first, so a
+    millisecond the read may have cut is left out, and the rest sorted newest first. When too
+    few remain (many posts in one millisecond, or at the cursor's bounds), the window is read
+    again, larger (``settle``).
+    """
+
+    def __init__(self, key: str, cursor: Cursor, want: int, ceiling: int | None = None) -> None:
+        self.key, self.want, self.take = key, want, want + 1
+        self.max_id, self.since_id = cursor.max_id, cursor.since_id
+        # a post newer than max id scores below max id's score
+        self.lo: Any = "-inf" if cursor.max_id is None else score_of(cursor.max_id)
+        self.hi: Any = "+inf" if cursor.since_id is None else score_of(cursor.since_id)
+        if ceiling is not None and (self.hi == "+inf" or ceiling < self.hi):
+            self.hi = ceiling  # no post older than this can make the page
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        read = ("ZRANGEBYSCORE", self.key, self.lo, self.hi, "LIMIT", 0, self.take)
+        # A set that exists holds the sentinel, after every post: a window open to the end
+        # shows it, one that stops before needs to ask whether the set exists.
+        return [read] if self.hi == "+inf" else [("EXISTS", self.key), read]
+
+    def ids(self, replies: list[Any]) -> list[int] | None | object:
+        """The window's ids from its commands' ``replies``, newest first; None when the set is
+        missing; ``UNDECIDED`` when it must be read again, larger."""
+        members = replies[-1]
+        exists = replies[0] if len(replies) == 2 else members
+        if not exists:
+            return None
+        ended = len(members) < self.take or members[-1] == SENTINEL_BYTES
+        ids = [int(m) for m in members if m != SENTINEL_BYTES]
+        if not ended:  # its last millisecond may go on past the cut
+            cut = ids[-1] >> ID_SHIFT
+            ids = [i for i in ids if i >> ID_SHIFT != cut]
+        if self.max_id is not None:
+            ids = [i for i in ids if i < self.max_id]
+        if self.since_id is not None:
+            ids = [i for i in ids if i > self.since_id]
+        if not ended and len(ids) < self.want:
+            return UNDECIDED
+        ids.sort(reverse=True)
+        return ids[: self.want]
+
+    def settle(self, store: Store, client: Any, ids: Any) -> list[int] | None:
+        """``ids`` as ``ids`` gave them, the window read again (larger each time) while they
+        are ``UNDECIDED``."""
+        while ids is UNDECIDED:
+            self.take *= 4
+            ids = self.ids(store.run(self.commands(), client=client))
+        return ids
+
+
+UNDECIDED = object()
+SENTINEL_BYTES = SENTINEL.encode()
+
+
+def _split(replies: list[Any], windows: Sequence[Window]) -> list[list[Any]]:
+    """``replies`` cut into each window's share, in order."""
+    out, at = [], 0
+    for window in windows:
+        size = len(window.commands())
+        out.append(replies[at : at + size])
+        at += size
+    return out
+
+
 def home_timeline(
     store: Store, me: int, cursor: Cursor, *, position: int | None = None, wait: bool = True
 ) -> Page:
     """The caller's home feed: its own posts, those it follows, pulled high-follower posts.
 
-    Two round trips. First the feed's window, the reader's votes on it and which pulled
-    accounts it follows, from the reader's slot, with the pull set's version (to check this
-    process's copy of it) and the windows of the pulled accounts the reader followed at its
-    last read (from their slots); then the posts' hashes. When the reader's pulled accounts
+    Two round trips. First, from the reader's slot, the feed's window and which pulled
+    accounts it follows, with the pull set's version (to check this process's copy of it) and
+    the windows of the pulled accounts the reader followed at its last read (from their
+    slots); then the posts' hashes and the reader's votes. When the reader's pulled accounts
     changed, their windows take one more round trip between.
     """
     ensure_following(store)
@@ -102,18 +174,16 @@ def home_timeline(
     # A read with a token, or after a rebuild, is answered by the primaries: a replica may lag.
     client = store.redis if position is not None else store.replica
     celebrities, rebuilt = store.celebrities, []
-    window_args = _window_args(cursor)
+    want = cursor.limit + 1  # one more than a page: whether another follows
     for _ in range(MAX_REBUILDS + 1):  # one more: this process's copy of the pull set moved
         guessed = celebrities.followed_by(me)
-        version, window, *guessed_windows = store.run(
+        feed = Window(feed_key(me), cursor, want)
+        windows = [feed, *(Window(posts_key(author), cursor, want) for author in guessed)]
+        version, following, *replies = store.run(
             [
                 celebrities.version_command(),
-                store.call(
-                    "read_home_window",
-                    [feed_key(me), following_key(me), my_votes_key(me)],
-                    [*window_args, *celebrities.members],
-                ),
-                *(_posts_window(store, author, window_args) for author in guessed),
+                ("SMISMEMBER", following_key(me), SENTINEL, *celebrities.members),
+                *(command for window in windows for command in window.commands()),
             ],
             client=client,
         )
@@ -124,41 +194,44 @@ def home_timeline(
                 rebuilt.append("celebs")
             client = store.redis
             continue
-        if window[0] == b"miss":
-            for kind in window[1:]:
-                rebuilt.append(_rebuild_missing(store, me, kind.decode()))
+        shares = _split(replies, windows)
+        feed_ids = feed.ids(shares[0])
+        missing = [
+            kind
+            for kind, gone in (("feed", feed_ids is None), ("following", not following[0]))
+            if gone
+        ]
+        if missing:  # every missing one at once: one rebuild round
+            rebuilt.extend(_rebuild_missing(store, me, kind) for kind in missing)
             client = store.redis
             continue
-        count = int(window[1])
-        entries = window[2 : 2 + 2 * count]
-        votes = dict(zip([i.decode() for i in entries[0::2]], entries[1::2], strict=True))
-        followed = tuple(a.decode() for a in window[2 + 2 * count :])
+        feed_ids = feed.settle(store, client, feed_ids)
+        followed = tuple(
+            a for a, is_member in zip(celebrities.members, following[1:], strict=True) if is_member
+        )
         celebrities.remember(me, followed)
-        pulled: set[str] = set()
+        pulled: set[int] = set()
         if followed:
             if followed == guessed:
-                pulled, missing = _pulled_ids(followed, guessed_windows)
+                pulled, missing = _pulled_ids(store, client, guessed, windows[1:], shares[1:])
             else:
-                pulled, missing = _pulled_posts(store, client, cursor, list(votes), followed)
+                pulled, missing = _pulled_posts(store, client, cursor, feed_ids, followed)
             if missing:
                 for author in missing:
                     rebuild_posts(store, int(author))
                 rebuilt.append("posts")
                 client = store.redis
                 continue
-        if pulled:
-            ids = sorted(votes.keys() | pulled, key=int, reverse=True)[: cursor.limit + 1]
-        else:  # the window comes newest first
-            ids = list(votes)[: cursor.limit + 1]
-        page_ids = ids[: cursor.limit]
-        unvoted = [i for i in page_ids if i not in votes]
+        ids = sorted(pulled.union(feed_ids), reverse=True)[:want] if pulled else feed_ids
+        page_ids = [str(i) for i in ids[: cursor.limit]]
         commands = [("HMGET", post_key(i), "json", "up", "down") for i in page_ids]
-        if unvoted:
-            commands.append(("HMGET", my_votes_key(me), *unvoted))
-        replies = store.run(commands, client=client)
-        if unvoted:
-            votes.update(zip(unvoted, replies.pop(), strict=True))
-        rows = [(i, *post, votes.get(i)) for i, post in zip(page_ids, replies, strict=True)]
+        commands.append(("HMGET", my_votes_key(me), SENTINEL, *page_ids))
+        *posts, (sentinel, *votes) = store.run(commands, client=client)
+        if sentinel is None:
+            rebuilt.append(_rebuild_missing(store, me, "myvotes"))
+            client = store.redis
+            continue
+        rows = [(i, *post, vote) for i, post, vote in zip(page_ids, posts, votes, strict=True)]
         page = _assemble(store, rows, len(ids) > cursor.limit, with_vote=True, home_of=me)
         page.rebuilt = rebuilt
         return page
@@ -169,31 +242,38 @@ def _pulled_posts(
     store: Store,
     client: Any,
     cursor: Cursor,
-    feed_ids: list[str],
+    feed_ids: list[int],
     authors: Sequence[str],
-) -> tuple[set[str], list[str]]:
+) -> tuple[set[int], list[str]]:
     """The newest posts in the cursor's window of the pulled accounts the reader follows,
     each from its author's slot; and the authors whose list is missing."""
-    window_args = _window_args(cursor)
-    if len(feed_ids) > cursor.limit:
-        # A pulled post older than the feed's own (limit + 1)-th entry cannot make this page.
-        ceiling = score_of(int(feed_ids[cursor.limit]))
-        if window_args[4] == "+inf" or ceiling < window_args[4]:
-            window_args[4] = ceiling
+    want = cursor.limit + 1
+    # A pulled post older than the feed's own (limit + 1)-th entry cannot make this page.
+    ceiling = score_of(feed_ids[cursor.limit]) if len(feed_ids) > cursor.limit else None
+    windows = [Window(posts_key(author), cursor, want, ceiling) for author in authors]
     replies = store.run(
-        [_posts_window(store, author, window_args) for author in authors], client=client
+        [command for window in windows for command in window.commands()], client=client
     )
-    return _pulled_ids(authors, replies)
+    return _pulled_ids(store, client, authors, windows, _split(replies, windows))
 
 
-def _posts_window(store: Store, author: str, window_args: list[Any]) -> tuple[Any, ...]:
-    return store.call("read_posts_window", [posts_key(author)], window_args)
-
-
-def _pulled_ids(authors: Sequence[str], replies: list[Any]) -> tuple[set[str], list[str]]:
+def _pulled_ids(
+    store: Store,
+    client: Any,
+    authors: Sequence[str],
+    windows: Sequence[Window],
+    shares: Sequence[list[Any]],
+) -> tuple[set[int], list[str]]:
     """The post ids of the pulled accounts' windows; and the accounts whose list is missing."""
-    missing = [a for a, reply in zip(authors, replies, strict=True) if reply[0] == b"miss"]
-    return {i.decode() for reply in replies if reply[0] == b"ok" for i in reply[1:]}, missing
+    pulled: set[int] = set()
+    missing = []
+    for author, window, share in zip(authors, windows, shares, strict=True):
+        ids = window.settle(store, client, window.ids(share))
+        if ids is None:
+            missing.append(author)
+        else:
+            pulled.update(ids)
+    return pulled, missing
 
 
 def account_posts(
@@ -213,26 +293,23 @@ def account_posts(
     client = store.redis if position is not None else store.replica
     rebuilt: list[str] = []
     for _ in range(MAX_REBUILDS):
-        reply = store.execute(
-            store.call(
-                "read_posts_window",
-                [posts_key(account_id), account_key(account_id)],
-                _window_args(cursor),
-            ),
-            client=client,
+        window = Window(posts_key(account_id), cursor, cursor.limit + 1)
+        known, *replies = store.run(
+            [("HEXISTS", account_key(account_id), "json"), *window.commands()], client=client
         )
-        if reply[0] == b"miss":
-            what = reply[1].decode()
-            if what == "account":
-                if not _cache_account(store, account_id):
-                    raise NotFound("No such account.")
-            else:
-                rebuild_posts(store, account_id)
-            rebuilt.append(what)
+        if not known:
+            if not _cache_account(store, account_id):
+                raise NotFound("No such account.")
+            rebuilt.append("account")
             client = store.redis
             continue
-        ids = [i.decode() for i in reply[1:]]
-        page_ids = ids[: cursor.limit]
+        ids = window.settle(store, client, window.ids(replies))
+        if ids is None:
+            rebuild_posts(store, account_id)
+            rebuilt.append("posts")
+            client = store.redis
+            continue
+        page_ids = [str(i) for i in ids[: cursor.limit]]
         commands = [("HMGET", post_key(i), "json", "up", "down") for i in page_ids]
         if viewer is not None:
             commands.append(("HMGET", my_votes_key(viewer), SENTINEL, *page_ids))
@@ -332,19 +409,6 @@ def _cache_account(store: Store, account_id: int) -> bool:
 
 
 # --- assembling answers -------------------------------------------------------------------
-
-
-def _window_args(cursor: Cursor) -> list[Any]:
-    """A list function's window: max id, min id, how many (one more than a page, to know
-    whether another follows), lowest and highest score (a post newer than max id scores
-    below max id's score)."""
-    return [
-        "" if cursor.max_id is None else str(cursor.max_id),
-        "" if cursor.since_id is None else str(cursor.since_id),
-        cursor.limit + 1,
-        "-inf" if cursor.max_id is None else score_of(cursor.max_id),
-        "+inf" if cursor.since_id is None else score_of(cursor.since_id),
-    ]
 
 
 def _vote_of(reply: bytes | None) -> int:

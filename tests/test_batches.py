@@ -4,6 +4,7 @@ where the cluster says, and a batch still answers every command, in order."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -85,4 +86,37 @@ def test_with_held_connections_off_a_batch_goes_through_the_librarys_pipeline():
     finally:
         client.delete(key)
         held.close()
+        client.close()
+
+
+def test_reading_from_replicas_a_batch_asks_one_node_for_each_slot(redis_cluster):
+    """A window's existence and its members are two commands; read from two nodes, a replica
+    that lags could answer one and not the other. Round robin moves on for each batch, not
+    for each command of a slot."""
+    client = build_redis_cluster(redis_cluster.nodes, from_replicas=True)
+    batches = Batches(client)
+    try:
+        slot, keys = keys_of_one_slot(client, 8)
+        deadline = time.monotonic() + 30
+        while (
+            len(client.nodes_manager.slots_cache[slot]) < 2
+        ):  # a new replica is listed once synced
+            assert time.monotonic() < deadline, "the slot's replica never joined"
+            time.sleep(0.5)
+            client.nodes_manager.initialize()
+        nodes = client.get_nodes()
+        for _ in range(3):
+            for node in nodes:
+                client.get_redis_connection(node).config_resetstat()
+            batches.run([("EXISTS", key) for key in keys])
+            calls = [
+                client.get_redis_connection(node)
+                .info("commandstats")
+                .get("cmdstat_exists", {})
+                .get("calls", 0)
+                for node in nodes
+            ]
+            assert sorted(calls)[-2:] == [0, 8], calls
+    finally:
+        batches.close()
         client.close()

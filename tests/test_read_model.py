@@ -115,6 +115,42 @@ def test_pages_follow_the_cursor_and_link_header(client, ada_and_fans, project_a
     assert ids(between) == newest_first[1:3]
 
 
+@pytest.mark.parametrize("cursor", ["", "since", "max_and_since"])
+def test_a_window_whose_keys_were_lost_is_rebuilt_whatever_its_bounds(
+    app, client, ada_and_fans, project_all, cursor
+):
+    """A window bounded by since_id stops before its set's sentinel, so it must learn in
+    another way that the set is missing: its page is never answered empty."""
+    ada, (fan, *_) = ada_and_fans
+    newest_first = list(reversed([post(client, ada, f"p{i}") for i in range(5)]))
+    project_all()
+    query, expected = {
+        "": ("", newest_first),
+        "since": (f"?since_id={newest_first[3]}", newest_first[:3]),
+        "max_and_since": (
+            f"?max_id={newest_first[0]}&since_id={newest_first[4]}",
+            newest_first[1:4],
+        ),
+    }[cursor]
+    svc = app.extensions["feed"]
+    for lost in (
+        [feed_key(fan.id)],
+        [following_key(fan.id), my_votes_key(fan.id)],
+        [posts_key(ada.id)],
+    ):
+        svc.redis.delete(*lost)
+        assert ids(home(client, fan, query)) == expected, lost
+        posts = client.get(f"/api/v1/accounts/{ada.id}/posts{query}", headers=fan.auth)
+        assert ids(posts.get_json()) == expected, lost
+    # and a set that is there but has nothing in the window is not taken for a lost one
+    nothing_newer = queries.Cursor(since_id=int(newest_first[0]) + (1 << ID_SHIFT))
+    for page in (
+        queries.home_timeline(svc.store, int(fan.id), nothing_newer),
+        queries.account_posts(svc.store, int(ada.id), None, nothing_newer),
+    ):
+        assert (page.items, page.rebuilt) == ([], [])
+
+
 @pytest.mark.parametrize(
     ("query", "status"),
     [

@@ -1,61 +1,17 @@
 #!lua name=feed
--- The read model's functions. Each touches the keys of one slot only (one account's or one
--- post's: their hash tags, feed/keys.py), all declared in KEYS. A function that only reads
--- carries the no-writes flag and is called with FCALL_RO (a replica may answer it).
+-- The functions that change the read model. Each touches the keys of one slot only (one
+-- account's or one post's: their hash tags, feed/keys.py), all declared in KEYS. Reads are
+-- plain commands (feed/queries.py): in a function, turning a reply into Lua values and back
+-- cost Redis more than the commands did.
 --
--- Ids are compared as decimal strings: a longer string is a larger number, equal lengths
--- compare as text. A sorted set's score is minus the post's millisecond (feed/readmodel.py),
--- so its newest post is its first member; the sentinel member '0' scores above every post.
-
-local SENTINEL = '0'
-
-local function id_less(a, b)
-  if #a ~= #b then return #a < #b end
-  return a < b
-end
-
--- newest first: the lower score, then the larger id
-local function newer(a, b)
-  if a[2] ~= b[2] then return a[2] < b[2] end
-  return id_less(b[1], a[1])
-end
+-- A sorted set's score is minus the post's millisecond (feed/readmodel.py), so its newest
+-- post is its first member; the sentinel member '0' scores above every post.
 
 -- Keep the newest `size` posts (ranks 0 to size - 1) and the sentinel (the last rank).
 local function trim(key, size)
   if redis.call('ZCARD', key) - 1 > size then
     redis.call('ZREMRANGEBYRANK', key, size, -2)
   end
-end
-
--- The newest posts of sorted set `key` with ids strictly between `min_id` and `max_id` ('' for
--- no bound) and scores in [lo, hi]: at least `want` of them when there are that many, as
--- {id, score} pairs, newest first. Within one millisecond (one score) Redis orders them by
--- ascending id, oldest first, so the last millisecond reached is taken whole before sorting.
-local function newest(key, lo, hi, want, max_id, min_id)
-  local function wanted(id)
-    if id == SENTINEL then return false end
-    if max_id ~= '' and not id_less(id, max_id) then return false end
-    if min_id ~= '' and not id_less(min_id, id) then return false end
-    return true
-  end
-  local out, offset = {}, 0
-  while #out < want do
-    local batch = redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES', 'LIMIT', offset, want)
-    if #batch == 0 then break end
-    for i = 1, #batch, 2 do
-      if wanted(batch[i]) then out[#out + 1] = {batch[i], tonumber(batch[i + 1])} end
-    end
-    offset = offset + #batch / 2
-  end
-  if #out >= want then
-    local last = out[#out][2]
-    while #out > 0 and out[#out][2] == last do out[#out] = nil end
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, last, last)) do
-      if wanted(id) then out[#out + 1] = {id, last} end
-    end
-  end
-  table.sort(out, newer)
-  return out
 end
 
 -- KEYS: a home feed. ARGV: post id, score, feed size.
@@ -206,54 +162,6 @@ local function note_applied(keys, args)
   return 1
 end
 
--- KEYS: [1] the reader's home feed, [2] whom it follows, [3] its votes.
--- ARGV: [1] max id, [2] min id ('' for no bound), [3] how many, [4] the lowest score,
--- [5] the highest, then the pulled accounts (the pull set as the caller knows it).
--- The feed's newest entries in the window, the reader's vote on each, and which pulled
--- accounts it follows: {'ok', n, (id, vote) * n, followed accounts...}; {'miss', what...}
--- when keys that must be complete are missing.
-local function read_home_window(keys, args)
-  local pulled = {}
-  for i = 6, #args do pulled[#pulled + 1] = args[i] end
-  local missing = {'miss'}
-  if redis.call('EXISTS', keys[1]) == 0 then missing[#missing + 1] = 'feed' end
-  if redis.call('EXISTS', keys[2]) == 0 then missing[#missing + 1] = 'following' end
-  if redis.call('EXISTS', keys[3]) == 0 then missing[#missing + 1] = 'myvotes' end
-  if #missing > 1 then return missing end  -- every missing one at once: one rebuild round
-  local followed = {}
-  if #pulled > 0 then
-    for i, is_member in ipairs(redis.call('SMISMEMBER', keys[2], unpack(pulled))) do
-      if is_member == 1 then followed[#followed + 1] = pulled[i] end
-    end
-  end
-  local entries = newest(keys[1], args[4], args[5], tonumber(args[3]), args[1], args[2])
-  local out = {'ok', #entries}
-  if #entries > 0 then
-    local ids = {}
-    for i, entry in ipairs(entries) do ids[i] = entry[1] end
-    local votes = redis.call('HMGET', keys[3], unpack(ids))
-    for i, id in ipairs(ids) do
-      out[#out + 1] = id
-      out[#out + 1] = votes[i]
-    end
-  end
-  for _, account in ipairs(followed) do out[#out + 1] = account end
-  return out
-end
-
--- KEYS: [1] an account's posts, [2] (optional) its hash, which must hold its profile.
--- ARGV: max id, min id, how many, lowest score, highest score.
--- The newest post ids in the window: {'ok', id...}; {'miss', what} when a key is missing.
-local function read_posts_window(keys, args)
-  if keys[2] and redis.call('HEXISTS', keys[2], 'json') == 0 then return {'miss', 'account'} end
-  if redis.call('EXISTS', keys[1]) == 0 then return {'miss', 'posts'} end
-  local out = {'ok'}
-  for _, entry in ipairs(newest(keys[1], args[4], args[5], tonumber(args[3]), args[1], args[2])) do
-    out[#out + 1] = entry[1]
-  end
-  return out
-end
-
 redis.register_function{function_name='feed_add', callback=feed_add}
 redis.register_function{function_name='feed_merge', callback=feed_merge}
 redis.register_function{function_name='author_add', callback=author_add}
@@ -265,7 +173,3 @@ redis.register_function{function_name='delete_post', callback=delete_post}
 redis.register_function{function_name='apply_post_votes', callback=apply_post_votes}
 redis.register_function{function_name='apply_my_vote', callback=apply_my_vote}
 redis.register_function{function_name='note_applied', callback=note_applied}
-redis.register_function{function_name='read_home_window', callback=read_home_window,
-                        flags={'no-writes'}}
-redis.register_function{function_name='read_posts_window', callback=read_posts_window,
-                        flags={'no-writes'}}
