@@ -89,10 +89,10 @@ class Window:
     """The newest ``want`` post ids of one sorted set (a feed, an account's posts) within a
     cursor's bounds, read from the set's slot by a plain ``ZRANGEBYSCORE`` in a caller's batch.
 
-    Plain commands, not a script: a script's ``redis.call`` turned the window's reply into Lua
-    values and back, several times the command's own cost in Redis (docs/performance.md).
-    The window asks for two entries more than it wants, and whatever Redis order leaves open
-    is settled here: ids of one millisecond share a score and come oldest first, so a
+    Plain commands, not a function: a function's ``redis.call`` turned the window's reply into
+    Lua values and back, several times the command's own cost in Redis (docs/performance.md).
+    The window asks for one entry more than it wants, and what Redis's order leaves open is
+    settled here: ids of one millisecond share a score and come oldest first, so a
     millisecond the read may have cut is left out, and the rest sorted newest first. When too
     few remain (many posts in one millisecond, or at the cursor's bounds), the window is read
     again, larger (``settle``).
