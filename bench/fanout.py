@@ -30,6 +30,7 @@ from feed.auth import Principal
 from feed.bootstrap import build_services
 from feed.config import Settings, sqlalchemy_url
 from feed.keys import feed_key
+from feed.origin import follow_database
 from feed.readmodel import SENTINEL, SENTINEL_SCORE, configure_compact_encoding, score_of
 from feed.unit_of_work import UnitOfWork
 from workers.queues import delete_queues
@@ -185,6 +186,9 @@ def measure(sizes: list[int], repeat: int, cluster_nodes: tuple[str, ...] = ()) 
     client = services.redis
     client.flushdb(asynchronous=True)
     configure_compact_encoding(client)
+    # Record which database this read model follows before seeding feeds by hand: else the
+    # workers would take them for another database's and clear them (feed/origin.py).
+    follow_database(services.store)
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / "fanout-workers.log"
     log_path.write_text("")
