@@ -91,7 +91,7 @@ class Window:
 
     Plain commands, not a function: a function's ``redis.call`` turned the window's reply into
     Lua values and back, several times the command's own cost in Redis (docs/performance.md).
-    The window asks for one entry more than it wants, and what Redis's order leaves open is
+    The window asks for more entries than it wants, and what Redis's order leaves open is
     settled here: ids of one millisecond share a score and come oldest first, so a
     millisecond the read may have cut is left out, and the rest sorted newest first. When too
     few remain (many posts in one millisecond, or at the cursor's bounds), the window is read
@@ -99,7 +99,10 @@ class Window:
     """
 
     def __init__(self, key: str, cursor: Cursor, want: int, ceiling: int | None = None) -> None:
-        self.key, self.want, self.take = key, want, want + 1
+        # One more than wanted shows whether the last millisecond goes on; one more again
+        # when max id is given: the page before ended on that post, and it is left out.
+        self.key, self.want = key, want
+        self.take = want + 1 + (cursor.max_id is not None)
         self.max_id, self.since_id = cursor.max_id, cursor.since_id
         # a post newer than max id scores below max id's score
         self.lo: Any = "-inf" if cursor.max_id is None else score_of(cursor.max_id)
@@ -110,14 +113,15 @@ class Window:
     def commands(self) -> list[tuple[Any, ...]]:
         read = ("ZRANGEBYSCORE", self.key, self.lo, self.hi, "LIMIT", 0, self.take)
         # A set that exists holds the sentinel, after every post: a window open to the end
-        # shows it, one that stops before needs to ask whether the set exists.
-        return [read] if self.hi == "+inf" else [("EXISTS", self.key), read]
+        # shows it, one that stops before asks whether the set exists, after its read, so a
+        # set evicted in between is taken for missing (rebuilt), never for empty.
+        return [read] if self.hi == "+inf" else [read, ("EXISTS", self.key)]
 
     def ids(self, replies: list[Any]) -> list[int] | None | object:
         """The window's ids from its commands' ``replies``, newest first; None when the set is
         missing; ``UNDECIDED`` when it must be read again, larger."""
-        members = replies[-1]
-        exists = replies[0] if len(replies) == 2 else members
+        members = replies[0]
+        exists = replies[1] if len(replies) == 2 else members
         if not exists:
             return None
         ended = len(members) < self.take or members[-1] == SENTINEL_BYTES
@@ -176,18 +180,20 @@ def home_timeline(
     celebrities, rebuilt = store.celebrities, []
     want = cursor.limit + 1  # one more than a page: whether another follows
     for _ in range(MAX_REBUILDS + 1):  # one more: this process's copy of the pull set moved
+        # The copy as this read sends it: another request may refresh it meanwhile.
+        known, members = celebrities.version, celebrities.members
         guessed = celebrities.followed_by(me)
         feed = Window(feed_key(me), cursor, want)
         windows = [feed, *(Window(posts_key(author), cursor, want) for author in guessed)]
         version, following, *replies = store.run(
             [
                 celebrities.version_command(),
-                ("SMISMEMBER", following_key(me), SENTINEL, *celebrities.members),
+                ("SMISMEMBER", following_key(me), SENTINEL, *members),
                 *(command for window in windows for command in window.commands()),
             ],
             client=client,
         )
-        if not celebrities.is_current(version):
+        if version is None or version != known:
             if not celebrities.refresh(store.redis):
                 rebuild_celebrities(store)
                 celebrities.refresh(store.redis)
@@ -195,7 +201,7 @@ def home_timeline(
             client = store.redis
             continue
         shares = _split(replies, windows)
-        feed_ids = feed.ids(shares[0])
+        feed_ids = feed.settle(store, client, feed.ids(shares[0]))
         missing = [
             kind
             for kind, gone in (("feed", feed_ids is None), ("following", not following[0]))
@@ -205,9 +211,8 @@ def home_timeline(
             rebuilt.extend(_rebuild_missing(store, me, kind) for kind in missing)
             client = store.redis
             continue
-        feed_ids = feed.settle(store, client, feed_ids)
         followed = tuple(
-            a for a, is_member in zip(celebrities.members, following[1:], strict=True) if is_member
+            a for a, is_member in zip(members, following[1:], strict=True) if is_member
         )
         celebrities.remember(me, followed)
         pulled: set[int] = set()

@@ -184,9 +184,6 @@ class Celebrities:
     def version_command(self) -> tuple[Any, ...]:
         return ("HGET", CELEBS_KEY, self.VERSION_FIELD)
 
-    def is_current(self, version: bytes | None) -> bool:
-        return version is not None and version == self.version
-
     def refresh(self, client: Any) -> bool:
         """Read the set again; False when it is missing (it must be rebuilt first)."""
         fields = client.hgetall(CELEBS_KEY)

@@ -924,3 +924,68 @@ def test_older_post_events_still_in_the_outbox_are_projected_as_the_current_vers
     assert projected == rebuilt
     assert projected[2]["posts_count"] == 3
     assert projected[1][2]["author"]["handle"] == "ada_l"
+
+
+def _hand_made_reader(redis, reader: int, stars: list[int], followed: list[int], feed: list[int]):
+    """A reader's keys written by hand: its feed, whom it follows, its votes; the pull set."""
+    redis.zadd(feed_key(reader), {SENTINEL: SENTINEL_SCORE, **{str(i): score_of(i) for i in feed}})
+    redis.sadd(following_key(reader), SENTINEL, *followed)
+    redis.hset(my_votes_key(reader), SENTINEL, "0:0")
+    redis.hset(CELEBS_KEY, mapping={"_version": 1, **{star: 1 for star in stars}})
+    for star in stars:
+        redis.hset(account_key(star), "json", "{}")
+    for post_id in feed:
+        redis.hset(post_key(post_id), "json", f'{{"id":"{post_id}"}}')
+
+
+def test_a_pull_set_refreshed_by_another_request_during_a_read_is_not_mixed_up(app, monkeypatch):
+    """A gevent worker's requests share the process's copy of the pull set. One that refreshes
+    it while another's read is in flight must not have that read match its replies against
+    the new copy (a 500 when its size changed, or posts of an account the reader does not
+    follow)."""
+    svc = app.extensions["feed"]
+    redis, store = svc.redis, svc.store
+    reader, star, newcomer = 7, 8, 9
+    star_post = ((400_000_000_000) << ID_SHIFT) | 1
+    redis.zadd(posts_key(star), {SENTINEL: SENTINEL_SCORE, str(star_post): score_of(star_post)})
+    redis.hset(post_key(star_post), "json", f'{{"id":"{star_post}"}}')
+    _hand_made_reader(redis, reader, [star], [star], [])
+    store.celebrities.refresh(redis)
+    # an account crosses the threshold; the read below still sends the old copy
+    redis.hset(CELEBS_KEY, mapping={"_version": 2, newcomer: 1})
+    run = store.run
+
+    def meanwhile_another_request_refreshes(commands, **kwargs):
+        replies = run(commands, **kwargs)
+        store.celebrities.refresh(redis)
+        return replies
+
+    monkeypatch.setattr(store, "run", meanwhile_another_request_refreshes)
+
+    page = queries.home_timeline(store, reader, queries.Cursor())
+
+    assert [json.loads(item)["id"] for item in page.items] == [str(star_post)]
+
+
+def test_a_feed_lost_between_a_windows_two_reads_is_rebuilt_not_a_500(app, monkeypatch):
+    """A window read again, larger (a millisecond of many posts at its cut), may find its set
+    gone by then: it is rebuilt like any missing feed."""
+    svc = app.extensions["feed"]
+    redis, store = svc.redis, svc.store
+    reader = 7
+    crowded = [((400_000_000_000) << ID_SHIFT) | seq for seq in range(30)]
+    _hand_made_reader(redis, reader, [], [], crowded)
+    store.celebrities.refresh(redis)
+    run, reads = store.run, []
+
+    def losing_the_feed_after_the_first_read(commands, **kwargs):
+        reads.append(commands)
+        if len(reads) == 2:
+            redis.delete(feed_key(reader))
+        return run(commands, **kwargs)
+
+    monkeypatch.setattr(store, "run", losing_the_feed_after_the_first_read)
+
+    page = queries.home_timeline(store, reader, queries.Cursor(limit=20))
+
+    assert "feed" in page.rebuilt
