@@ -124,24 +124,32 @@ def test_a_window_whose_keys_were_lost_is_rebuilt_whatever_its_bounds(
     ada, (fan, *_) = ada_and_fans
     newest_first = list(reversed([post(client, ada, f"p{i}") for i in range(5)]))
     project_all()
-    query, expected = {
-        "": ("", newest_first),
-        "since": (f"?since_id={newest_first[3]}", newest_first[:3]),
+    bounds, expected = {
+        "": ({}, newest_first),
+        "since": ({"since_id": newest_first[3]}, newest_first[:3]),
         "max_and_since": (
-            f"?max_id={newest_first[0]}&since_id={newest_first[4]}",
+            {"max_id": newest_first[0], "since_id": newest_first[4]},
             newest_first[1:4],
         ),
     }[cursor]
+    query = "?" + "&".join(f"{name}={value}" for name, value in bounds.items())
+    window = queries.Cursor(**{name: int(value) for name, value in bounds.items()})
     svc = app.extensions["feed"]
-    for lost in (
-        [feed_key(fan.id)],
-        [following_key(fan.id), my_votes_key(fan.id)],
-        [posts_key(ada.id)],
+    home(client, fan)  # the reader's keys made, as after its first read
+    for lost, rebuilt in (
+        ([feed_key(fan.id)], ["feed"]),
+        ([following_key(fan.id), my_votes_key(fan.id)], ["following", "myvotes"]),
     ):
         svc.redis.delete(*lost)
-        assert ids(home(client, fan, query)) == expected, lost
-        posts = client.get(f"/api/v1/accounts/{ada.id}/posts{query}", headers=fan.auth)
-        assert ids(posts.get_json()) == expected, lost
+        page = queries.home_timeline(svc.store, int(fan.id), window)
+        assert ([json.loads(item)["id"] for item in page.items], page.rebuilt) == (
+            expected,
+            rebuilt,
+        )
+    svc.redis.delete(posts_key(ada.id))
+    page = queries.account_posts(svc.store, int(ada.id), int(fan.id), window)
+    assert ([json.loads(item)["id"] for item in page.items], page.rebuilt) == (expected, ["posts"])
+    assert ids(home(client, fan, query)) == expected  # and over HTTP
     # and a set that is there but has nothing in the window is not taken for a lost one
     nothing_newer = queries.Cursor(since_id=int(newest_first[0]) + (1 << ID_SHIFT))
     for page in (
