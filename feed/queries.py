@@ -117,11 +117,16 @@ class Window:
         # set evicted in between is taken for missing (rebuilt), never for empty.
         return [read] if self.hi == "+inf" else [read, ("EXISTS", self.key)]
 
+    @property
+    def size(self) -> int:
+        """How many commands ``commands`` gives (replies to take for ``ids``)."""
+        return 1 if self.hi == "+inf" else 2
+
     def ids(self, replies: list[Any]) -> list[int] | None | object:
         """The window's ids from its commands' ``replies``, newest first; None when the set is
         missing; ``UNDECIDED`` when it must be read again, larger."""
         members = replies[0]
-        exists = replies[1] if len(replies) == 2 else members
+        exists = replies[1] if self.size == 2 else members
         if not exists:
             return None
         ended = len(members) < self.take or members[-1] == SENTINEL_BYTES
@@ -155,9 +160,8 @@ def _split(replies: list[Any], windows: Sequence[Window]) -> list[list[Any]]:
     """``replies`` cut into each window's share, in order."""
     out, at = [], 0
     for window in windows:
-        size = len(window.commands())
-        out.append(replies[at : at + size])
-        at += size
+        out.append(replies[at : at + window.size])
+        at += window.size
     return out
 
 
