@@ -50,7 +50,13 @@ from feed.readmodel import (
     post_document,
     score_of,
 )
-from feed.rebuild import COUNTS, account_row, account_row_commands, placements_query
+from feed.rebuild import (
+    COUNTS,
+    UNPUBLISHED,
+    account_row,
+    account_row_commands,
+    placements_query,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -160,7 +166,8 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
         state = states[post_id]
         first_page = state.followers
         if not state.published:
-            commands.append(("SET", tombstone_key(post_id), 1, "EX", TOMBSTONE_SECONDS))
+            if state.status in (None, "deleted"):  # a tombstone is final: deleted posts only
+                commands.append(("SET", tombstone_key(post_id), 1, "EX", TOMBSTONE_SECONDS))
             plans.append(None)
             continue
         # The whole fan-out is in the first page: write it now, followers just read.
@@ -503,7 +510,7 @@ FOLLOWER_PAGE = text("SELECT " + _FOLLOWER_PAGE.format(author=":author"))
 # pushed (below the pull threshold), the first page of followers: one round trip for a
 # message's posts. A post not in PostgreSQL comes back unpublished.
 POSTS_STATE = text(
-    "SELECT x.id, p.status IS NOT DISTINCT FROM 'published' AS published, "
+    "SELECT x.id, p.status, p.status IS NOT DISTINCT FROM 'published' AS published, "
     "p.up, p.down, p.votes_version, "
     "a.followers_count, a.following_count, a.posts_count, a.counts_version, "
     "CASE WHEN x.with_followers AND coalesce(a.followers_count, 0) < :threshold THEN "
@@ -531,7 +538,6 @@ NEWEST_POSTS = text(
     "SELECT id FROM posts WHERE author_id = :author AND status = 'published' "
     "ORDER BY id DESC LIMIT :n"
 )
-UNPUBLISHED = text("SELECT id FROM posts WHERE id = ANY(:ids) AND status <> 'published'")
 STILL_FOLLOWING = text(
     "SELECT follower_id FROM follows WHERE followee_id = :author AND follower_id = ANY(:ids)"
 )

@@ -372,8 +372,10 @@ def get_post(
         if document is None:
             if store.misses.known("post", post_id):
                 raise NotFound("No such post.")
-            if not cache_posts(store, [post_id]):
-                store.misses.remember("post", post_id)
+            status = cache_posts(store, [post_id]).get(post_id)
+            if status != "published":
+                if status != "pending":  # a pending post may be published any moment
+                    store.misses.remember("post", post_id)
                 raise NotFound("No such post.")
             client = store.redis
             continue
@@ -445,7 +447,8 @@ def _assemble(
     missing = [int(row[0]) for row in rows if row[1] is None]
     refreshed: dict[int, list[Any]] = {}
     if missing:
-        published = cache_posts(store, missing)
+        statuses = cache_posts(store, missing)
+        published = [post_id for post_id, status in statuses.items() if status == "published"]
         gone = [m for m in missing if m not in published]
         if gone:
             for key in filter(

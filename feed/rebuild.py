@@ -45,6 +45,7 @@ POST_COLUMNS = (
     "FROM media m WHERE m.post_id = p.id AND m.status = 'attached') AS media "
     "FROM posts p JOIN accounts a ON a.id = p.author_id "
 )
+UNPUBLISHED = text("SELECT id FROM posts WHERE id = ANY(:ids) AND status <> 'published'")
 
 
 def _open_sorted_set(store: Store, key: str, *, ttl: int | None = None) -> None:
@@ -229,32 +230,52 @@ def rebuild_celebrities(store: Store, conn: Connection | None = None) -> None:
         pipe.execute()
 
 
-def cache_posts(store: Store, post_ids: Iterable[int], conn: Connection | None = None) -> set[int]:
-    """Cache the given posts from PostgreSQL; returns the ids that are published.
+def cache_posts(
+    store: Store, post_ids: Iterable[int], conn: Connection | None = None
+) -> dict[int, str]:
+    """Cache the given posts that are published, from PostgreSQL; returns the status of each id
+    PostgreSQL knows.
 
-    Posts that are not published get a tombstone and leave the cache.
+    A deleted post gets a tombstone and leaves the cache. A pending post is left alone: a
+    tombstone is final, and the post may yet be published. A tombstone found on a post that
+    PostgreSQL says is published (an older version's, on a post read while it was pending) is
+    lifted, and set again if the post was deleted meanwhile.
     """
     wanted = sorted({int(i) for i in post_ids})
     if not wanted:
-        return set()
+        return {}
     with _connection(store, conn) as db:
-        rows = db.execute(text(POST_COLUMNS + "WHERE p.id = ANY(:ids)"), {"ids": wanted}).mappings()
-        published: set[int] = set()
-        commands: list[tuple[Any, ...]] = []
-        for row in rows:
-            if row["status"] == "published":
-                published.add(row["id"])
-                commands += _post_row_commands(store, row)
-            else:
-                commands.append(
-                    store.call(
-                        "delete_post",
-                        [post_key(row["id"]), tombstone_key(row["id"])],
-                        [TOMBSTONE_SECONDS],
-                    )
-                )
-        store.run(commands)
-    return published
+        rows = (
+            db.execute(text(POST_COLUMNS + "WHERE p.id = ANY(:ids)"), {"ids": wanted})
+            .mappings()
+            .all()
+        )
+        statuses = {row["id"]: row["status"] for row in rows}
+        store.run(
+            [_tombstone_command(store, i) for i, status in statuses.items() if status == "deleted"]
+        )
+        _cache_published(store, db, [row for row in rows if row["status"] == "published"])
+    return statuses
+
+
+def _cache_published(store: Store, db: Connection, rows: list[Any]) -> None:
+    """Cache published posts from their ``POST_COLUMNS`` rows. A tombstone that refuses one is
+    lifted (PostgreSQL says published: an older version tombstoned it while it was pending),
+    and PostgreSQL read again: a post deleted in between is tombstoned again."""
+    answers = store.run([_cache_post_command(store, row) for row in rows])
+    refused = [row for row, cached in zip(rows, answers, strict=True) if not cached]
+    if not refused:
+        return
+    store.run([("DEL", tombstone_key(row["id"])) for row in refused])
+    store.run([_cache_post_command(store, row) for row in refused])
+    gone = db.execute(UNPUBLISHED, {"ids": [row["id"] for row in refused]}).scalars().all()
+    store.run([_tombstone_command(store, post_id) for post_id in gone])
+
+
+def _tombstone_command(store: Store, post_id: int) -> tuple[Any, ...]:
+    return store.call(
+        "delete_post", [post_key(post_id), tombstone_key(post_id)], [TOMBSTONE_SECONDS]
+    )
 
 
 def post_document_of(row: Any) -> str:
@@ -270,16 +291,14 @@ def post_document_of(row: Any) -> str:
     )
 
 
-def _post_row_commands(store: Store, row: Any) -> list[tuple[Any, ...]]:
+def _cache_post_command(store: Store, row: Any) -> tuple[Any, ...]:
     """Cache a post from a ``POST_COLUMNS`` row: its document, and its counts unless the
-    cache holds newer ones."""
-    return [
-        store.call(
-            "cache_post",
-            [post_key(row["id"]), tombstone_key(row["id"])],
-            [post_document_of(row), row["up"], row["down"], row["votes_version"]],
-        )
-    ]
+    cache holds newer ones (answers 0 when a tombstone refuses it)."""
+    return store.call(
+        "cache_post",
+        [post_key(row["id"]), tombstone_key(row["id"])],
+        [post_document_of(row), row["up"], row["down"], row["votes_version"]],
+    )
 
 
 # An account's counters, as its row and its counts events name them.
@@ -337,7 +356,7 @@ def rebuild_all(store: Store, *, batch: int = 1000) -> dict[str, int]:
     with store.engine.connect() as conn:
         rebuild_celebrities(store, conn)
         for chunk in chunks(conn, text(POST_COLUMNS + "WHERE p.status = 'published'"), batch):
-            store.run([c for row in chunk for c in _post_row_commands(store, row)])
+            _cache_published(store, conn, chunk)
             counts["posts"] += len(chunk)
         active = text(
             "SELECT id, last_active_at > now() - make_interval(days => :days) AS active "

@@ -302,3 +302,44 @@ def test_a_repair_checks_what_each_kind_of_saga_touched(app, client, engine, peo
         {("post", post_id), ("posts", int(author.id)), ("feed", int(author.id))}
     )
     assert ("account", int(fan.id)) in deleted and ("posts", int(fan.id)) in deleted
+
+
+def test_a_pending_post_read_while_it_waits_is_seen_by_all_once_published(app, client, people):
+    """Reads of a pending post answer 404 and leave nothing behind that hides it once the
+    saga publishes it: no tombstone in Redis, no remembered miss in the process."""
+    author, fan = people
+    media_id = upload(client, author).get_json()["id"]
+    pending = client.post(
+        "/api/v1/posts", json={"body": "wait for it", "media_ids": [media_id]}, headers=author.auth
+    ).get_json()
+    url = f"/api/v1/posts/{pending['id']}"
+    for headers in (author.auth, fan.auth, {}):
+        assert client.get(url, headers=headers).status_code == 404
+
+    settle(app)
+
+    for headers in (author.auth, fan.auth, {}):
+        seen = client.get(url, headers=headers)
+        assert seen.status_code == 200, seen.get_json()
+        assert seen.get_json()["status"] == "published"
+    listed = client.get(f"/api/v1/accounts/{author.id}/posts").get_json()["items"]
+    assert [p["id"] for p in listed] == [pending["id"]]
+    for account in (author, fan):
+        home = client.get("/api/v1/timelines/home", headers=account.auth).get_json()["items"]
+        assert [p["id"] for p in home] == [pending["id"]]
+
+
+def test_a_tombstone_left_on_a_published_post_gives_way_to_it(app, client, people, project_all):
+    """A tombstone stands only for a post PostgreSQL says is deleted: one left by an older
+    version on a published post no longer makes every read of it a 503."""
+    author, _ = people
+    post = client.post("/api/v1/posts", json={"body": "here"}, headers=author.auth).get_json()
+    project_all()
+    redis = app.extensions["feed"].redis
+    redis.delete(f"post:{{{post['id']}}}")
+    redis.set(f"gone:{{{post['id']}}}", 1, ex=3600)
+
+    seen = client.get(f"/api/v1/posts/{post['id']}")
+
+    assert seen.status_code == 200, seen.get_json()
+    assert not redis.exists(f"gone:{{{post['id']}}}")
