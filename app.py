@@ -9,17 +9,16 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 
 from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_long
-from feed.bootstrap import Services, build_services
+from feed.bootstrap import Services
 from feed.cli import register_cli
-from feed.commands import PublishWithMedia
 from feed.config import Settings
 from feed.deadline import RequestDeadline
 from feed.observability import configure_logging
 from sagas import api as saga_api
 from sagas import media_api
 from sagas.admin import bp as admin_page
+from sagas.bootstrap import build_services
 from sagas.cli import register_saga_cli
-from sagas.commands import publish_with_media
 from sagas.engine import counts_by_type_and_status
 from sagas.metrics import SagaCollector
 
@@ -27,7 +26,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    """Build the app from ``settings`` (the environment by default) or ready-made ``services``."""
+    """Build the app from ``settings`` (the environment by default) or ready-made ``services``
+    (``sagas.bootstrap.build_services``)."""
     if services is None:
         settings = settings or Settings.from_env()
         configure_logging(json_output=settings.log_json)
@@ -57,12 +57,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def install_sagas(app: Flask, api: Api) -> None:
     """The one place where the sagas join the feed (``feed`` never imports ``sagas``): their
-    endpoints, operators' page and CLI, the handler of a post with media, their metrics."""
+    endpoints, operators' page and CLI, their metrics (their services: ``sagas.bootstrap``)."""
     services = app.extensions["feed"]
     for blueprint in (saga_api.blp, media_api.blp):
         api.register_blueprint(blueprint, url_prefix=API_PREFIX)
     NON_JSON_ENDPOINTS.add(media_api.UPLOAD_ENDPOINT)
     app.register_blueprint(admin_page)
     register_saga_cli(app)
-    services.handlers[PublishWithMedia] = publish_with_media
     services.collectors.append(SagaCollector(lambda: counts_by_type_and_status(services.engine)))

@@ -27,12 +27,12 @@ from sqlalchemy import create_engine, text
 from app import create_app
 from feed import commands
 from feed.auth import Principal
-from feed.bootstrap import build_services
 from feed.config import Settings, sqlalchemy_url
 from feed.keys import feed_key
 from feed.origin import follow_database
 from feed.readmodel import SENTINEL, SENTINEL_SCORE, configure_compact_encoding, score_of
 from feed.unit_of_work import UnitOfWork
+from sagas.bootstrap import build_services
 from workers.queues import delete_queues
 
 ROOT = Path(__file__).resolve().parent.parent

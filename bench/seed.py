@@ -34,7 +34,7 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from feed.bootstrap import Services, build_services
+from feed.bootstrap import Services
 from feed.config import Settings, sqlalchemy_url
 from feed.keys import post_key
 from feed.readmodel import configure_compact_encoding
@@ -48,6 +48,7 @@ from feed.rebuild import (
     rebuild_following,
     rebuild_my_votes,
 )
+from sagas.bootstrap import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

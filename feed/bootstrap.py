@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -24,6 +24,7 @@ from feed.consistency import ConsistencyTokens
 from feed.errors import InvalidInput
 from feed.origin import check_at_start
 from feed.readmodel import FeedKeepAlive, Store
+from feed.readmodel.sources import FeedSources, Placements
 
 
 @dataclass
@@ -170,8 +171,9 @@ def build_store_clients(settings: Settings) -> tuple[Any, Any]:
     return client, client
 
 
-def build_services(settings: Settings) -> Services:
-    """Build every client from ``settings`` (which must name real servers by now)."""
+def build_services(settings: Settings, *, placements: Sequence[Placements] = ()) -> Services:
+    """Build every client from ``settings`` (which must name real servers by now);
+    ``placements`` are the feeds' other sources than follows (``sagas.bootstrap`` names them)."""
     if not (settings.database_url and settings.has_redis):
         raise RuntimeError(
             "DATABASE_URL and REDIS_URL (or REDIS_CLUSTER_NODES) are not set: start the "
@@ -180,7 +182,7 @@ def build_services(settings: Settings) -> Services:
         )
     engine = build_engine(settings.database_url)
     client, replica = build_store_clients(settings)
-    store = Store(client, engine, settings, replica=replica)
+    store = Store(client, engine, settings, replica=replica, sources=FeedSources(placements))
     check_at_start(store)  # a read model of another database, or of its past, is cleared
     return Services(
         settings=settings,

@@ -55,7 +55,6 @@ from feed.rebuild import (
     UNPUBLISHED,
     account_row,
     account_row_commands,
-    placements_query,
 )
 
 log = structlog.get_logger(__name__)
@@ -570,11 +569,10 @@ def follower_pages(
 
 def placed_in(store: Store, post_id: int, owners: Sequence[int]) -> list[int]:
     """The subset of ``owners`` whose feeds PostgreSQL places ``post_id`` in now."""
-    query = placements_query()
-    if query is None or not owners:
+    if not store.sources.placements or not owners:
         return []
     with store.reader.connect() as conn:
-        return list(conn.execute(query, {"post": post_id, "owners": list(owners)}).scalars())
+        return store.sources.placed_in(conn, post_id, owners)
 
 
 def still_following(store: Store, author_id: int, follower_ids: tuple[int, ...]) -> list[int]:

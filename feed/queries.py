@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from feed.clock import rfc3339
 from feed.errors import DependencyDown, NotFound
@@ -517,40 +517,36 @@ def _posts_from_db(store: Store, post_ids: list[int], viewer: int | None) -> lis
 
 
 def _page_from_db(
-    store: Store, sql: str, params: dict[str, Any], cursor: Cursor, viewer: int | None
+    store: Store, ids_of: Callable[[Connection, int], list[int]], viewer: int | None, limit: int
 ) -> Page:
-    bounds = ""
-    if cursor.max_id is not None:
-        bounds += " AND p.id < :max_id"
-        params["max_id"] = cursor.max_id
-    if cursor.since_id is not None:
-        bounds += " AND p.id > :since_id"
-        params["since_id"] = cursor.since_id
-    params["n"] = cursor.limit + 1
+    """A page from the write model: ``ids_of`` gives a feed's newest ids (from
+    ``store.sources``, the definition its rebuild uses too), one more than the page."""
     with store.engine.connect() as conn:
-        ids = list(
-            conn.execute(text(sql + bounds + " ORDER BY p.id DESC LIMIT :n"), params).scalars()
-        )
-    more = len(ids) > cursor.limit
-    ids = ids[: cursor.limit]
+        ids = ids_of(conn, limit + 1)
+    more = len(ids) > limit
+    ids = ids[:limit]
     items = _posts_from_db(store, ids, viewer)
     return Page(items, str(ids[-1]) if more and ids else None, WRITE_MODEL)
 
 
 def _home_timeline_from_db(store: Store, me: int, cursor: Cursor) -> Page:
-    sql = (
-        "SELECT p.id FROM posts p WHERE p.status = 'published' AND (p.author_id = :me "
-        "OR p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = :me))"
-    )
-    return _page_from_db(store, sql, {"me": me}, cursor, me)
+    def ids_of(db: Connection, n: int) -> list[int]:
+        return store.sources.home(db, me, n, max_id=cursor.max_id, since_id=cursor.since_id)
+
+    return _page_from_db(store, ids_of, me, cursor.limit)
 
 
 def _account_posts_from_db(
     store: Store, account_id: int, viewer: int | None, cursor: Cursor
 ) -> Page:
     _account_from_db(store, account_id)  # 404 for an unknown account
-    sql = "SELECT p.id FROM posts p WHERE p.status = 'published' AND p.author_id = :author"
-    return _page_from_db(store, sql, {"author": account_id}, cursor, viewer)
+
+    def ids_of(db: Connection, n: int) -> list[int]:
+        return store.sources.authored(
+            db, account_id, n, max_id=cursor.max_id, since_id=cursor.since_id
+        )
+
+    return _page_from_db(store, ids_of, viewer, cursor.limit)
 
 
 def _account_from_db(store: Store, account_id: int) -> dict[str, Any]:

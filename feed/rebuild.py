@@ -35,7 +35,7 @@ from feed.readmodel import (
     post_document,
     score_of,
 )
-from feed.schema import accounts, posts
+from feed.schema import accounts
 
 POST_COLUMNS = (
     "SELECT p.id, p.author_id, p.body, p.status, p.created_at, p.up, p.down, p.votes_version, "
@@ -71,83 +71,13 @@ def _fill_sorted_set(store: Store, key: str, post_ids: Iterable[int], cap: int |
     pipe.execute()
 
 
-# Posts placed in home feeds by something other than follows (the sagas' promotions): each
-# source is a SELECT of (account_id, post_id) pairs that PostgreSQL holds, registered by the
-# package that writes them, so that a rebuilt feed holds them without this module knowing
-# their tables.
-PLACEMENT_SOURCES: list[str] = []
-
-
-def register_placements(source: str) -> None:
-    """Add a source of placements: SQL selecting ``account_id`` and ``post_id`` columns."""
-    if source not in PLACEMENT_SOURCES:
-        PLACEMENT_SOURCES.append(source)
-        _queries.clear()
-
-
-_queries: dict[str, Any] = {}
-
-
-def placements_query() -> Any:
-    """Of the accounts ``:owners``, those whose feeds a source places ``:post`` in."""
-    if not PLACEMENT_SOURCES:
-        return None
-    if "placed" not in _queries:
-        _queries["placed"] = text(
-            "SELECT DISTINCT account_id FROM ("
-            + " UNION ALL ".join(PLACEMENT_SOURCES)
-            + ") placed WHERE post_id = :post AND account_id = ANY(:owners)"
-        )
-    return _queries["placed"]
-
-
-def _feed_query() -> Any:
-    if "feed" not in _queries:
-        placed = "".join(
-            f" UNION SELECT post_id FROM ({source}) placed WHERE account_id = :me"
-            for source in PLACEMENT_SOURCES
-        )
-        _queries["feed"] = text(
-            "SELECT id FROM ("
-            " SELECT p.id FROM (SELECT followee_id AS author FROM follows"
-            "  WHERE follower_id = :me UNION ALL SELECT CAST(:me AS bigint)) f"
-            " CROSS JOIN LATERAL (SELECT id FROM posts WHERE author_id = f.author"
-            "  AND status = 'published' ORDER BY id DESC LIMIT :n) p"
-            + placed
-            + ") feed ORDER BY id DESC LIMIT :n"
-        )
-    return _queries["feed"]
-
-
-def feed_ids_from_db(store: Store, db: Connection, account_id: int) -> list[int]:
-    """What a home feed holds according to PostgreSQL: the newest ``feed_size`` posts of the
-    account, of those it follows, and those placed in it (``PLACEMENT_SOURCES``).
-
-    Each author's newest posts come from the (author_id, id DESC) index (a LATERAL join), so the
-    cost follows the number of accounts followed, not the size of the posts table.
-    """
-    return list(
-        db.execute(_feed_query(), {"me": account_id, "n": store.settings.feed_size}).scalars()
-    )
-
-
-def posts_ids_from_db(db: Connection, account_id: int) -> list[int]:
-    """An account's published posts according to PostgreSQL."""
-    return list(
-        db.execute(
-            select(posts.c.id).where(posts.c.author_id == account_id, posts.c.status == "published")
-        ).scalars()
-    )
-
-
 def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) -> None:
     """The newest ``feed_size`` posts of the account and of those it follows."""
     key = feed_key(account_id)
     _open_sorted_set(store, key, ttl=store.settings.feed_ttl_seconds)
+    size = store.settings.feed_size
     with _connection(store, conn) as db:
-        _fill_sorted_set(
-            store, key, feed_ids_from_db(store, db, account_id), store.settings.feed_size
-        )
+        _fill_sorted_set(store, key, store.sources.home(db, account_id, size), size)
 
 
 def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None) -> None:
@@ -155,7 +85,7 @@ def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None)
     key = posts_key(account_id)
     _open_sorted_set(store, key)
     with _connection(store, conn) as db:
-        _fill_sorted_set(store, key, posts_ids_from_db(db, account_id), None)
+        _fill_sorted_set(store, key, store.sources.authored(db, account_id), None)
 
 
 def rebuild_following(store: Store, account_id: int, conn: Connection | None = None) -> None:

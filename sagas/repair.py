@@ -16,8 +16,6 @@ from feed.readmodel import SENTINEL, Store
 from feed.rebuild import (
     cache_account,
     cache_posts,
-    feed_ids_from_db,
-    posts_ids_from_db,
     rebuild_feed,
     rebuild_posts,
 )
@@ -41,9 +39,9 @@ def plan(store: Store, conn: Connection, keys: list[tuple[str, int]]) -> dict[st
                 continue
             have = {int(m) for m in store.redis.zrange(key, 0, -1) if m.decode() != SENTINEL}
             want = set(
-                feed_ids_from_db(store, conn, ident)
+                store.sources.home(conn, ident, store.settings.feed_size)
                 if kind == "feed"
-                else posts_ids_from_db(conn, ident)
+                else store.sources.authored(conn, ident)
             )
             if have != want:
                 changes[key] = {

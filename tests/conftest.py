@@ -21,8 +21,9 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from feed.bootstrap import build_services, build_store_clients
+from feed.bootstrap import build_store_clients
 from feed.config import Settings, sqlalchemy_url
+from sagas.bootstrap import build_services
 from tests.servers import PrivateRedisCluster
 
 SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -6,8 +6,6 @@ import uuid
 
 from sqlalchemy import text
 
-from feed.rebuild import feed_ids_from_db
-
 
 def mismatches(app, accounts) -> list[str]:
     """Where what clients read differs from PostgreSQL: every feed (every post once, newest
@@ -16,7 +14,7 @@ def mismatches(app, accounts) -> list[str]:
     found = []
     with svc.engine.connect() as conn:
         for me in accounts:
-            want = [str(i) for i in feed_ids_from_db(svc.store, conn, int(me["id"]))][:40]
+            want = [str(i) for i in svc.store.sources.home(conn, int(me["id"]), 40)]
             page = client.get("/api/v1/timelines/home?limit=40", headers=me["auth"]).get_json()
             got = [p["id"] for p in page["items"]]
             if got != want:

@@ -11,9 +11,9 @@ import redis
 from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_services
 from feed.keys import feed_key
 from feed.outbox import claim_batch, mark_published
+from sagas.bootstrap import build_services
 from tests.conftest import drain, make_settings
 from tests.processes import eventually
 from tests.readmodel_check import mismatches, register

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from app import create_app
-from feed.bootstrap import build_services
 from feed.config import Settings
+from sagas.bootstrap import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

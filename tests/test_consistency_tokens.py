@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app import create_app
-from feed.bootstrap import build_services
+from sagas.bootstrap import build_services
 from tests.test_publish_saga import upload
 
 

@@ -15,9 +15,9 @@ import redis
 from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_services
 from feed.keys import feed_key
 from feed.readmodel import SENTINEL, SENTINEL_SCORE, score_of
+from sagas.bootstrap import build_services
 from tests.conftest import fetch_all
 from tests.processes import Processes, delete_queues, eventually, process_env
 from tests.servers import PrivateRabbitMQ, PrivateRedis

@@ -29,11 +29,10 @@ import requests
 from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_services
 from feed.keys import feed_key
 from feed.outbox import claim_batch, mark_published
 from feed.readmodel import SENTINEL
-from feed.rebuild import feed_ids_from_db
+from sagas.bootstrap import build_services
 from tests.conftest import make_settings
 from tests.processes import (
     Processes,
@@ -338,7 +337,8 @@ def whole_feeds_differ(app, accounts) -> list[str]:
     with svc.engine.connect() as conn:
         for me in accounts:
             held = svc.redis.zrange(feed_key(me["id"]), 0, -1)
-            want = [str(i) for i in feed_ids_from_db(svc.store, conn, int(me["id"]))]
+            feed = svc.store.sources.home(conn, int(me["id"]), svc.settings.feed_size)
+            want = [str(i) for i in feed]
             got = sorted((i.decode() for i in held if i != SENTINEL.encode()), key=int)[::-1]
             if not held:
                 found.append(f"whole feed of {me['id']}: not in Redis")

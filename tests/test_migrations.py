@@ -11,9 +11,9 @@ from sqlalchemy import create_engine, inspect, text
 
 import sagas.schema  # noqa: F401
 from app import create_app
-from feed.bootstrap import build_services
 from feed.config import sqlalchemy_url
 from feed.schema import metadata
+from sagas.bootstrap import build_services
 from tests.conftest import SERVER_URL, _database_url, make_settings
 
 

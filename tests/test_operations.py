@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_engine, build_services
+from feed.bootstrap import build_engine
+from sagas.bootstrap import build_services
 
 CONTRACT = Path(__file__).resolve().parent.parent.parent / "shared" / "API.md"
 # The commands this service implements so far, as the contract writes them.

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from feed.bootstrap import build_services
 from feed.keys import feed_key
+from sagas.bootstrap import build_services
 from tests.conftest import READ_MODELS, drain, flush_read_model, new_database, settings_on
 
 

@@ -17,8 +17,8 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from feed.bootstrap import build_services
 from feed.config import sqlalchemy_url
+from sagas.bootstrap import build_services
 from tests.conftest import flush_read_model, make_settings
 from tests.processes import Processes, delete_queues, eventually, process_env
 from tests.servers import PrivatePostgres, PrivateRedis

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_services
+from sagas.bootstrap import build_services
 from sagas.services.media import media_dir
 from tests.conftest import fetch_all
 from tests.test_promote_saga import settle

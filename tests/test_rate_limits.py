@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from feed.bootstrap import build_services
+from sagas.bootstrap import build_services
 
 
 @pytest.fixture

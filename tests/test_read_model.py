@@ -11,7 +11,6 @@ from sqlalchemy import text
 
 from app import create_app
 from feed import projections, queries
-from feed.bootstrap import build_services
 from feed.keys import (
     CELEBS_KEY,
     account_key,
@@ -24,6 +23,7 @@ from feed.keys import (
 from feed.outbox import claim_batch
 from feed.projections import FanOutPage, add_to_feeds, apply_fan_out_page, project
 from feed.readmodel import ID_SHIFT, SENTINEL, SENTINEL_SCORE, FeedKeepAlive, score_of
+from sagas.bootstrap import build_services
 from tests.conftest import READ_MODELS, drain, flush_read_model, settings_on
 
 

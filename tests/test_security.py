@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from app import create_app
-from feed.bootstrap import build_services
+from sagas.bootstrap import build_services
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import dramatiq
 import structlog
 
-from feed.bootstrap import Services, build_services, freeze_heap
+from feed.bootstrap import Services, freeze_heap
 from feed.config import Settings
 from feed.errors import FeedError, UnknownEvent
 from feed.events import PostPublished, VoteCast
@@ -40,6 +40,7 @@ from feed.projections import (
     projection_lag_seconds,
 )
 from feed.readmodel import Store, configure_compact_encoding
+from sagas.bootstrap import build_services
 from sagas.runtime import handle_saga_event, react_to_event
 from workers.broker import queue_name, setup_broker
 

@@ -22,13 +22,13 @@ from feed.commands import (
 )
 from feed.events import PostPlaced, PostUnplaced
 from feed.outbox import append_events
-from feed.rebuild import register_placements
+from feed.readmodel.sources import Placements
 from sagas.schema import campaign_placements, campaigns
 from sagas.services import StepContext, StepFailed, handles
 
 # A promoted post is in the feeds it was placed in while its campaign runs or after it
-# completed: the feed's rebuild unions this in (the read model changes only by events).
-register_placements(
+# completed: a home feed's sources (sagas/bootstrap.py hands them to the read side).
+PROMOTED_PLACEMENTS = Placements(
     "SELECT cp.account_id, c.post_id FROM campaign_placements cp"
     " JOIN campaigns c ON c.id = cp.campaign_id JOIN posts q ON q.id = c.post_id"
     " WHERE c.status IN ('active', 'completed') AND q.status = 'published'"

@@ -32,6 +32,7 @@ from feed.config import Settings
 from feed.expiring import Expiring
 from feed.functions import Functions
 from feed.keys import CELEBS_KEY
+from feed.readmodel.sources import FeedSources
 
 SENTINEL = "0"
 SENTINEL_SCORE = 1
@@ -221,12 +222,14 @@ class Store:
     else the same client. ``reader`` is ``engine`` in autocommit, for single reads that need
     no transaction: no ``BEGIN`` before the query and no ``ROLLBACK`` when the connection goes
     back to the pool, one round trip instead of three (it shares ``engine``'s pool).
+    ``sources`` defines each feed in PostgreSQL, for rebuilds and fallbacks.
     """
 
     redis: Any  # redis.Redis or redis.RedisCluster
     engine: Engine
     settings: Settings
     replica: Any = None
+    sources: FeedSources = field(default_factory=FeedSources)
     functions: Functions = field(init=False)
     celebrities: Celebrities = field(init=False)
     reader: Engine = field(init=False)
