@@ -21,6 +21,10 @@ one slot, and every key of one post in another, so each function touches one slo
                          followers or more): account -> its counts version, negative once it
                          left; ``_version`` counts the changes, so a process's copy can tell it
                          is stale
+    next:<list>          a list (``home:``, ``authored:``) being rebuilt beside itself, renamed
+                         over it when done (same slot: the list's hash tag)
+    rebuild:<list>       that rebuild's token (``_token``) and the posts removed from the list
+                         while it ran (feed/lua/feed.lua, ``rebuild_swap``)
     applied:{position}   set once the outbox event at that position is projected (read-your-writes)
     origin:{all}         hash: ``database`` (the id of the PostgreSQL database the read model
                          follows) and ``position`` (the highest outbox position applied); a
@@ -72,6 +76,19 @@ def applied_key(position: int) -> str:
     return f"applied:{{{position}}}"
 
 
+def next_key(list_key: str) -> str:
+    return f"next:{list_key}"
+
+
+def rebuild_key(list_key: str) -> str:
+    return f"rebuild:{list_key}"
+
+
+def list_keys(list_key: str) -> list[str]:
+    """The keys a change to a list declares: the list, its next version, its rebuild."""
+    return [list_key, next_key(list_key), rebuild_key(list_key)]
+
+
 CELEBS_KEY = "celebs:{all}"
 ORIGIN_KEY = "origin:{all}"
 ORIGIN_LOCK_KEY = "origin-lock:{all}"
@@ -88,6 +105,8 @@ PREFIXES = (
     b"gone:",
     b"celebs:",
     b"applied:",
+    b"next:",
+    b"rebuild:",
 )
 
 

@@ -36,6 +36,7 @@ from feed.keys import (
     feed_key,
     follow_versions_key,
     following_key,
+    list_keys,
     my_votes_key,
     post_key,
     posts_key,
@@ -48,6 +49,7 @@ from feed.readmodel import (
     TOMBSTONE_SECONDS,
     Store,
     post_document,
+    remove_from,
     score_of,
 )
 from feed.rebuild import (
@@ -181,7 +183,7 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
             _counts_call(store, author_id, _counts_of(state)),
             store.call(
                 "author_add",
-                [posts_key(author_id), feed_key(author_id)],
+                [*list_keys(posts_key(author_id)), *list_keys(feed_key(author_id))],
                 [post_id, score_of(post_id), settings.feed_size],
             ),
         ]
@@ -245,8 +247,8 @@ def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> No
     )
     *_, answer = store.run(
         [
-            ("ZREM", posts_key(author_id), post_id),
-            ("ZREM", feed_key(author_id), post_id),
+            remove_from(store, posts_key(author_id), [post_id]),
+            remove_from(store, feed_key(author_id), [post_id]),
             _counts_call(store, author_id, event.author_counts),
         ]
     )
@@ -305,8 +307,12 @@ def _remove_author_posts(store: Store, follower: int, followee: int) -> None:
     since = -int(oldest[0][1]) << ID_SHIFT  # the smallest id of that millisecond
     with store.reader.connect() as conn:
         ids = conn.execute(POSTS_SINCE, {"author": followee, "since": since}).scalars().all()
-    if ids:
-        store.redis.zrem(feed_key(follower), *ids)
+    store.run(
+        [
+            remove_from(store, feed_key(follower), ids[i : i + 1000])
+            for i in range(0, len(ids), 1000)
+        ]
+    )
 
 
 def _counts_of(row: Any) -> dict[str, int]:
@@ -332,14 +338,14 @@ def merge_author_posts(store: Store, author_id: int, follower_ids: Sequence[int]
     pairs = [value for post_id in ids for value in (post_id, score_of(post_id))]
     changed = store.run(
         [
-            store.call("feed_merge", [feed_key(f)], [store.settings.feed_size, *pairs])
+            store.call("feed_merge", list_keys(feed_key(f)), [store.settings.feed_size, *pairs])
             for f in follower_ids
         ]
     )
     with store.reader.connect() as conn:
         gone = conn.execute(UNPUBLISHED, {"ids": ids}).scalars().all()
     if gone:
-        store.run([("ZREM", feed_key(f), *gone) for f in follower_ids])
+        store.run([remove_from(store, feed_key(f), gone) for f in follower_ids])
     return sum(int(n) for n in changed)
 
 
@@ -384,8 +390,8 @@ def project_account_deleted(store: Store, event: AccountDeleted, send: SendPage)
             (
                 "DEL",
                 account_key(account_id),
-                posts_key(account_id),
-                feed_key(account_id),
+                *list_keys(posts_key(account_id)),
+                *list_keys(feed_key(account_id)),
                 following_key(account_id),
                 follow_versions_key(account_id),
                 my_votes_key(account_id),
@@ -411,7 +417,7 @@ def project_post_unplaced(store: Store, event: PostUnplaced, send: SendPage) -> 
     keep = set(still_following(store, author, owners)) | set(placed_in(store, post_id, owners))
     leaving = [o for o in owners if o not in keep]
     if leaving:
-        store.run([("ZREM", feed_key(o), post_id) for o in leaving])
+        store.run([remove_from(store, feed_key(o), [post_id]) for o in leaving])
 
 
 HANDLERS: dict[type[Event], Callable[[Store, Any, SendPage], None]] = {
@@ -437,7 +443,9 @@ def apply_fan_out_page(store: Store, page: FanOutPage, *, just_read: bool = Fals
     PostgreSQL a moment ago (the projecting worker applying a single page itself).
     """
     if page.op == "remove":
-        removed = store.run([("ZREM", feed_key(f), *page.post_ids) for f in page.follower_ids])
+        removed = store.run(
+            [remove_from(store, feed_key(f), page.post_ids) for f in page.follower_ids]
+        )
         return sum(int(n) for n in removed)
     followers = (
         list(page.follower_ids)
@@ -465,7 +473,7 @@ def add_to_feeds(store: Store, owners: Sequence[int], post_ids: Sequence[int]) -
 
 def feed_adds(store: Store, followers: Sequence[int], post_id: int) -> list[tuple[Any, ...]]:
     args = [post_id, score_of(post_id), store.settings.feed_size]
-    return [store.call("feed_add", [feed_key(f)], args) for f in followers]
+    return [store.call("feed_add", list_keys(feed_key(f)), args) for f in followers]
 
 
 def _remove_if_deleted(store: Store, keys_of: dict[int, list[str]]) -> None:
@@ -479,7 +487,7 @@ def _remove_if_deleted(store: Store, keys_of: dict[int, list[str]]) -> None:
     deleted = store.run([("EXISTS", tombstone_key(p)) for p in posts])
     store.run(
         [
-            ("ZREM", key, p)
+            remove_from(store, key, [p])
             for p, gone in zip(posts, deleted, strict=True)
             if gone
             for key in keys_of[p]

@@ -28,7 +28,7 @@ from feed.keys import (
     posts_key,
 )
 from feed.origin import ensure_following
-from feed.readmodel import ID_SHIFT, SENTINEL, Store, render_post, score_of
+from feed.readmodel import ID_SHIFT, SENTINEL, Store, remove_from, render_post, score_of
 from feed.rebuild import (
     POST_COLUMNS,
     cache_account,
@@ -61,6 +61,7 @@ class Page:
     next_max_id: str | None
     source: str = READ_MODEL
     rebuilt: list[str] = field(default_factory=list)
+    dropped: bool = False  # posts read from a list were gone (deleted, or lost again)
 
 
 @dataclass
@@ -242,6 +243,10 @@ def home_timeline(
             continue
         rows = [(i, *post, vote) for i, post, vote in zip(page_ids, posts, votes, strict=True)]
         page = _assemble(store, rows, len(ids) > cursor.limit, with_vote=True, home_of=me)
+        if page.dropped and "refill" not in rebuilt:  # read again: the gone posts left the feed
+            rebuilt.append("refill")
+            client = store.redis
+            continue
         page.rebuilt = rebuilt
         return page
     raise DependencyDown("The feed could not be read; retry shortly.")
@@ -335,6 +340,10 @@ def account_posts(
         page = _assemble(
             store, rows, len(ids) > cursor.limit, with_vote=viewer is not None, posts_of=account_id
         )
+        if page.dropped and "refill" not in rebuilt:  # read again: the gone posts left the list
+            rebuilt.append("refill")
+            client = store.redis
+            continue
         page.rebuilt = rebuilt
         return page
     raise DependencyDown("The posts could not be read; retry shortly.")
@@ -454,7 +463,7 @@ def _assemble(
             for key in filter(
                 None, (home_of and feed_key(home_of), posts_of and posts_key(posts_of))
             ):
-                store.redis.zrem(key, *gone)
+                store.run([remove_from(store, key, gone)])
         replies = store.run([("HMGET", post_key(p), "json", "up", "down") for p in published])
         refreshed = dict(zip(published, replies, strict=True))
     items = []
@@ -467,7 +476,7 @@ def _assemble(
                 continue
         items.append(render_post(document, up, down, _vote_of(vote) if with_vote else None))
     next_max_id = rows[-1][0] if more and rows else None
-    return Page(items, next_max_id)
+    return Page(items, next_max_id, dropped=len(items) < len(rows))
 
 
 def _rebuild_missing(store: Store, me: int, kind: str) -> str:

@@ -8,7 +8,8 @@ event that arrives after the rebuild cannot undo it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, select, text
@@ -20,14 +21,16 @@ from feed.keys import (
     feed_key,
     follow_versions_key,
     following_key,
+    list_keys,
     my_votes_key,
+    next_key,
     post_key,
     posts_key,
+    rebuild_key,
     tombstone_key,
 )
 from feed.readmodel import (
     SENTINEL,
-    SENTINEL_SCORE,
     TOMBSTONE_SECONDS,
     Celebrities,
     Store,
@@ -48,59 +51,70 @@ POST_COLUMNS = (
 UNPUBLISHED = text("SELECT id FROM posts WHERE id = ANY(:ids) AND status <> 'published'")
 
 
-def _open_sorted_set(store: Store, key: str, *, ttl: int | None = None) -> None:
-    """Empty ``key`` down to its sentinel *before* reading PostgreSQL, so that events projected
-    while the rebuild runs land in the key instead of being lost under it."""
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.zadd(key, {SENTINEL: SENTINEL_SCORE})
-    if ttl:
-        pipe.expire(key, ttl)
-    pipe.execute()
+# How long a list's rebuild may take before another may take it over; each step renews it.
+BUILD_MS = 30_000
+# How long a rebuild waits for another one of the same list before taking it over.
+WAIT_FOR_OTHER_S = 5.0
 
 
-def _fill_sorted_set(store: Store, key: str, post_ids: Iterable[int], cap: int | None) -> None:
-    """Merge ``post_ids`` into ``key`` (opened by ``_open_sorted_set``) and cap it."""
-    mapping = {str(post_id): score_of(post_id) for post_id in post_ids}
-    if not mapping:
-        return
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.zadd(key, mapping)
-    if cap is not None:
-        pipe.zremrangebyrank(key, cap, -2)  # the oldest, before the sentinel (last)
-    pipe.execute()
+def _rebuild_list(
+    store: Store,
+    key: str,
+    ids_of: Callable[[Connection], list[int]],
+    conn: Connection | None,
+    *,
+    cap: int = 0,
+    ttl: int = 0,
+) -> bool:
+    """Rebuild a sorted set of post ids beside itself and swap it in: readers see the old list
+    whole until the new one replaces it at once. Changes projected meanwhile are made to both
+    (``feed/lua/feed.lua``), so none is lost to the swap. While another rebuild of the same
+    list runs, this one waits for it (its result is as new); False when it did not swap."""
+    token = uuid.uuid4().hex
+    building = [next_key(key), rebuild_key(key)]
+    deadline = time.monotonic() + WAIT_FOR_OTHER_S
+    while not store.execute(
+        store.call("rebuild_begin", building, [token, BUILD_MS, int(time.monotonic() > deadline)])
+    ):
+        time.sleep(0.01)
+        if not store.redis.exists(building[1]):
+            return False  # the other rebuild is done
+    with _connection(store, conn) as db:
+        ids = ids_of(db)
+    for i in range(0, max(len(ids), 1), FILL_CHUNK):
+        pairs = [v for post_id in ids[i : i + FILL_CHUNK] for v in (post_id, score_of(post_id))]
+        if not store.execute(store.call("rebuild_fill", building, [token, BUILD_MS, *pairs])):
+            return False  # taken over by another rebuild
+    return bool(store.execute(store.call("rebuild_swap", list_keys(key), [token, cap, ttl])))
+
+
+FILL_CHUNK = 1000
 
 
 def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) -> None:
-    """The newest ``feed_size`` posts of the account and of those it follows."""
-    key = feed_key(account_id)
-    _open_sorted_set(store, key, ttl=store.settings.feed_ttl_seconds)
+    """The account's home feed: its newest ``feed_size`` posts (``FeedSources.home``)."""
     size = store.settings.feed_size
-    with _connection(store, conn) as db:
-        _fill_sorted_set(store, key, store.sources.home(db, account_id, size), size)
+    _rebuild_list(
+        store,
+        feed_key(account_id),
+        lambda db: store.sources.home(db, account_id, size),
+        conn,
+        cap=size,
+        ttl=store.settings.feed_ttl_seconds,
+    )
 
 
 def rebuild_posts(store: Store, account_id: int, conn: Connection | None = None) -> None:
     """All published posts of one account."""
-    key = posts_key(account_id)
-    _open_sorted_set(store, key)
-    with _connection(store, conn) as db:
-        _fill_sorted_set(store, key, store.sources.authored(db, account_id), None)
+    _rebuild_list(
+        store, posts_key(account_id), lambda db: store.sources.authored(db, account_id), conn
+    )
 
 
 def rebuild_following(store: Store, account_id: int, conn: Connection | None = None) -> None:
-    """Whom the account follows, with the edge-version floor taken in the same snapshot.
-
-    Known window: an unfollow projected in the milliseconds between the snapshot and the SADD
-    below is honoured (its negative edge version is checked), but its removal of the followee's
-    posts from the feed may land before a concurrent feed rebuild re-adds them; the next rebuild
-    of that feed corrects it.
-    """
-    key, versions = following_key(account_id), follow_versions_key(account_id)
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.sadd(key, SENTINEL)
-    pipe.execute()
+    """Whom the account follows, replaced at once (``rebuild_following`` in Redis), with the
+    follower's counts version read in the same snapshot: follows and unfollows projected
+    since then (their edges' versions above it) are applied over the snapshot."""
     with _connection(store, conn, repeatable=True) as db:
         floor = (
             db.execute(
@@ -115,12 +129,13 @@ def rebuild_following(store: Store, account_id: int, conn: Connection | None = N
             .scalars()
             .all()
         )
-    store.redis.hset(versions, "_floor", floor)
-    # An unfollow projected since the snapshot (a negative version above the floor) wins.
-    edges = {k.decode(): int(v) for k, v in store.redis.hgetall(versions).items()}
-    keep = [str(f) for f in followees if not edges.get(str(f), 0) < -floor]
-    if keep:
-        store.redis.sadd(key, *keep)
+    store.execute(
+        store.call(
+            "rebuild_following",
+            [following_key(account_id), follow_versions_key(account_id)],
+            [floor, *followees],
+        )
+    )
 
 
 def rebuild_my_votes(store: Store, account_id: int, conn: Connection | None = None) -> None:

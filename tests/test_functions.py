@@ -24,6 +24,8 @@ def test_every_key_of_one_account_and_of_one_post_is_in_one_slot():
         keys.follow_versions_key(42),
         keys.account_key(42),
         keys.my_votes_key(42),
+        *keys.list_keys(keys.feed_key(42)),
+        *keys.list_keys(keys.posts_key(42)),
     ]
     post = [keys.post_key(9001), keys.tombstone_key(9001)]
     assert {key_slot(k.encode()) for k in account} == {key_slot(b"42")}
@@ -38,7 +40,7 @@ def test_no_function_builds_a_key_or_reaches_one_it_was_not_given():
     calls = re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", source)
     assert calls
     for command, first in calls:
-        assert re.fullmatch(r"keys\[\d\]|key", first.strip()), (command, first)
+        assert re.fullmatch(r"keys\[\d\]|key|next_key|rebuild_key", first.strip()), (command, first)
 
 
 @pytest.fixture

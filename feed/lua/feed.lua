@@ -14,34 +14,134 @@ local function trim(key, size)
   end
 end
 
--- KEYS: a home feed. ARGV: post id, score, feed size.
+-- A list (a home feed, an account's posts) is rebuilt beside itself: its next version is
+-- built under another key of the same slot, then renamed over it (rebuild_swap). While it is
+-- built, every change to the list is made to the next version too, and a removal is noted
+-- in the rebuild's hash, so the swap can apply it to posts the rebuild read before it.
+-- The functions that change a list take its KEYS as (list, next version, rebuild hash).
+
+-- Adds a post to the list and to its next version, those that exist. Answers 1 when the
+-- list itself gained it.
+local function add_to_list(key, next_key, rebuild_key, post, score, size)
+  local added = 0
+  if redis.call('EXISTS', key) == 1 then
+    added = redis.call('ZADD', key, score, post)
+    if size then trim(key, size) end
+  end
+  if next_key and redis.call('EXISTS', next_key) == 1 then
+    redis.call('ZADD', next_key, score, post)
+    redis.call('HDEL', rebuild_key, post)
+    if size then trim(next_key, size) end
+  end
+  return added
+end
+
+-- KEYS: a home feed, its next version, its rebuild. ARGV: post id, score, feed size.
 -- Adds the post to the feed if the feed exists (a missing one is rebuilt when its owner reads).
 local function feed_add(keys, args)
-  if redis.call('EXISTS', keys[1]) == 0 then return 0 end
-  local added = redis.call('ZADD', keys[1], args[2], args[1])
-  trim(keys[1], tonumber(args[3]))
-  return added
+  return add_to_list(keys[1], keys[2], keys[3], args[1], args[2], tonumber(args[3]))
 end
 
--- KEYS: a home feed. ARGV: feed size, then (post id, score) pairs.
--- Merges the posts (a followee's newest) into the feed if it exists.
+-- KEYS: a home feed, its next version, its rebuild. ARGV: feed size, then (post id, score)
+-- pairs. Merges the posts (a followee's newest) into the feed if it exists.
 local function feed_merge(keys, args)
-  if redis.call('EXISTS', keys[1]) == 0 or #args < 3 then return 0 end
-  local pairs_ = {}
+  local added = 0
   for i = 2, #args, 2 do
-    pairs_[#pairs_ + 1] = args[i + 1]
-    pairs_[#pairs_ + 1] = args[i]
+    added = added + add_to_list(keys[1], keys[2], keys[3], args[i], args[i + 1], nil)
   end
-  local added = redis.call('ZADD', keys[1], unpack(pairs_))
-  trim(keys[1], tonumber(args[1]))
+  local size = tonumber(args[1])
+  if redis.call('EXISTS', keys[1]) == 1 then trim(keys[1], size) end
+  if keys[2] and redis.call('EXISTS', keys[2]) == 1 then trim(keys[2], size) end
   return added
 end
 
--- KEYS: [1] the author's posts, [2] the author's home feed. ARGV: post id, score, feed size.
+-- KEYS: [1-3] the author's posts, their next version, their rebuild; [4-6] the same of the
+-- author's home feed. ARGV: post id, score, feed size.
 -- A published post joins its author's own lists (those that exist).
 local function author_add(keys, args)
-  if redis.call('EXISTS', keys[1]) == 1 then redis.call('ZADD', keys[1], args[2], args[1]) end
-  return feed_add({keys[2]}, args)
+  add_to_list(keys[1], keys[2], keys[3], args[1], args[2], nil)
+  return add_to_list(keys[4], keys[5], keys[6], args[1], args[2], tonumber(args[3]))
+end
+
+-- KEYS: a list, its next version, its rebuild. ARGV: post ids.
+-- Takes the posts out of the list and its next version; a rebuild notes them.
+local function list_remove(keys, args)
+  local removed = redis.call('ZREM', keys[1], unpack(args))
+  if redis.call('EXISTS', keys[2]) == 1 then
+    redis.call('ZREM', keys[2], unpack(args))
+    for _, post in ipairs(args) do redis.call('HSET', keys[3], post, 1) end
+  end
+  return removed
+end
+
+-- KEYS: a list's next version, its rebuild. ARGV: this rebuild's token, how long it may
+-- take (ms), '1' to take over another's. Starts the next version (the sentinel alone); 0
+-- when another rebuild of the list is under way.
+local function rebuild_begin(keys, args)
+  local owner = redis.call('HGET', keys[2], '_token')
+  if owner and owner ~= args[1] and args[3] ~= '1' then return 0 end
+  redis.call('DEL', keys[1], keys[2])
+  redis.call('ZADD', keys[1], 1, '0')
+  redis.call('HSET', keys[2], '_token', args[1])
+  redis.call('PEXPIRE', keys[1], args[2])
+  redis.call('PEXPIRE', keys[2], args[2])
+  return 1
+end
+
+-- KEYS: a list's next version, its rebuild. ARGV: the token, how long it may still take
+-- (ms), then (post id, score) pairs read from PostgreSQL. 0 when the rebuild is not this
+-- one's any more.
+local function rebuild_fill(keys, args)
+  if redis.call('HGET', keys[2], '_token') ~= args[1] then return 0 end
+  for i = 3, #args, 2 do redis.call('ZADD', keys[1], args[i + 1], args[i]) end
+  redis.call('PEXPIRE', keys[1], args[2])
+  redis.call('PEXPIRE', keys[2], args[2])
+  return 1
+end
+
+-- KEYS: a list, its next version, its rebuild. ARGV: the token, the cap (0: none), the
+-- list's lifetime in seconds (0: none). Applies the removals made while it was built, caps
+-- it and renames it over the list. 0 when the rebuild is not this one's any more.
+local function rebuild_swap(keys, args)
+  if redis.call('HGET', keys[3], '_token') ~= args[1] then return 0 end
+  if redis.call('EXISTS', keys[2]) == 0 then return 0 end
+  local removed = redis.call('HKEYS', keys[3])
+  for _, post in ipairs(removed) do
+    if post ~= '_token' then redis.call('ZREM', keys[2], post) end
+  end
+  local cap = tonumber(args[2])
+  if cap > 0 then trim(keys[2], cap) end
+  redis.call('RENAME', keys[2], keys[1])
+  if tonumber(args[3]) > 0 then
+    redis.call('EXPIRE', keys[1], args[3])
+  else
+    redis.call('PERSIST', keys[1])
+  end
+  redis.call('DEL', keys[3])
+  return 1
+end
+
+-- KEYS: [1] following set, [2] edge versions. ARGV: the follower's counts version when
+-- PostgreSQL was read, then whom it followed then. Replaces the set at once (a reader never
+-- sees it half built): the followees read, with the edges projected since (their versions
+-- above that floor) applied over them; events at or below the floor are refused from now.
+local function rebuild_following(keys, args)
+  local floor = tonumber(args[1])
+  local members = {}
+  for i = 2, #args do members[args[i]] = true end
+  local edges = redis.call('HGETALL', keys[2])
+  for i = 1, #edges, 2 do
+    if edges[i] ~= '_floor' then
+      local version = tonumber(edges[i + 1])
+      if version > floor then members[edges[i]] = true end
+      if version < -floor then members[edges[i]] = nil end
+    end
+  end
+  redis.call('HSET', keys[2], '_floor', floor)
+  redis.call('DEL', keys[1])
+  redis.call('SADD', keys[1], '0')
+  for member in pairs(members) do redis.call('SADD', keys[1], member) end
+  return 1
 end
 
 -- KEYS: [1] following set, [2] edge versions. ARGV: followee, version, 1 follow / 0 unfollow.
@@ -163,6 +263,11 @@ local function note_applied(keys, args)
 end
 
 redis.register_function{function_name='feed_add', callback=feed_add}
+redis.register_function{function_name='list_remove', callback=list_remove}
+redis.register_function{function_name='rebuild_begin', callback=rebuild_begin}
+redis.register_function{function_name='rebuild_fill', callback=rebuild_fill}
+redis.register_function{function_name='rebuild_swap', callback=rebuild_swap}
+redis.register_function{function_name='rebuild_following', callback=rebuild_following}
 redis.register_function{function_name='feed_merge', callback=feed_merge}
 redis.register_function{function_name='author_add', callback=author_add}
 redis.register_function{function_name='apply_follow_edge', callback=apply_follow_edge}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from sqlalchemy import Engine
 from feed.config import Settings
 from feed.expiring import Expiring
 from feed.functions import Functions
-from feed.keys import CELEBS_KEY
+from feed.keys import CELEBS_KEY, list_keys
 from feed.readmodel.sources import FeedSources
 
 SENTINEL = "0"
@@ -260,3 +261,9 @@ class Store:
         self.functions.close()
         for client in {id(self.redis): self.redis, id(self.replica): self.replica}.values():
             client.close()
+
+
+def remove_from(store: Store, list_key: str, post_ids: Sequence[Any]) -> tuple[Any, ...]:
+    """The command taking posts out of a list (a feed, an account's posts), and out of its
+    next version when a rebuild of it is under way (``feed/lua/feed.lua``)."""
+    return store.call("list_remove", list_keys(list_key), list(post_ids))
