@@ -21,6 +21,7 @@ from sagas.bootstrap import build_services
 from sagas.cli import register_saga_cli
 from sagas.engine import counts_by_type_and_status
 from sagas.metrics import SagaCollector
+from workers.cli import dead_letters_cli
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     api = init_api(app)
     register_cli(app)
+    app.cli.add_command(dead_letters_cli)
     install_sagas(app, api)
     app.wsgi_app = RequestDeadline(app.wsgi_app, settings.request_timeout_seconds, too_long)
     return app

@@ -99,6 +99,11 @@ class Settings:
     moderation_failure_rate: float = 0.0
     log_json: bool = True
     bench_baseline: bool = False
+    # A failed message: tried again this many times, unless a dependency is down (then
+    # without end), with a backoff from the minimum doubling to the maximum.
+    message_max_retries: int = 50
+    message_min_backoff_ms: int = 100
+    message_max_backoff_ms: int = 30_000
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -181,6 +186,13 @@ class Settings:
             ),
             moderation_latency_ms=_int(env, "MODERATION_LATENCY_MS", 0),
             moderation_failure_rate=_float(env, "MODERATION_FAILURE_RATE", 0.0),
+            message_max_retries=_int(env, "MESSAGE_MAX_RETRIES", defaults.message_max_retries),
+            message_min_backoff_ms=_int(
+                env, "MESSAGE_MIN_BACKOFF_MS", defaults.message_min_backoff_ms
+            ),
+            message_max_backoff_ms=_int(
+                env, "MESSAGE_MAX_BACKOFF_MS", defaults.message_max_backoff_ms
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

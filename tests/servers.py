@@ -63,12 +63,18 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
 
 
 class PrivateRedis:
-    """A redis-server of our own, keeping nothing on disk (a restart comes back empty)."""
+    """A redis-server of our own, keeping nothing on disk (a restart comes back empty), or
+    with ``persistent`` every write in its append-only file (a restart comes back whole)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self.persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if persistent
+            else ["--appendonly", "no"]
+        )
 
     @property
     def url(self) -> str:
@@ -84,8 +90,7 @@ class PrivateRedis:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *self.persistence,
                 "--dir",
                 str(self.directory),
             ],

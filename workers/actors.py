@@ -43,6 +43,7 @@ from feed.readmodel import Store, configure_compact_encoding
 from sagas.bootstrap import build_services
 from sagas.runtime import handle_saga_event, react_to_event
 from workers.broker import queue_name, setup_broker
+from workers.retries import retry_options
 
 SETTINGS = Settings.from_env()
 configure_logging(json_output=SETTINGS.log_json)
@@ -74,9 +75,10 @@ def read_model() -> Store:
     return store
 
 
-# Retried quickly at first (a Redis restart), backing off to 30 s; handlers are safe to repeat.
-# A message no handler can read is not retried: it goes to the dead-letter queue at once.
-RETRY = {"max_retries": 50, "min_backoff": 100, "max_backoff": 30_000}
+# Retried quickly at first (a Redis restart), backing off to MESSAGE_MAX_BACKOFF_MS, without
+# end while a dependency is down (workers/retries.py); handlers are safe to repeat. A message
+# no handler can read is not retried: it goes to the dead-letter queue at once.
+RETRY = retry_options(SETTINGS)
 
 
 class Undecodable(FeedError):

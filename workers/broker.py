@@ -18,8 +18,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
+import pika
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import xq_name
 
 from feed.config import Settings, broker_urls
@@ -40,9 +41,57 @@ def queue_name(settings: Settings, base: str) -> str:
     return f"{settings.queue_prefix}{base}{suffix}"
 
 
+class ErrorKeepingConsumer(_RabbitmqConsumer):
+    """A consumer whose dead letters keep the error that killed them, as the Redis broker's
+    do: RabbitMQ's own dead-lettering (a nack) keeps the body as it was first sent. The
+    message as it failed (its options hold the traceback) is published to the dead-letter
+    queue with a confirm, then the delivery acknowledged; should the publish fail, a plain
+    nack dead-letters it without its error."""
+
+    def nack(self, message: Any) -> None:
+        try:
+            self.broker.channel.basic_publish(
+                exchange="",
+                routing_key=xq_name(message.queue_name),
+                body=message.encode(),
+                properties=pika.BasicProperties(delivery_mode=2),
+                mandatory=True,
+            )
+        except Exception:  # noqa: BLE001 - dead-lettered all the same, without its error
+            super().nack(message)
+            return
+        self.ack(message)
+
+
+class ErrorKeepingRedisConsumer(_RedisConsumer):
+    """The Redis broker's consumer, whose dead letters keep the error that killed them: the
+    message as it failed replaces its stored body before the nack moves that body to the
+    dead letters."""
+
+    def nack(self, message: Any) -> None:
+        stored = f"{self.broker.namespace}:{self.queue_name}.msgs"
+        redis_id = message.options["redis_message_id"]
+        # only while it is there: a message moved meanwhile is not written back
+        if self.broker.client.hexists(stored, redis_id):
+            self.broker.client.hset(stored, redis_id, message.encode())
+        super().nack(message)
+
+
+class ErrorKeepingRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, with dead letters that keep their error."""
+
+    @property
+    def consumer_class(self) -> type[ErrorKeepingRedisConsumer]:
+        return ErrorKeepingRedisConsumer
+
+
 class QuorumRabbitmqBroker(RabbitmqBroker):
     """Dramatiq's RabbitMQ broker with quorum queues: the canonical queues, their delay
     queues and their dead-letter queues (which keep Dramatiq's fixed message TTL)."""
+
+    @property
+    def consumer_class(self) -> type[ErrorKeepingConsumer]:
+        return ErrorKeepingConsumer
 
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
         return {**super()._build_queue_arguments(queue_name), **QUORUM}
@@ -61,7 +110,7 @@ def build_broker(url: str) -> dramatiq.Broker:
     if scheme in {"amqp", "amqps"}:
         broker: dramatiq.Broker = QuorumRabbitmqBroker(url=broker_urls(url), confirm_delivery=True)
     elif scheme in {"redis", "rediss", "unix"}:
-        broker = RedisBroker(url=url)
+        broker = ErrorKeepingRedisBroker(url=url)
     else:
         raise ValueError(f"BROKER_URL scheme {scheme!r} is neither amqp nor redis")
     broker.add_middleware(CorrelationId())
