@@ -104,6 +104,8 @@ class Settings:
     message_max_retries: int = 50
     message_min_backoff_ms: int = 100
     message_max_backoff_ms: int = 30_000
+    # The HTTP edge (issue 28): read limits, proxies, links, operations endpoints.
+    rate_limit_account_reads: str = "1200/minute"  # reads with a valid token, per account
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -193,6 +195,8 @@ class Settings:
             message_max_backoff_ms=_int(
                 env, "MESSAGE_MAX_BACKOFF_MS", defaults.message_max_backoff_ms
             ),
+            rate_limit_account_reads=env.get("RATE_LIMIT_ACCOUNT_READS")
+            or defaults.rate_limit_account_reads,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -10,7 +10,6 @@ from flask_smorest import Blueprint
 from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from feed.api.limits import anonymous_reads
 from feed.api.schemas import ProblemOut
 from feed.api.web import (
     authenticated,
@@ -59,8 +58,6 @@ class Media(MethodView):
 
 @blp.route("/media/<uuid:media_id>")
 class MediaFile(MethodView):
-    decorators = [anonymous_reads]
-
     @blp.doc(
         responses={
             "200": {

@@ -19,7 +19,7 @@ from feed.api.limits import limiter
 from feed.api.openapi import ApiConventions
 from feed.api.problems import problem, register_problem_handlers
 from feed.api.schemas import ProblemOut
-from feed.api.web import require_admin, services, touch_activity
+from feed.api.web import optional_principal, require_admin, services, touch_activity
 from feed.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 API_PREFIX = "/api/v1"
@@ -28,6 +28,8 @@ SWAGGER_ASSETS = "/docs/assets"
 REQUEST_ID_HEADER = "X-Request-ID"
 # Endpoints whose body is not JSON (multipart uploads): added by the blueprints' owners.
 NON_JSON_ENDPOINTS: set[str] = set()
+# Metric label values: any other method is "other", so a client cannot add series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 
 class FeedApi(Api):
@@ -93,6 +95,7 @@ def init_api(app: Flask) -> Api:
     app.after_request(_safe_headers)  # registered first, so it runs after the limiter's
     limiter.init_app(app)
     app.before_request(_start_request)
+    app.before_request(_verify_token)
     app.before_request(_admins_only)
     app.before_request(_require_json_body)
     app.after_request(_finish_request)
@@ -108,7 +111,8 @@ def init_api(app: Flask) -> Api:
 def too_long(environ: dict) -> Response:
     """The answer to a request interrupted at its deadline (feed.deadline): a dependency it
     waited on does not answer."""
-    HTTP_REQUESTS.labels(environ.get("REQUEST_METHOD", ""), "deadline exceeded", "503").inc()
+    method = method_label(environ.get("REQUEST_METHOD", ""))
+    HTTP_REQUESTS.labels(method, "deadline exceeded", "503").inc()
     return problem(
         503,
         "A dependency did not answer in time; try again later.",
@@ -124,6 +128,18 @@ def _start_request() -> None:
     g.started = time.perf_counter()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def method_label(method: str) -> str:
+    """The method as a metric label: one of the known ones, or ``other``."""
+    return method if method in KNOWN_METHODS else "other"
+
+
+def _verify_token() -> None:
+    """A token sent to the API is checked before any view runs: a bad one is a 401 whatever
+    the route, before the view asks PostgreSQL or Redis anything."""
+    if request.path.startswith(API_PREFIX + "/"):
+        optional_principal()
 
 
 def _admins_only() -> None:
@@ -167,9 +183,10 @@ def _finish_request(response: Response) -> Response:
     if principal is not None and not g.get("activity_touched") and response.status_code < 400:
         touch_activity(services(), principal.account_id)
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-    HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+    method = method_label(request.method)
+    HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
     if "started" in g:
-        HTTP_LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - g.started)
+        HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - g.started)
     return response
 
 

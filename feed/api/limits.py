@@ -1,4 +1,5 @@
-"""Rate limits (Flask-Limiter on Redis): strict on logins, looser on other commands.
+"""Rate limits (Flask-Limiter on Redis): strict on logins, looser on other commands, and on
+every read, per address without a valid token and per account with one.
 
 Limits are read from the settings on each request, so tests and operators can change them.
 When Redis is down the limiter lets requests through rather than failing writes.
@@ -7,22 +8,31 @@ When Redis is down the limiter lets requests through rather than failing writes.
 from __future__ import annotations
 
 from flask import request
-from flask_limiter import Limiter
+from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
 
-from feed.api.web import bearer_token, services
+from feed.api.web import optional_principal, services
+from feed.errors import Unauthenticated
 
-COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Every other method, made-up ones included, counts as a command.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def signed_in_account() -> int | None:
+    """The caller's account when its token is valid, else ``None`` (a bad token is answered
+    401 before the view runs; until then it is limited as anonymous)."""
+    try:
+        principal = optional_principal()
+    except Unauthenticated:
+        return None
+    return principal.account_id if principal else None
 
 
 def caller_key() -> str:
     """Authenticated callers are limited per account, anonymous ones per address."""
-    token = bearer_token()
-    if token:
-        try:
-            return "account:" + str(services().tokens.verify(token).account_id)
-        except Exception:  # a bad token is answered 401 by the view; limit it by address
-            pass
+    account = signed_in_account()
+    if account is not None:
+        return f"account:{account}"
     return "ip:" + (get_remote_address() or "unknown")
 
 
@@ -96,31 +106,58 @@ def anonymous_reads_limit() -> str:
     return services().settings.rate_limit_anonymous_reads
 
 
-def has_token() -> bool:
-    return bearer_token() is not None
+def account_reads_limit() -> str:
+    return services().settings.rate_limit_account_reads
+
+
+def is_read() -> bool:
+    return request.method in READ_METHODS
+
+
+def is_not_anonymous_read() -> bool:
+    return not is_read() or signed_in_account() is not None
+
+
+def is_not_account_read() -> bool:
+    return not is_read() or signed_in_account() is None
 
 
 def commands_limit() -> str:
     return services().settings.rate_limit_commands
 
 
-def is_not_command() -> bool:
-    return request.method not in COMMAND_METHODS
+def request_identifier() -> str:
+    """What Flask-Limiter counts a request against: its endpoint, or ``unmatched`` for one that
+    routing refused (404, 405), which Flask-Limiter would otherwise exempt from every limit."""
+    return request.endpoint or "unmatched"
 
 
 limiter = Limiter(
     key_func=caller_key,
+    request_identifier=request_identifier,
     default_limits=[commands_limit],
-    default_limits_exempt_when=is_not_command,
+    default_limits_exempt_when=is_read,
+    # Every read, whatever its route (operations, unknown paths and the docs included), counts
+    # against one bucket: per address without a valid token (an unknown id costs a PostgreSQL
+    # query, once in MISS_SECONDS per process, so enumerating ids must not be free), per
+    # account with one (a wallet, notifications or a saga is a query each).
+    application_limits=[
+        ApplicationLimit(
+            anonymous_reads_limit,
+            key_function=get_remote_address,
+            scope="reads-anonymous",
+            exempt_when=is_not_anonymous_read,
+        ),
+        ApplicationLimit(
+            account_reads_limit,
+            key_function=caller_key,
+            scope="reads-account",
+            exempt_when=is_not_account_read,
+        ),
+    ],
     headers_enabled=True,
     swallow_errors=True,
     key_prefix="feed-limits",
-)
-
-# Public reads without a token, per address: an unknown id costs a PostgreSQL query (once in
-# MISS_SECONDS per process), so enumerating ids must not be free.
-anonymous_reads = limiter.limit(
-    anonymous_reads_limit, key_func=get_remote_address, exempt_when=has_token
 )
 
 # Sign-ups per address: each account may hold MEDIA_QUOTA_BYTES of uploads.

@@ -105,6 +105,8 @@ class ApiConventions(BasePlugin):
             operation["operationId"] = method + name[0].upper() + name[1:]
             if path.startswith(API_PREFIX):
                 self._complete(path, method, operation, getattr(handler, "needs_token", False))
+            elif method == "get":  # the operations endpoints: limited like any read
+                _document_problems(operation, {429})
             for (operation_id, status), links in LINKS.items():
                 if operation["operationId"] == operation_id:
                     _by_status(operation)[str(status)]["links"] = {
@@ -134,17 +136,24 @@ class ApiConventions(BasePlugin):
             statuses |= {400, 422}
         if any(p.get("name") == CONSISTENCY_HEADER for p in parameters if isinstance(p, dict)):
             statuses.add(400)
-        if method == "get" and not needs_token:
-            statuses.add(429)  # anonymous reads are limited per address
-        for status in statuses:
-            responses.setdefault(str(status), {"description": PROBLEMS[status]})
-        for status, response in list(responses.items()):
-            if isinstance(response, str):  # flask-smorest's generic one (422 on a body)
-                response = responses[status] = {"description": PROBLEMS[int(status)]}
-            if int(status) >= 400:
-                response["content"] = {PROBLEM: {"schema": "Problem"}}
-                if int(status) in (429, 503):
-                    response.setdefault("headers", {})["Retry-After"] = "RetryAfter"
+        if method == "get":
+            statuses.add(429)  # reads are limited per address, or per account with a token
+        _document_problems(operation, statuses)
+
+
+def _document_problems(operation: dict, statuses: set[int]) -> None:
+    """Add the generic answer of each of ``statuses`` the operation does not describe, and
+    make every error's content problem+json."""
+    responses = _by_status(operation)
+    for status in statuses:
+        responses.setdefault(str(status), {"description": PROBLEMS[status]})
+    for status, response in list(responses.items()):
+        if isinstance(response, str):  # flask-smorest's generic one (422 on a body)
+            response = responses[status] = {"description": PROBLEMS[int(status)]}
+        if int(status) >= 400:
+            response["content"] = {PROBLEM: {"schema": "Problem"}}
+            if int(status) in (429, 503):
+                response.setdefault("headers", {})["Retry-After"] = "RetryAfter"
 
 
 def _by_status(operation: dict) -> dict:

@@ -10,7 +10,6 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from feed import queries
-from feed.api.limits import anonymous_reads
 from feed.api.schemas import AccountOut, PostOut, PostPageOut, ProblemOut
 from feed.api.web import (
     CONSISTENCY_HEADER,
@@ -99,8 +98,6 @@ class HomeTimeline(MethodView):
 
 @blp.route("/accounts/<id:account_id>/posts")
 class AccountPosts(MethodView):
-    decorators = [anonymous_reads]
-
     @blp.doc(parameters=CURSOR_PARAMETERS)
     @blp.response(200, PostPageOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such account")
@@ -120,8 +117,6 @@ class AccountPosts(MethodView):
 
 @blp.route("/posts/<id:post_id>")
 class PostItem(MethodView):
-    decorators = [anonymous_reads]
-
     @blp.doc(parameters=CURSOR_PARAMETERS[-1:])
     @blp.response(200, PostOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such post")
@@ -139,8 +134,6 @@ class PostItem(MethodView):
 
 @blp.route("/accounts/<id:account_id>")
 class AccountItem(MethodView):
-    decorators = [anonymous_reads]
-
     @blp.doc(parameters=CURSOR_PARAMETERS[-1:])
     @blp.response(200, AccountOut)
     @blp.alt_response(404, schema=ProblemOut, description="No such account")

