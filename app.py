@@ -13,7 +13,7 @@ from feed.bootstrap import Services
 from feed.cli import register_cli
 from feed.config import Settings
 from feed.deadline import RequestDeadline
-from feed.observability import configure_logging
+from feed.observability import at_most_every, configure_logging
 from sagas import api as saga_api
 from sagas import media_api
 from sagas.admin import bp as admin_page
@@ -66,4 +66,8 @@ def install_sagas(app: Flask, api: Api) -> None:
     NON_JSON_ENDPOINTS.add(media_api.UPLOAD_ENDPOINT)
     app.register_blueprint(admin_page)
     register_saga_cli(app)
-    services.collectors.append(SagaCollector(lambda: counts_by_type_and_status(services.engine)))
+    counts = at_most_every(  # a GROUP BY over every saga: not on each scrape
+        services.settings.metrics_cache_seconds,
+        lambda: counts_by_type_and_status(services.engine),
+    )
+    services.collectors.append(SagaCollector(counts))

@@ -106,6 +106,9 @@ class Settings:
     message_max_backoff_ms: int = 30_000
     # The HTTP edge (issue 28): read limits, proxies, links, operations endpoints.
     rate_limit_account_reads: str = "1200/minute"  # reads with a valid token, per account
+    metrics_token: str = field(default="", repr=False)  # /metrics wants this bearer token
+    ready_check_seconds: float = 5.0  # /readyz asks the servers at most once in this
+    metrics_cache_seconds: float = 15.0  # /metrics counts sagas and the outbox once in this
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -197,6 +200,11 @@ class Settings:
             ),
             rate_limit_account_reads=env.get("RATE_LIMIT_ACCOUNT_READS")
             or defaults.rate_limit_account_reads,
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            ready_check_seconds=_float(env, "READY_CHECK_SECONDS", defaults.ready_check_seconds),
+            metrics_cache_seconds=_float(
+                env, "METRICS_CACHE_SECONDS", defaults.metrics_cache_seconds
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

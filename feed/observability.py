@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 from prometheus_client import (
@@ -18,6 +21,8 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+
+T = TypeVar("T")
 
 HTTP_REQUESTS = Counter(
     "feed_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"]
@@ -63,6 +68,23 @@ POISON_MESSAGES = Counter(
 )
 RELAY_PUBLISHED = Counter("feed_relay_published_total", "Outbox events published by the relay")
 RELAY_ERRORS = Counter("feed_relay_errors_total", "Relay batches that failed (broker down...)")
+
+
+def at_most_every(seconds: float, read: Callable[[], T]) -> Callable[[], T]:
+    """``read``, asked at most once in ``seconds``; its last answer in between. For what a scrape
+    or a probe reads from a server: anyone may call them as often as they like. A failure is
+    not kept: the next call asks again."""
+    lock = threading.Lock()
+    last: list[tuple[float, T]] = []
+
+    def cached() -> T:
+        with lock:  # callers at once wait for one answer rather than each asking
+            if not last or time.monotonic() - last[0][0] >= seconds:
+                value = read()
+                last[:] = [(time.monotonic(), value)]
+            return last[0][1]
+
+    return cached
 
 
 class OutboxCollector:

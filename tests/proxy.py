@@ -26,6 +26,7 @@ class HangingProxy:
         self._lock = threading.Lock()
         self._open: list[_Link] = []
         self._closed = False
+        self.accepted = 0  # connections clients opened through the proxy
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
     def hang(self) -> None:
@@ -55,6 +56,7 @@ class HangingProxy:
                 return
             link = _Link(client)
             with self._lock:
+                self.accepted += 1
                 link.frozen = not self._flowing.is_set()
                 self._open.append(link)
             threading.Thread(target=self._connect, args=(link,), daemon=True).start()

@@ -12,6 +12,7 @@ from sqlalchemy import event
 
 from app import create_app
 from sagas.bootstrap import build_services
+from tests.proxy import HangingProxy
 
 JUNK = {"Authorization": "Bearer junk"}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -131,3 +132,42 @@ def test_every_read_documents_its_limit(client):
     reads = [item["get"] for item in document["paths"].values() if "get" in item]
     assert len(reads) > 10
     assert all("429" in read["responses"] for read in reads)
+
+
+def test_readiness_opens_a_broker_connection_once_in_its_interval(edge):
+    proxy = HangingProxy(5672)  # RabbitMQ, through a proxy that counts connections
+    try:
+        app = edge(broker_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F")
+        client = app.test_client()
+        answers = [client.get("/readyz") for _ in range(5)]
+        assert [a.status_code for a in answers] == [200] * 5
+        assert proxy.accepted == 1
+    finally:
+        proxy.close()
+
+
+def test_a_scrape_counts_sagas_and_the_outbox_once_in_its_interval(edge):
+    app = edge(rate_limits_enabled=False)
+    client = app.test_client()
+    seen = statements(app.extensions["feed"].engine)
+    first = client.get("/metrics")
+    asked = list(seen)
+    again = [client.get("/metrics") for _ in range(3)]
+
+    assert first.status_code == 200 and all(a.status_code == 200 for a in again)
+    assert any("GROUP BY" in s for s in asked) and any("outbox" in s for s in asked)
+    assert seen == asked  # the later scrapes asked PostgreSQL nothing
+    assert "feed_sagas" in again[-1].get_data(as_text=True)
+
+
+def test_metrics_can_require_a_token(edge):
+    client = edge(metrics_token="scrape-me").test_client()
+    refused = [
+        client.get("/metrics"),
+        client.get("/metrics", headers={"Authorization": "Bearer wrong"}),
+        client.get("/metrics", headers={"Authorization": "Bearer scrape-m\u00e9"}),
+    ]
+    allowed = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert [r.status_code for r in refused] == [401] * 3
+    assert all(r.mimetype == "application/problem+json" for r in refused)
+    assert allowed.status_code == 200 and b"feed_http_requests_total" in allowed.data

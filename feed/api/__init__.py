@@ -103,6 +103,7 @@ def init_api(app: Flask) -> Api:
     api.register_blueprint(posts.blp, url_prefix=API_PREFIX)
     api.register_blueprint(timelines.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops.blp)  # in the OpenAPI document too
+    ops.install(app)
     if app.extensions["feed"].settings.bench_baseline:
         app.register_blueprint(baseline.blp)
     return api
