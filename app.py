@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask
 from flask_migrate import Migrate
 from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_long
 from feed.bootstrap import Services
@@ -53,6 +54,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     register_cli(app)
     app.cli.add_command(dead_letters_cli)
     install_sagas(app, api)
+    if settings.trusted_proxies:
+        # The client's address (rate limits, idempotency scopes) and scheme as the proxies in
+        # front saw them; X-Forwarded-Host is not believed (links use PUBLIC_BASE_URL).
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     app.wsgi_app = RequestDeadline(app.wsgi_app, settings.request_timeout_seconds, too_long)
     return app
 

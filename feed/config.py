@@ -109,6 +109,7 @@ class Settings:
     metrics_token: str = field(default="", repr=False)  # /metrics wants this bearer token
     ready_check_seconds: float = 5.0  # /readyz asks the servers at most once in this
     metrics_cache_seconds: float = 15.0  # /metrics counts sagas and the outbox once in this
+    trusted_proxies: int = 0  # reverse proxies in front, whose X-Forwarded-For is believed
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -205,6 +206,7 @@ class Settings:
             metrics_cache_seconds=_float(
                 env, "METRICS_CACHE_SECONDS", defaults.metrics_cache_seconds
             ),
+            trusted_proxies=_int(env, "TRUSTED_PROXIES", defaults.trusted_proxies),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -171,3 +171,32 @@ def test_metrics_can_require_a_token(edge):
     assert [r.status_code for r in refused] == [401] * 3
     assert all(r.mimetype == "application/problem+json" for r in refused)
     assert allowed.status_code == 200 and b"feed_http_requests_total" in allowed.data
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_limits(edge):
+    app = edge(trusted_proxies=1, rate_limit_anonymous_reads="2/minute")
+    client = app.test_client()
+
+    def read(forwarded_for: str) -> int:
+        return client.get(
+            "/api/v1/posts/9000",
+            headers={"X-Forwarded-For": forwarded_for},
+            environ_base={"REMOTE_ADDR": "10.0.0.2"},  # the proxy
+        ).status_code
+
+    ada = [read("198.51.100.7") for _ in range(3)]
+    bob = read("203.0.113.9")
+    spoofed = read("192.0.2.1, 198.51.100.7")  # only the hop the proxy added is believed
+
+    assert ada == [404, 404, 429]
+    assert bob == 404
+    assert spoofed == 429
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(edge):
+    client = edge(rate_limit_anonymous_reads="2/minute").test_client()
+    statuses = [
+        client.get("/api/v1/posts/9000", headers={"X-Forwarded-For": f"192.0.2.{i}"}).status_code
+        for i in range(3)
+    ]
+    assert statuses == [404, 404, 429]
