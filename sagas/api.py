@@ -20,6 +20,7 @@ from feed.api.web import (
     require_principal,
     run_command,
     services,
+    whole_number,
 )
 from feed.clock import rfc3339
 from feed.errors import Conflict, MalformedQuery, NotFound
@@ -264,12 +265,12 @@ class AdminSagas(MethodView):
 
 
 def _limit() -> int:
-    raw = request.args.get("limit", "20")
-    if not raw.isdigit() or len(raw) > 6:
-        raise MalformedQuery("limit must be a whole number.", errors={"limit": ["Not a number."]})
-    if not 1 <= int(raw) <= 40:
+    limit = whole_number("limit", 6, "limit must be a whole number.", "Not a number.")
+    if limit is None:
+        return 20
+    if not 1 <= limit <= 40:
         raise_invalid("limit", "Must be 1 to 40.")
-    return int(raw)
+    return limit
 
 
 def raise_invalid(field: str, message: str) -> None:

@@ -200,3 +200,21 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(edge):
         for i in range(3)
     ]
     assert statuses == [404, 404, 429]
+
+
+def test_a_query_number_in_other_digits_is_400(edge):
+    app = edge(rate_limits_enabled=False)
+    client = app.test_client()
+    ada, auth = sign_up(client, "ada_l")
+    app.test_cli_runner().invoke(args=["accounts", "make-admin", "ada_l"])
+    for value in ["²", "١٢", "٣", "3\u200b", "+3", " 3"]:
+        for path in [
+            f"/api/v1/timelines/home?limit={value}",
+            f"/api/v1/accounts/{ada}/posts?max_id={value}",
+            f"/api/v1/notifications?since_id={value}",
+            f"/api/v1/admin/sagas?limit={value}",
+        ]:
+            answer = client.get(path, headers=auth)
+            assert answer.status_code == 400, (path, answer.status_code)
+            assert answer.mimetype == "application/problem+json"
+            assert list(answer.get_json()["errors"]) == [path.split("?")[1].split("=")[0]]

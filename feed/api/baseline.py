@@ -10,6 +10,8 @@ import functools
 
 from flask import Blueprint, Response, request
 
+from feed.api.web import ASCII_NUMBER
+
 blp = Blueprint("baseline", __name__)
 MAX_BYTES = 1 << 20
 
@@ -24,5 +26,6 @@ def constant_body(size: int) -> bytes:
 @blp.get("/bench/constant")
 def constant() -> Response:
     raw = request.args.get("bytes", "2")
-    size = int(raw) if raw.isdigit() and int(raw) <= MAX_BYTES else 2
+    fits = len(raw) <= 7 and ASCII_NUMBER.fullmatch(raw) and int(raw) <= MAX_BYTES
+    size = int(raw) if fits else 2
     return Response(constant_body(size), mimetype="application/json")

@@ -18,6 +18,7 @@ from feed.api.web import (
     optional_principal,
     require_principal,
     services,
+    whole_number,
 )
 from feed.errors import InvalidInput, MalformedQuery
 
@@ -35,28 +36,20 @@ CURSOR_PARAMETERS = [
 
 def parse_cursor() -> queries.Cursor:
     """``limit``, ``max_id``, ``since_id`` from the query: 400 if malformed, 422 if out of range."""
-    args = request.args
-    limit = 20
-    if "limit" in args:
-        raw = args["limit"]
-        if not raw.isdigit() or len(raw) > 6:
-            raise MalformedQuery(
-                "limit must be a whole number.", errors={"limit": ["Not a number."]}
-            )
-        limit = int(raw)
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidInput(
-                f"limit must be 1 to {MAX_LIMIT}.", errors={"limit": [f"Must be 1 to {MAX_LIMIT}."]}
-            )
+    limit = whole_number("limit", 6, "limit must be a whole number.", "Not a number.")
+    if limit is None:
+        limit = 20
+    elif not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(
+            f"limit must be 1 to {MAX_LIMIT}.", errors={"limit": [f"Must be 1 to {MAX_LIMIT}."]}
+        )
     ids = {}
     for name in ("max_id", "since_id"):
-        if name in args:
-            raw = args[name]
-            if not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
-                raise MalformedQuery(
-                    f"{name} must be a post id.", errors={name: ["Not a post id."]}
-                )
-            ids[name] = int(raw)
+        post_id = whole_number(name, 19, f"{name} must be a post id.", "Not a post id.")
+        if post_id is not None and post_id >= 2**63:
+            raise MalformedQuery(f"{name} must be a post id.", errors={name: ["Not a post id."]})
+        if post_id is not None:
+            ids[name] = post_id
     return queries.Cursor(limit=limit, **ids)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from sqlalchemy import text
 from feed import idempotency
 from feed.auth import Principal
 from feed.bootstrap import Services
-from feed.errors import Forbidden, InvalidInput, Unauthenticated
+from feed.errors import Forbidden, InvalidInput, MalformedQuery, Unauthenticated
 from feed.keys import feed_key
 from feed.unit_of_work import UnitOfWork
 
@@ -23,6 +24,8 @@ T = TypeVar("T")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CONSISTENCY_HEADER = "X-Consistency-Token"
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() refuses or reads.
+ASCII_NUMBER = re.compile(r"[0-9]+")
 
 
 def services() -> Services:
@@ -85,6 +88,17 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.needs_token = True  # read by feed.api.openapi: bearer security and 401
     return wrapper
+
+
+def whole_number(name: str, max_digits: int, problem: str, message: str) -> int | None:
+    """The query parameter ``name`` as a number of at most ``max_digits`` ASCII digits;
+    ``None`` when absent; ``MalformedQuery`` (400) saying ``problem`` otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if len(raw) > max_digits or not ASCII_NUMBER.fullmatch(raw):
+        raise MalformedQuery(problem, errors={name: [message]})
+    return int(raw)
 
 
 def idempotency_key() -> str | None:
