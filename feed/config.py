@@ -110,6 +110,7 @@ class Settings:
     ready_check_seconds: float = 5.0  # /readyz asks the servers at most once in this
     metrics_cache_seconds: float = 15.0  # /metrics counts sagas and the outbox once in this
     trusted_proxies: int = 0  # reverse proxies in front, whose X-Forwarded-For is believed
+    public_base_url: str = ""  # https://feed.example: Link headers' base (relative if unset)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -207,6 +208,7 @@ class Settings:
                 env, "METRICS_CACHE_SECONDS", defaults.metrics_cache_seconds
             ),
             trusted_proxies=_int(env, "TRUSTED_PROXIES", defaults.trusted_proxies),
+            public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

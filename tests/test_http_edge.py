@@ -218,3 +218,17 @@ def test_a_query_number_in_other_digits_is_400(edge):
             assert answer.status_code == 400, (path, answer.status_code)
             assert answer.mimetype == "application/problem+json"
             assert list(answer.get_json()["errors"]) == [path.split("?")[1].split("=")[0]]
+
+
+def test_links_are_built_from_the_public_base_url_never_from_host(edge):
+    app = edge(rate_limits_enabled=False, public_base_url="https://feed.example/social")
+    client = app.test_client()
+    ada, auth = sign_up(client, "ada_l")
+    for body in ("one", "two"):
+        client.post("/api/v1/posts", json={"body": body}, headers=auth)
+
+    page = client.get(f"/api/v1/accounts/{ada}/posts?limit=1", headers={"Host": "evil.example"})
+
+    assert page.headers["Link"].startswith(
+        f"<https://feed.example/social/api/v1/accounts/{ada}/posts?limit=1&max_id="
+    )

@@ -89,15 +89,15 @@ def test_pages_follow_the_cursor_and_link_header(client, ada_and_fans, project_a
     assert ids(body) == newest_first[:3]
     assert body["next_max_id"] == newest_first[2]
     assert first.headers["Link"] == (
-        f'<http://localhost/api/v1/timelines/home?limit=3&max_id={newest_first[2]}>; rel="next"'
+        f'</api/v1/timelines/home?limit=3&max_id={newest_first[2]}>; rel="next"'
     )
-    behind_a_proxy = client.get(  # under a path prefix, on another host and scheme
+    under_a_prefix = client.get(  # relative to the page asked for (PUBLIC_BASE_URL unset)
         "/api/v1/timelines/home?limit=3",
         headers=fan.auth,
         base_url="https://feed.example:8443/social",
     )
-    assert behind_a_proxy.headers["Link"].startswith(
-        "<https://feed.example:8443/social/api/v1/timelines/home?limit=3&max_id="
+    assert under_a_prefix.headers["Link"].startswith(
+        "</social/api/v1/timelines/home?limit=3&max_id="
     )
 
     second = home(client, fan, f"?limit=3&max_id={body['next_max_id']}")

@@ -68,8 +68,10 @@ def page_response(page: queries.Page, cursor: queries.Cursor) -> Response:
     headers = {READ_MODEL_HEADER: page.source}
     if page.next_max_id:
         query = {"limit": cursor.limit, "max_id": page.next_max_id}
-        # Not request.base_url: its IRI conversion was a visible share of a feed page's CPU.
-        here = f"{request.scheme}://{request.host}{request.root_path}{request.path}"
+        # Never from the request's Host, which the client writes: from PUBLIC_BASE_URL, or a
+        # reference relative to the page the client asked for.
+        base = services().settings.public_base_url or request.root_path
+        here = f"{base}{request.path}"
         headers["Link"] = f'<{here}?{urlencode(query)}>; rel="next"'
     return json_response(queries.render_page(page), 200, headers)
 
