@@ -114,6 +114,11 @@ class Promote(MethodView):
 class Me(MethodView):
     @authenticated
     @blp.response(202, SagaStartedOut)
+    @blp.alt_response(
+        404,
+        schema=ProblemOut,
+        description="The account is deleted already (its token outlives it for a few seconds)",
+    )
     def delete(self):
         """Delete your account and every trace of it (a saga)."""
         principal = require_principal()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 from flask import request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from flask_smorest.fields import Upload
 from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from feed.api.schemas import ProblemOut
+from feed.api.schemas import ProblemOut, StrictSchema
 from feed.api.web import (
     authenticated,
     optional_principal,
@@ -18,7 +22,7 @@ from feed.api.web import (
     run_command,
     services,
 )
-from feed.errors import InvalidInput, NotFound
+from feed.errors import NotFound
 from sagas.api_schemas import MediaOut
 from sagas.services.media import ALLOWED_TYPES, media_dir, store_upload
 
@@ -27,23 +31,34 @@ MULTIPART_OVERHEAD = 64 * 1024
 UPLOAD_ENDPOINT = "media.Media"  # its body is multipart, not JSON
 
 
+class MediaUploadIn(StrictSchema):
+    file = Upload(required=True)
+
+
+def media_sized(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Let the request's body be as large as an upload, before the multipart form is read."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request.max_content_length = services().settings.media_max_bytes + MULTIPART_OVERHEAD
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 @blp.route("/media")
 class Media(MethodView):
     @authenticated
+    @media_sized
+    @blp.arguments(MediaUploadIn(), location="files")
     @blp.response(201, MediaOut)
     @blp.alt_response(413, schema=ProblemOut, description="Over 5 MiB")
     @blp.alt_response(422, schema=ProblemOut, description="Not an image or video, or over quota")
-    def post(self):
+    def post(self, form):
         """Upload a file (multipart, field ``file``, at most 5 MiB); its type is sniffed."""
         principal = require_principal()
         limit = services().settings.media_max_bytes
-        request.max_content_length = limit + MULTIPART_OVERHEAD
-        upload = request.files.get("file")
-        if upload is None:
-            raise InvalidInput(
-                "Send the file as multipart field 'file'.", errors={"file": ["Missing."]}
-            )
-        data = upload.read(limit + 1)
+        data = form["file"].read(limit + 1)
         if len(data) > limit:
             raise RequestEntityTooLarge("Media files are at most 5 MiB.")
         settings = services().settings

@@ -285,3 +285,68 @@ def test_every_link_in_the_document_leads_to_what_it_names(app, tokens):
                     )
                     followed.append(name)
     assert len(followed) >= 15
+
+
+# What a schema-valid request may be answered besides 2xx: a handle taken (409), a wrong password
+# (401); an upload that is not an image is the 422 the document describes.
+ACCEPTED_ELSEWISE = {
+    "POST /api/v1/accounts": {409},
+    "POST /api/v1/sessions": {401},
+    "POST /api/v1/media": {422},
+}
+
+
+def check_accepts(operation, token: str | None, elsewise: set[int]) -> None:
+    """Every schema-valid request the operation's strategy makes is answered 2xx, or one of
+    ``elsewise`` (and never for a part the document requires, sent or not)."""
+
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def check(case):
+        response = case.call(headers=headers_for(token, case.method))
+        case.validate_response(response, checks=CONFORMANCE)
+        if response.status_code >= 300:
+            assert response.status_code in elsewise, (response.status_code, response.json())
+            assert "Missing" not in str(response.json().get("errors")), response.json()
+
+    check()
+
+
+def test_schema_valid_requests_are_accepted(app, tokens):
+    """What the document admits the service accepts: no NUL in a password, an upload's file."""
+    schema = api_schema(app)
+    failures = []
+    for label, elsewise in ACCEPTED_ELSEWISE.items():
+        method, path = label.split(" ")
+        try:
+            check_accepts(schema[path][method], tokens["user"], elsewise)
+        except Exception as failure:  # one report for every operation that fails
+            failures.append(f"{label}: {failure}")
+    assert failures == [], "\n\n".join(failures)
+
+
+def test_the_document_says_what_a_password_may_hold_and_what_deleting_answers(client):
+    document = client.get("/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    for name in ("RegisterAccountIn", "StartSessionIn"):
+        pattern = schemas[name]["properties"]["password"]["pattern"]
+        assert re.fullmatch(pattern, "correct horse")
+        assert not re.fullmatch(pattern, "correct\x00horse")
+    assert "404" in document["paths"]["/api/v1/accounts/me"]["delete"]["responses"]
+
+
+def test_deleting_an_account_deleted_already_is_the_documented_404(app, client, make_account):
+    ada = make_account("ada_l")
+    with app.extensions["feed"].engine.begin() as conn:  # its token outlives it a few seconds
+        conn.exec_driver_sql("UPDATE accounts SET status = 'deleted'")
+    schema = api_schema(app)
+    case = schema["/api/v1/accounts/me"]["DELETE"].Case(headers=ada.auth)
+    response = case.call()
+    assert response.status_code == 404
+    case.validate_response(response, checks=CONFORMANCE)

@@ -45,8 +45,24 @@ class StrictSchema(Schema):
         return data
 
 
+# What StrictSchema refuses, said in the OpenAPI document so that what it admits is accepted
+# (JSON Schema cannot name unpaired surrogates, which no JSON generator sends as text).
+NO_NUL = r"^[^\u0000]*$"
+NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+
+
+class Text(fields.String):
+    """Input text: any characters but NUL (``StrictSchema`` refuses those)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"pattern": NO_NUL}, **kwargs)
+
+
 class NonBlank(fields.String):
-    """A string that must hold something besides white space."""
+    """Input text that must hold something besides white space (and no NUL)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"pattern": NOT_BLANK}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -57,23 +73,19 @@ class NonBlank(fields.String):
 
 class RegisterAccountIn(StrictSchema):
     handle = fields.String(required=True, validate=HANDLE)
-    password = fields.String(
-        required=True, validate=validate.Length(min=8, max=256), load_only=True
-    )
+    password = Text(required=True, validate=validate.Length(min=8, max=256), load_only=True)
     display_name = NonBlank(validate=validate.Length(min=1, max=50))
 
 
 class StartSessionIn(StrictSchema):
-    handle = fields.String(required=True, validate=validate.Length(min=1, max=30))
-    password = fields.String(
-        required=True, validate=validate.Length(min=1, max=256), load_only=True
-    )
+    handle = Text(required=True, validate=validate.Length(min=1, max=30))
+    password = Text(required=True, validate=validate.Length(min=1, max=256), load_only=True)
 
 
 class PublishPostIn(StrictSchema):
     body = NonBlank(required=True, validate=validate.Length(min=1, max=500))
     media_ids = fields.List(
-        fields.String(validate=validate.Length(min=1, max=64)),
+        Text(validate=validate.Length(min=1, max=64)),
         validate=validate.Length(max=4),
         load_default=list,
     )
