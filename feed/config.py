@@ -107,6 +107,7 @@ class Settings:
     # The HTTP edge (issue 28): read limits, proxies, links, operations endpoints.
     rate_limit_account_reads: str = "1200/minute"  # reads with a valid token, per account
     metrics_token: str = field(default="", repr=False)  # /metrics wants this bearer token
+    metrics_port: int = 0  # /metrics is served on this port only (and nothing else is)
     ready_check_seconds: float = 5.0  # /readyz asks the servers at most once in this
     metrics_cache_seconds: float = 15.0  # /metrics counts sagas and the outbox once in this
     trusted_proxies: int = 0  # reverse proxies in front, whose X-Forwarded-For is believed
@@ -203,6 +204,7 @@ class Settings:
             rate_limit_account_reads=env.get("RATE_LIMIT_ACCOUNT_READS")
             or defaults.rate_limit_account_reads,
             metrics_token=env.get("METRICS_TOKEN", ""),
+            metrics_port=_int(env, "METRICS_PORT", defaults.metrics_port),
             ready_check_seconds=_float(env, "READY_CHECK_SECONDS", defaults.ready_check_seconds),
             metrics_cache_seconds=_float(
                 env, "METRICS_CACHE_SECONDS", defaults.metrics_cache_seconds

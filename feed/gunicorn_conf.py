@@ -27,7 +27,13 @@ accesslog = None
 
 
 def on_starting(server):
-    """Start with an empty metrics directory: files of an earlier run would be counted again."""
+    """Listen on METRICS_PORT too (the app answers /metrics there only), and start with an
+    empty metrics directory: files of an earlier run would be counted again."""
+    from feed.config import Settings
+
+    metrics_port = Settings.from_env().metrics_port
+    if metrics_port:  # before gunicorn opens its listeners, whatever --bind said
+        server.cfg.set("bind", [*server.cfg.bind, f"0.0.0.0:{metrics_port}"])
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)

@@ -5,6 +5,7 @@ limits hold behind a reverse proxy, query numbers are ASCII, and links do not tr
 from __future__ import annotations
 
 import io
+import socket
 import uuid
 
 import pytest
@@ -232,3 +233,18 @@ def test_links_are_built_from_the_public_base_url_never_from_host(edge):
     assert page.headers["Link"].startswith(
         f"<https://feed.example/social/api/v1/accounts/{ada}/posts?limit=1&max_id="
     )
+
+
+def test_metrics_can_have_a_port_of_their_own(edge):
+    with socket.create_server(("127.0.0.1", 0)) as metrics_socket:
+        port = metrics_socket.getsockname()[1]
+        client = edge(metrics_port=port).test_client()
+        on_its_port = {"gunicorn.socket": metrics_socket}  # as gunicorn gives it to the app
+
+        scraped = client.get("/metrics", environ_base=on_its_port)
+        elsewhere = client.get("/metrics", headers={"Host": f"localhost:{port}"})
+        no_api_there = client.get("/healthz", environ_base=on_its_port)
+
+    assert scraped.status_code == 200 and b"feed_http_requests_total" in scraped.data
+    assert elsewhere.status_code == 404  # the port the client wrote in Host does not count
+    assert no_api_there.status_code == 404

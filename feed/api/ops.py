@@ -9,14 +9,14 @@ from __future__ import annotations
 import hmac
 
 import structlog
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from flask_smorest import Blueprint
 
 from feed.api.problems import problem
 from feed.api.schemas import HealthOut, ProblemOut, ReadyOut
 from feed.api.web import bearer_token, json_response, services
 from feed.bootstrap import Services, check_broker, check_database, check_redis
-from feed.errors import Unauthenticated
+from feed.errors import NotFound, Unauthenticated
 from feed.observability import OutboxCollector, at_most_every, metrics_payload
 from feed.outbox import backlog
 
@@ -36,6 +36,25 @@ def install(app: Flask) -> None:
             at_most_every(svc.settings.metrics_cache_seconds, lambda: backlog(svc.engine))
         )
     )
+    if svc.settings.metrics_port:
+        app.before_request(_metrics_on_their_port_only)
+
+
+def local_port() -> int | None:
+    """The port the request came in on: its socket's under gunicorn (SERVER_PORT is what the
+    client wrote in Host), else what the server says."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return int(request.environ.get("SERVER_PORT") or 0)
+    name = sock.getsockname()
+    return name[1] if isinstance(name, tuple) else None
+
+
+def _metrics_on_their_port_only() -> None:
+    """With METRICS_PORT, /metrics is answered there only, and nothing else is."""
+    on_metrics_port = local_port() == services().settings.metrics_port
+    if (request.endpoint == "ops.metrics") != on_metrics_port:
+        raise NotFound("Nothing here.")
 
 
 def unreachable(svc: Services) -> dict[str, list[str]]:
@@ -89,8 +108,10 @@ def readyz() -> Response:
     }
 )
 @blp.alt_response(401, schema=ProblemOut, description="METRICS_TOKEN is set: send it as bearer")
+@blp.alt_response(404, schema=ProblemOut, description="METRICS_PORT is set: ask on that port")
 def metrics() -> Response:
-    """Prometheus text format; with METRICS_TOKEN set, for its bearer only."""
+    """Prometheus text format; with METRICS_TOKEN set, for its bearer only; with METRICS_PORT
+    set, on that port only."""
     svc = services()
     expected = svc.settings.metrics_token
     sent = bearer_token() or ""
