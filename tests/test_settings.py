@@ -47,3 +47,24 @@ def test_held_connections_are_on_unless_turned_off(tmp_path):
     assert Settings.from_env({"FEED_DATA_DIR": str(tmp_path)}).redis_held_connections
     off = Settings.from_env({"FEED_DATA_DIR": str(tmp_path), "REDIS_HELD_CONNECTIONS": "false"})
     assert not off.redis_held_connections
+
+
+def test_the_http_edge_settings_come_from_the_environment(tmp_path):
+    settings = Settings.from_env(
+        {
+            "FEED_DATA_DIR": str(tmp_path),
+            "RATE_LIMIT_ACCOUNT_READS": "5/second",
+            "TRUSTED_PROXIES": "2",
+            "PUBLIC_BASE_URL": "https://feed.example/social/",
+            "METRICS_TOKEN": "scrape-me",
+            "METRICS_PORT": "9464",
+            "READY_CHECK_SECONDS": "0.5",
+            "METRICS_CACHE_SECONDS": "30",
+        }
+    )
+    assert settings.rate_limit_account_reads == "5/second"
+    assert settings.trusted_proxies == 2
+    assert settings.public_base_url == "https://feed.example/social"
+    assert (settings.metrics_token, settings.metrics_port) == ("scrape-me", 9464)
+    assert (settings.ready_check_seconds, settings.metrics_cache_seconds) == (0.5, 30.0)
+    assert "scrape-me" not in repr(settings)
