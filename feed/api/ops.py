@@ -14,7 +14,7 @@ from flask_smorest import Blueprint
 
 from feed.api.problems import problem
 from feed.api.schemas import HealthOut, ProblemOut, ReadyOut
-from feed.api.web import bearer_token, json_response, services
+from feed.api.web import ASCII_NUMBER, bearer_token, json_response, services
 from feed.bootstrap import Services, check_broker, check_database, check_redis
 from feed.errors import NotFound, Unauthenticated
 from feed.observability import OutboxCollector, at_most_every, metrics_payload
@@ -45,7 +45,8 @@ def local_port() -> int | None:
     client wrote in Host), else what the server says."""
     sock = request.environ.get("gunicorn.socket")
     if sock is None:
-        return int(request.environ.get("SERVER_PORT") or 0)
+        port = request.environ.get("SERVER_PORT", "")
+        return int(port) if ASCII_NUMBER.fullmatch(port) else None
     name = sock.getsockname()
     return name[1] if isinstance(name, tuple) else None
 
