@@ -16,7 +16,7 @@ from feed.config import Settings
 from feed.deadline import RequestDeadline
 from feed.observability import at_most_every, configure_logging
 from sagas import api as saga_api
-from sagas import media_api
+from sagas import media_api, queues_api
 from sagas.admin import bp as admin_page
 from sagas.bootstrap import build_services
 from sagas.cli import register_saga_cli
@@ -67,7 +67,7 @@ def install_sagas(app: Flask, api: Api) -> None:
     """The one place where the sagas join the feed (``feed`` never imports ``sagas``): their
     endpoints, operators' page and CLI, their metrics (their services: ``sagas.bootstrap``)."""
     services = app.extensions["feed"]
-    for blueprint in (saga_api.blp, media_api.blp):
+    for blueprint in (saga_api.blp, media_api.blp, queues_api.blp):
         api.register_blueprint(blueprint, url_prefix=API_PREFIX)
     NON_JSON_ENDPOINTS.add(media_api.UPLOAD_ENDPOINT)
     app.register_blueprint(admin_page)

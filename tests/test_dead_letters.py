@@ -177,6 +177,17 @@ def test_a_dead_lettered_projection_redriven_leaves_every_feed_exact(service):
     assert feed_ids(client, fan) == []  # stale until the dead letter is projected
 
     runner = app.test_cli_runner()
+    admin = register(client, "operator")
+    runner.invoke(args=["accounts", "make-admin", "operator"])
+    session = client.post("/api/v1/sessions", json={"handle": "operator", "password": "12345678"})
+    admin["auth"] = {"Authorization": f"Bearer {session.get_json()['token']}"}
+    shown = client.get("/api/v1/admin/dead-letters", headers=admin["auth"])
+    assert shown.status_code == 200, shown.get_json()
+    assert shown.get_json()["totals"] == {"projections": 1, "sagas": 0, "fanout": 0}
+    [group] = shown.get_json()["items"]
+    assert (group["actor"], group["count"]) == ("project_events", 1)
+    assert "TimeoutError" in group["error"]
+    assert client.get("/api/v1/admin/dead-letters", headers=author["auth"]).status_code == 403
     listed = runner.invoke(args=["dead-letters", "list"])
     assert "projections: 1 dead letters" in listed.output, listed.output
     assert "project_events" in listed.output and "TimeoutError" in listed.output
