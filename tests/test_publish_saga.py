@@ -237,6 +237,17 @@ def test_the_media_quota_is_per_account(settings, clean_state, make_account, eng
     assert statuses == [201, 201, 422] and other == 201
 
 
+def test_concurrent_uploads_never_pass_the_quota_together(settings, clean_state, make_account):
+    """Issue 28: seven uploads at once with room for one were all accepted."""
+    from tests.test_concurrency import run_together
+
+    app = create_app(services=build_services(settings.with_overrides(media_quota_bytes=len(PNG))))
+    ada = make_account("ada_l")
+    responses = run_together(app, [lambda c: upload(c, ada) for _ in range(7)])
+    app.extensions["feed"].close()
+    assert sorted(r.status_code for r in responses) == [201] + [422] * 6
+
+
 def test_uploads_left_unattached_for_a_day_are_swept(app, client, engine, people):
     """An upload never attached goes after MEDIA_UNATTACHED_HOURS, file and quota; one
     attached, or named by a post still in moderation, stays."""

@@ -32,6 +32,12 @@ def store_upload(conn: Connection, settings: Settings, account_id: int, data: by
             "Unsupported media type.",
             errors={"file": [f"Must be one of {', '.join(sorted(ALLOWED_TYPES))}."]},
         )
+    # One upload of an account at a time from the sum to the insert: concurrent uploads each
+    # saw the same room and all fitted into it. Released when the command's transaction ends.
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+        {"k": f"media-quota:{account_id}"},
+    )
     used = conn.execute(
         select(func.coalesce(func.sum(media.c.size), 0)).where(
             media.c.account_id == account_id, media.c.status != "deleted"
