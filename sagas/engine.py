@@ -370,6 +370,17 @@ def _step_failed(
             last_error=f"{step.name} failed after the point of no return: {error}",
         )
         return
+    if maybe_done and step.point_of_no_return:
+        # The pivot may still commit, and nothing undoes it: compensating the steps before it
+        # would leave it done on top of their undoing. Forward only, by an operator's retry.
+        _transition(
+            conn,
+            instance,
+            status="failed",
+            last_error=f"{step.name} timed out at the point of no return (it may have run): "
+            f"{error}; retry it",
+        )
+        return
     completed = list(instance.row["completed_steps"])
     if maybe_done and attempt["step_index"] not in completed:
         completed.append(attempt["step_index"])
@@ -697,9 +708,14 @@ def abort_in(conn: Connection, saga_id: str, operator: str) -> Instance:
         return instance
     if _past_point_of_no_return(instance):
         raise InvalidTransition("this saga is past its point of no return; retry it instead")
+    in_flight = instance.row["direction"] == "forward" and _in_flight(conn, instance)
+    if in_flight and instance.row["current_step"] == instance.definition.pivot:
+        raise InvalidTransition(
+            "its point-of-no-return step may still run, and cannot be undone; retry it instead"
+        )
     _record_action(conn, instance.id, operator, "abort", {"from_status": status})
     completed = list(instance.row["completed_steps"])
-    if instance.row["direction"] == "forward" and _in_flight(conn, instance):
+    if in_flight:
         completed.append(instance.row["current_step"])  # it may run yet: undo it too
     conn.execute(
         update(saga_steps)
@@ -735,11 +751,14 @@ def _in_flight(conn: Connection, instance: Instance) -> bool:
     )
 
 
-def can_abort(instance: Instance) -> bool:
+def can_abort(conn: Connection, instance: Instance) -> bool:
     """Whether an operator may abort this saga now."""
-    return instance.row["status"] in ("running", "failed", "stuck") and not (
-        _past_point_of_no_return(instance)
-    )
+    if instance.row["status"] not in ("running", "failed", "stuck"):
+        return False
+    if _past_point_of_no_return(instance):
+        return False
+    at_pivot = instance.row["current_step"] == instance.definition.pivot
+    return not (at_pivot and instance.row["direction"] == "forward" and _in_flight(conn, instance))
 
 
 def forget_post_text(engine: Engine, post_id: str) -> int:

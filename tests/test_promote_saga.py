@@ -241,6 +241,74 @@ def test_an_operator_abort_compensates_a_running_saga(app, client, engine, scene
     assert_ledger_invariants(engine)
 
 
+def relay_holding_back(app, command: str) -> list[Envelope]:
+    """Relay and run everything, as ``drain`` does, except the step requests for ``command``:
+    a slow broker or participant has them. Returns them, for a late delivery."""
+    from feed.outbox import relay_once
+    from feed.projections import apply_fan_out_page
+
+    svc = app.extensions["feed"]
+    held: list[Envelope] = []
+
+    def publish(batch):
+        for envelope in batch:
+            if envelope.type == "SagaStepRequested" and envelope.payload["command"] == command:
+                held.append(envelope)
+            elif not handle_saga_event(svc, envelope):
+                project(svc.store, envelope, lambda page: apply_fan_out_page(svc.store, page))
+
+    while relay_once(svc.engine, publish):
+        pass
+    return held
+
+
+def test_no_abort_while_the_point_of_no_return_may_still_commit(app, client, engine, scene):
+    """Issue 28: an abort while complete_campaign ran refunded a campaign that completed."""
+    saga_id = promote(client, scene)
+    (late,) = relay_holding_back(app, "complete_campaign")
+
+    aborted = client.post(f"/api/v1/admin/sagas/{saga_id}/abort", headers=scene["admin"].auth)
+    handle_saga_event(app.extensions["feed"], late)  # the step commits after all
+    settle(app)
+
+    assert aborted.status_code == 409
+    assert aborted.mimetype == "application/problem+json"
+    assert saga(client, scene, saga_id)["status"] == "completed"
+    assert_ledger_invariants(engine)
+
+
+def test_a_timed_out_point_of_no_return_goes_forward_only(
+    app, client, engine, scene, quick_timeouts, monkeypatch
+):
+    """Issue 28: a pivot that timed out for good started compensation, and then committed."""
+    import dataclasses
+
+    quick = saga_engine.LATEST["promote_post"]
+    pivot = quick.pivot
+    steps = list(quick.steps)
+    steps[pivot] = dataclasses.replace(steps[pivot], retry=saga_engine.RetryPolicy(attempts=1))
+    once = dataclasses.replace(quick, steps=tuple(steps), stuck_after_seconds=60)
+    monkeypatch.setitem(saga_engine.DEFINITIONS, ("promote_post", 1), once)
+    monkeypatch.setitem(saga_engine.LATEST, "promote_post", once)
+    saga_id = promote(client, scene)
+    (late,) = relay_holding_back(app, "complete_campaign")
+    time.sleep(0.4)  # past the step's timeout
+    saga_engine.sweep(engine)
+    handle_saga_event(app.extensions["feed"], late)
+    settle(app)
+
+    failed = saga(client, scene, saga_id)
+    assert failed["status"] == "failed", failed
+    assert "point of no return" in failed["last_error"]
+    assert_ledger_invariants(engine)
+    admin = scene["admin"].auth
+    assert client.post(f"/api/v1/admin/sagas/{saga_id}/abort", headers=admin).status_code == 409
+    assert client.post(f"/api/v1/admin/sagas/{saga_id}/retry", headers=admin).status_code == 202
+    settle(app)
+    assert saga(client, scene, saga_id)["status"] == "completed"
+    assert_ledger_invariants(engine)
+
+
 def test_only_admins_reach_the_admin_api_and_only_owners_their_sagas(client, scene):
     saga_id = promote(client, scene)
     fan = scene["fan"]

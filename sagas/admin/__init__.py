@@ -132,11 +132,11 @@ def saga(saga_id):
             found = engine.history(conn, saga_id)
         except (engine.SagaNotFound, ValueError):
             abort(404)
+        can_abort = engine.can_abort(conn, engine.Instance(found["saga"]))
     definition = engine.DEFINITIONS[(found["saga"]["type"], found["saga"]["version"])]
     preview = None
     if request.args.get("preview") == "repair":
         preview = repair.repair(services().store, found["saga"], dry_run=True)
-    can_abort = engine.can_abort(engine.Instance(found["saga"]))
     return render_template(
         "admin/saga.html", found=found, definition=definition, preview=preview, can_abort=can_abort
     )
