@@ -299,7 +299,7 @@ class AdminSaga(MethodView):
         return json_response(render_saga(found["saga"], found["steps"], found["actions"]), 200)
 
 
-def _operator_action(saga_id: UUID, action) -> Any:
+def _operator_action(saga_id: UUID, action, render=lambda instance: render_saga(instance.row)):
     """An operator's retry or abort (``engine.retry_in``, ``engine.abort_in``): a command like
     any other, with its Idempotency-Key and X-Consistency-Token, in one transaction; run again
     when another process moved the saga meanwhile."""
@@ -310,7 +310,7 @@ def _operator_action(saga_id: UUID, action) -> Any:
             return run_command(
                 202,
                 lambda uow: action(uow.conn, ident, f"account:{admin}"),
-                lambda instance: render_saga(instance.row),
+                render,
                 principal=require_principal(),
             )
         except engine.SagaNotFound:
@@ -351,11 +351,20 @@ class AdminRetry(MethodView):
     def post(self, saga_id):
         """Resume a failed or stuck saga from the step that failed (admin), optionally after
         repairing the read models it touched."""
-        admin = require_admin()
+        require_admin()
         repair_it = _flag("repair")
         dry_run = _flag("dry_run")
         if not repair_it:
             return _operator_action(saga_id, engine.retry_in)
+        if not dry_run:
+            # The repair is part of the command: a replay of its Idempotency-Key repairs nothing.
+            return _operator_action(
+                saga_id,
+                lambda conn, ident, operator: repair.repair_and_retry(
+                    services().store, conn, ident, operator
+                ),
+                lambda done: {**render_saga(done[0].row), "repair": done[1]},
+            )
         svc = services()
         with svc.engine.connect() as conn:
             try:
@@ -364,19 +373,8 @@ class AdminRetry(MethodView):
                 raise NotFound("No such saga.") from None
         if saga["status"] not in ("failed", "stuck"):
             raise Conflict(f"a {saga['status']} saga cannot be retried")
-        report = repair.repair(svc.store, saga, dry_run=dry_run)
-        if dry_run:
-            return json_response({"saga": render_saga(saga), "repair": report}, 200)
-        engine.record_action(
-            svc.engine,
-            str(saga["id"]),
-            f"account:{admin}",
-            "repair",
-            {"changes": report["changes"]},
-        )
-        response = _operator_action(saga_id, engine.retry_in)
-        body = response.get_json()
-        return json_response({**body, "repair": report}, 202)
+        report = repair.repair(svc.store, saga, dry_run=True)
+        return json_response({"saga": render_saga(saga), "repair": report}, 200)
 
 
 def _flag(name: str) -> bool:

@@ -775,7 +775,14 @@ def forget_post_text(engine: Engine, post_id: str) -> int:
 def record_action(engine: Engine, saga_id: str, operator: str, action: str, detail: dict) -> None:
     """Record an operator's action in the saga's history (who, when, what)."""
     with engine.begin() as conn:
-        _record_action(conn, load(conn, saga_id).id, operator, action, detail)
+        record_action_in(conn, saga_id, operator, action, detail)
+
+
+def record_action_in(
+    conn: Connection, saga_id: str, operator: str, action: str, detail: dict
+) -> None:
+    """Record an operator's action in the saga's history, in the caller's transaction."""
+    _record_action(conn, load(conn, saga_id).id, operator, action, detail)
 
 
 def _record_action(

@@ -19,6 +19,7 @@ from feed.rebuild import (
     rebuild_feed,
     rebuild_posts,
 )
+from sagas import engine
 from sagas.engine import DEFINITIONS
 
 
@@ -100,3 +101,17 @@ def repair(store: Store, saga: dict[str, Any], *, dry_run: bool) -> dict[str, An
         if not dry_run and changes:
             apply(store, conn, keys)
     return {"keys_checked": len(keys), "dry_run": dry_run, "changes": changes}
+
+
+def repair_and_retry(
+    store: Store, conn: Connection, saga_id: str, operator: str
+) -> tuple[engine.Instance, dict[str, Any]]:
+    """Repair a failed or stuck saga's keys, then retry it, both recorded in the caller's
+    transaction (one command: a replay of it repairs nothing). The Redis writes rebuild from
+    PostgreSQL, so a transaction run again does no harm."""
+    saga = engine.load(conn, saga_id).row
+    if saga["status"] not in ("failed", "stuck"):
+        raise engine.InvalidTransition(f"a {saga['status']} saga cannot be retried")
+    report = repair(store, saga, dry_run=False)
+    engine.record_action_in(conn, saga_id, operator, "repair", {"changes": report["changes"]})
+    return engine.retry_in(conn, saga_id, operator), report

@@ -436,6 +436,35 @@ def test_retry_with_repair_rebuilds_the_keys_the_saga_touched_after_a_dry_run(
     assert client.post(f"{url}?repair=true&dry_run=true", headers=admin).status_code == 409
 
 
+def test_retry_with_repair_replayed_by_its_key_repairs_nothing_again(app, client, engine, scene):
+    """Issue 28: the replay ran the repair again and lost the command's headers."""
+    from feed.keys import feed_key
+
+    with engine.begin() as conn:
+        inject_fault(conn, "notifications", "notify_promotion_finished", "permanent", 1)
+    saga_id = promote(client, scene, credits=3)
+    settle(app)
+    redis = app.extensions["feed"].redis
+    damaged = feed_key(scene["readers"][0].id)
+    redis.zrem(damaged, scene["post_id"])
+    url = f"/api/v1/admin/sagas/{saga_id}/retry?repair=true"
+    keyed = {**scene["admin"].auth, "Idempotency-Key": "repair-1"}
+
+    first = client.post(url, headers=keyed)
+    redis.zrem(damaged, scene["post_id"])  # damaged again: a replay must not touch it
+    again = client.post(url, headers=keyed)
+
+    assert first.status_code == again.status_code == 202
+    assert first.headers["X-Consistency-Token"]
+    assert again.headers["X-Consistency-Token"] == first.headers["X-Consistency-Token"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.get_json() == first.get_json()
+    assert list(first.get_json()["repair"]["changes"]) == [damaged]
+    assert redis.zscore(damaged, scene["post_id"]) is None
+    shown = client.get(f"/api/v1/admin/sagas/{saga_id}", headers=scene["admin"].auth).get_json()
+    assert [a["action"] for a in shown["operator_actions"]] == ["repair", "retry"]
+
+
 def test_repair_from_the_cli(app, client, engine, scene):
     from feed.keys import feed_key
 

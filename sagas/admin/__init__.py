@@ -153,11 +153,10 @@ def retry(saga_id):
         if row["status"] not in ("failed", "stuck"):
             raise engine.InvalidTransition(f"a {row['status']} saga cannot be retried")
         if request.form.get("repair") == "1":
-            report = repair.repair(svc.store, row, dry_run=False)
-            engine.record_action(
-                svc.engine, saga_id, operator, "repair", {"changes": report["changes"]}
-            )
-        engine.retry(svc.engine, saga_id, operator)
+            with svc.engine.begin() as conn:
+                repair.repair_and_retry(svc.store, conn, saga_id, operator)
+        else:
+            engine.retry(svc.engine, saga_id, operator)
         flash("Retry sent: the saga resumes from the step that failed.")
     except (engine.SagaNotFound, ValueError):
         abort(404)
