@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, func, insert, literal, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Engine,
+    Text,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from feed.clock import utcnow
@@ -763,13 +774,32 @@ def can_abort(conn: Connection, instance: Instance) -> bool:
 
 def forget_post_text(engine: Engine, post_id: str) -> int:
     """A deleted post's text leaves the data of the saga that published it (moderation read it
-    there). Safe to repeat; returns how many sagas changed."""
+    there) and the args recorded with each of its steps. Safe to repeat; returns how many
+    sagas changed."""
+    blank = literal({"body": ""}, JSONB)
     with engine.begin() as conn:
-        return conn.execute(
-            update(sagas)
-            .where(sagas.c.data["post_id"].astext == str(post_id), sagas.c.data.has_key("body"))
-            .values(data=sagas.c.data.op("||")(literal({"body": ""}, JSONB)))
-        ).rowcount
+        changed = (
+            conn.execute(
+                update(sagas)
+                .where(sagas.c.data["post_id"].astext == str(post_id), sagas.c.data.has_key("body"))
+                .values(data=sagas.c.data.op("||")(blank))
+                .returning(sagas.c.id)
+            )
+            .scalars()
+            .all()
+        )
+        if changed:
+            args = saga_steps.c.command["args"]
+            conn.execute(
+                update(saga_steps)
+                .where(saga_steps.c.saga_id.in_(changed), args.has_key("body"))
+                .values(
+                    command=func.jsonb_set(
+                        saga_steps.c.command, literal(["args"], ARRAY(Text)), args.op("||")(blank)
+                    )
+                )
+            )
+        return len(changed)
 
 
 def record_action(engine: Engine, saga_id: str, operator: str, action: str, detail: dict) -> None:

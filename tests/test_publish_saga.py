@@ -292,6 +292,9 @@ def test_a_deleted_posts_text_leaves_its_publish_sagas_data(app, client, engine,
 
     assert fetch_all(engine, "SELECT data->>'body' AS body FROM sagas") == [{"body": ""}]
     assert fetch_all(engine, "SELECT body FROM posts") == [{"body": ""}]
+    # Issue 28: each step's recorded args kept the text.
+    steps = fetch_all(engine, "SELECT command::text AS command FROM saga_steps")
+    assert steps and not [s for s in steps if "words to forget" in s["command"]]
 
 
 def test_a_repair_checks_what_each_kind_of_saga_touched(app, client, engine, people):
