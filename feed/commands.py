@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
+from feed import idempotency
 from feed.auth import Passwords, Principal, Tokens
 from feed.clock import rfc3339, utcnow
 from feed.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
@@ -168,6 +169,15 @@ def start_session(
     uow.conn.execute(update(accounts).where(accounts.c.id == row["id"]).values(**changes))
     token, expires_at = tokens.issue(Principal(account_id=row["id"], is_admin=row["is_admin"]))
     return Session(token=token, expires_at=rfc3339(expires_at), account=row)
+
+
+def may_replay_session(conn: Connection, account_id: int) -> bool:
+    """Whether a login's remembered answer may be given again: only while its account is
+    active (a disabled or erased account gets no token, nor its name back)."""
+    status = conn.execute(
+        select(accounts.c.status).where(accounts.c.id == account_id)
+    ).scalar_one_or_none()
+    return status == "active"
 
 
 def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:
@@ -814,7 +824,9 @@ def purge_follows(conn: Connection, account_id: int) -> list[AccountUnfollowed]:
 
 
 def erase_account(conn: Connection, account_id: int) -> AccountDeleted | None:
-    """Forget the account: no handle, name or password kept; its id stays as a tombstone."""
+    """Forget the account: no handle, name or password kept, nor any answer remembered for an
+    Idempotency-Key; its id stays as a tombstone."""
+    idempotency.forget_account(conn, account_id)
     erased = conn.execute(
         update(accounts)
         .where(accounts.c.id == account_id, accounts.c.status != "deleted")

@@ -103,3 +103,20 @@ def purge_expired(conn: Connection, ttl_seconds: int) -> int:
         )
     )
     return result.rowcount
+
+
+def forget_account(conn: Connection, account_id: int) -> int:
+    """Delete the records of an erased account: its commands' and the logins and sign-up that
+    answered with it (kept under the client's address). Returns how many went."""
+    ident = str(account_id)
+    body = idempotency_keys.c.body
+    result = conn.execute(
+        delete(idempotency_keys).where(
+            (idempotency_keys.c.scope == ident)
+            | (
+                idempotency_keys.c.scope.startswith("anon:")
+                & ((body["id"].astext == ident) | (body["account"]["id"].astext == ident))
+            )
+        )
+    )
+    return result.rowcount

@@ -2,9 +2,11 @@
 
 Once a second it times out unanswered saga steps, fires overdue retry timers, marks sagas with
 no progress past their deadline ``stuck`` and resumes them ``SAGA_STUCK_VISIBLE_SECONDS``
-later (unless an operator acted first); once an hour it deletes uploads left unattached for
-``MEDIA_UNATTACHED_HOURS``. It works in PostgreSQL only (the steps it sends go out through the
-outbox and the relay) and every pass is idempotent, so several sweepers may run.
+later (unless an operator acted first); once an hour (and when it starts) it deletes uploads
+left unattached for ``MEDIA_UNATTACHED_HOURS`` and Idempotency-Key records past their
+``IDEMPOTENCY_TTL_SECONDS`` (they hold bodies, handles and names). It works in PostgreSQL
+only (the steps it sends go out through the outbox and the relay) and every pass is
+idempotent, so several sweepers may run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import structlog
 
 from feed.bootstrap import build_engine
 from feed.config import Settings
+from feed.idempotency import purge_expired
 from feed.observability import configure_logging
 from sagas import runtime  # noqa: F401  (registers the saga definitions)
 from sagas.engine import sweep
@@ -24,13 +27,13 @@ from sagas.services.media import sweep_unattached
 
 log = structlog.get_logger(__name__)
 SWEEP_SECONDS = 1.0
-MEDIA_SWEEP_SECONDS = 3600.0
+HOURLY_SECONDS = 3600.0
 
 
 def run(settings: Settings, stop_event: threading.Event) -> None:
     """Sweep until ``stop_event`` is set; while PostgreSQL is down, retry with backoff."""
     engine = build_engine(settings.database_url, pool_size=2)
-    last_media_sweep = 0.0
+    hourly_due = time.monotonic()
     backoff = SWEEP_SECONDS
     log.info("sweeper_started")
     while not stop_event.is_set():
@@ -38,12 +41,9 @@ def run(settings: Settings, stop_event: threading.Event) -> None:
             counts = sweep(engine, stuck_visible_seconds=settings.saga_stuck_visible_seconds)
             if any(counts.values()):
                 log.info("sagas_swept", **counts)
-            if time.monotonic() - last_media_sweep >= MEDIA_SWEEP_SECONDS:
-                with engine.begin() as conn:
-                    deleted = sweep_unattached(conn, settings)
-                last_media_sweep = time.monotonic()
-                if deleted:
-                    log.info("unattached_media_deleted", count=deleted)
+            if time.monotonic() >= hourly_due:
+                hourly(engine, settings)
+                hourly_due = time.monotonic() + HOURLY_SECONDS
             backoff = SWEEP_SECONDS
         except Exception as error:  # the database is down: try again later
             log.warning("sweeper_retrying", error=f"{type(error).__name__}: {error}", in_s=backoff)
@@ -51,6 +51,18 @@ def run(settings: Settings, stop_event: threading.Event) -> None:
         stop_event.wait(backoff)
     engine.dispose()
     log.info("sweeper_stopped")
+
+
+def hourly(engine, settings: Settings) -> None:
+    """Delete uploads never attached and expired Idempotency-Key records."""
+    with engine.begin() as conn:
+        deleted = sweep_unattached(conn, settings)
+    if deleted:
+        log.info("unattached_media_deleted", count=deleted)
+    with engine.begin() as conn:
+        purged = purge_expired(conn, settings.idempotency_ttl_seconds)
+    if purged:
+        log.info("idempotency_records_purged", count=purged)
 
 
 def main() -> None:

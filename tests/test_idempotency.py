@@ -178,3 +178,83 @@ def test_a_key_still_in_flight_is_409(app, client, engine, make_account):
     third = client.post("/api/v1/posts", json={"body": "x"}, headers=headers)
     assert third.status_code == 201 and third.get_json() == first["r"].get_json()
     assert len(fetch_all(engine, "SELECT * FROM posts")) == 1
+
+
+def test_the_sweeper_purges_expired_records_when_it_starts_and_hourly(
+    settings, client, engine, make_account
+):
+    """Issue 28: expired records (bodies, handles, names) went only when purged by hand."""
+    from sagas import sweeper
+
+    ada = make_account()
+    for key in ("old", "new"):
+        client.post(
+            "/api/v1/posts", json={"body": key}, headers={**ada.auth, "Idempotency-Key": key}
+        )
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' "
+                "WHERE key = 'old'"
+            )
+        )
+    stop = threading.Event()
+    running = threading.Thread(target=sweeper.run, args=(settings, stop))
+    running.start()
+    try:
+        deadline = time.monotonic() + 5
+        while (
+            time.monotonic() < deadline
+            and len(fetch_all(engine, "SELECT key FROM idempotency_keys")) > 1
+        ):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        running.join()
+    assert [r["key"] for r in fetch_all(engine, "SELECT key FROM idempotency_keys")] == ["new"]
+    assert sweeper.HOURLY_SECONDS == 3600
+
+
+def test_an_erased_account_leaves_no_records_and_its_login_never_replays(
+    app, client, engine, make_account
+):
+    """Issue 28: a login replayed after erasure answered 200, a fresh token and the name."""
+    from sagas.services import inject_fault
+    from tests.conftest import drain
+    from tests.test_promote_saga import settle
+
+    login = {"handle": "ada_l", "password": "12345678"}
+    client.post(
+        "/api/v1/accounts",
+        json={**login, "display_name": "Ada Lovelace"},
+        headers={"Idempotency-Key": "sign-up"},
+    )
+    replay = {"Idempotency-Key": "log-in"}
+    session = client.post("/api/v1/sessions", json=login, headers=replay)
+    auth = {"Authorization": f"Bearer {session.get_json()['token']}"}
+    client.post("/api/v1/posts", json={"body": "diary"}, headers={**auth, "Idempotency-Key": "p"})
+    others = make_account("bob_b")
+    client.post(
+        "/api/v1/posts", json={"body": "bob's"}, headers={**others.auth, "Idempotency-Key": "p"}
+    )
+
+    with engine.begin() as conn:  # the saga stops after disabling logins, for a while
+        inject_fault(conn, "feed", "purge_posts", "transient", 100)
+    assert client.delete("/api/v1/accounts/me", headers=auth).status_code == 202
+    drain(app.extensions["feed"])
+    while_disabled = client.post("/api/v1/sessions", json=login, headers=replay)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM participant_faults"))
+    settle(app)
+    after_erasure = client.post("/api/v1/sessions", json=login, headers=replay)
+
+    for refused in (while_disabled, after_erasure):
+        assert refused.status_code == 401, refused.get_json()
+        assert refused.mimetype == "application/problem+json"
+        assert "Lovelace" not in refused.get_data(as_text=True)
+    (account,) = fetch_all(
+        engine, "SELECT status FROM accounts WHERE id = :id", id=session.get_json()["account"]["id"]
+    )
+    assert account["status"] == "deleted"
+    left = fetch_all(engine, "SELECT scope, key FROM idempotency_keys")
+    assert left == [{"scope": others.id, "key": "p"}]

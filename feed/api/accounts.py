@@ -16,6 +16,7 @@ from feed.api.schemas import (
     StartSessionIn,
 )
 from feed.api.web import StoredForm, authenticated, require_principal, run_command, services
+from feed.errors import Unauthenticated
 
 blp = Blueprint("accounts", __name__, description="Accounts, sessions and follows")
 # Schemas are built once: building one per request copies every field.
@@ -58,6 +59,7 @@ class Sessions(MethodView):
         token_free = StoredForm(
             keep=lambda body: {**body, "token": svc.tokens.replayable(body["token"])},
             restore=lambda kept: {**kept, "token": svc.tokens.reissue(kept["token"])},
+            check_replay=lambda kept, conn: active_account_only(conn, kept["token"]),
         )
 
         def start(uow):
@@ -66,6 +68,12 @@ class Sessions(MethodView):
             return session
 
         return run_command(200, start, SESSION_OUT.dump, stored_form=token_free)
+
+
+def active_account_only(conn, replayable: dict) -> None:
+    """A login is replayed only for an active account: not a disabled or erased one."""
+    if not commands.may_replay_session(conn, int(replayable["sub"])):
+        raise Unauthenticated("The handle or password is wrong.")
 
 
 @blp.route("/accounts/<id:account_id>/follow")

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from flask import Response, current_app, g, json, request
 from redis.exceptions import RedisError
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from feed import idempotency
 from feed.auth import Principal
@@ -136,6 +136,8 @@ class StoredForm:
 
     keep: Callable[[Any], Any]
     restore: Callable[[Any], Any]
+    # Before a replay: may refuse it (raise a FeedError), say for an account gone since.
+    check_replay: Callable[[Any, Connection], None] = lambda kept, conn: None
 
 
 def run_command(
@@ -176,6 +178,8 @@ def run_command(
                 uow.conn, scope, key, request_fingerprint, svc.settings.idempotency_ttl_seconds
             )
             if stored is not None:
+                if stored_form:
+                    stored_form.check_replay(stored.body, uow.conn)
                 body = stored_form.restore(stored.body) if stored_form else stored.body
                 replay = json_response(body, stored.status_code, stored.headers)
                 replay.headers["Idempotent-Replayed"] = "true"
