@@ -195,7 +195,11 @@ def build_services(settings: Settings, *, placements: Sequence[Placements] = ())
             parallelism=settings.argon2_parallelism,
         ),
         tokens=Tokens(settings.secret_key, settings.token_ttl_seconds),
-        consistency=ConsistencyTokens(settings.secret_key, settings.consistency_token_ttl_seconds),
+        consistency=ConsistencyTokens(
+            settings.secret_key,
+            settings.consistency_token_ttl_seconds,
+            settings.consistency_token_max_age_seconds,
+        ),
     )
 
 

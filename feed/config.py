@@ -112,6 +112,8 @@ class Settings:
     metrics_cache_seconds: float = 15.0  # /metrics counts sagas and the outbox once in this
     trusted_proxies: int = 0  # reverse proxies in front, whose X-Forwarded-For is believed
     public_base_url: str = ""  # https://feed.example: Link headers' base (relative if unset)
+    # Issue 28's security settings (docs in README.md, "Configuration").
+    consistency_token_max_age_seconds: int = 3600  # after this a token is ignored
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -211,6 +213,9 @@ class Settings:
             ),
             trusted_proxies=_int(env, "TRUSTED_PROXIES", defaults.trusted_proxies),
             public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/"),
+            consistency_token_max_age_seconds=_int(
+                env, "CONSISTENCY_TOKEN_MAX_AGE_SECONDS", defaults.consistency_token_max_age_seconds
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -79,3 +79,36 @@ def test_an_expired_token_no_longer_waits_and_still_reads_the_write(patient_app)
     assert read.headers["X-Read-Model"] == "postgres"  # the write, not the stale feed
     assert [p["id"] for p in read.get_json()["items"]] == [posted.get_json()["id"]]
     assert waited < 2.5  # a valid token would wait the whole 5 s for the projection
+
+
+def test_a_token_past_its_hard_expiry_is_ignored_and_costs_no_sql(settings, clean_state):
+    """Issue 28: a token past its TTL still made every read of its holder a PostgreSQL read."""
+    from sqlalchemy import event
+
+    app = create_app(
+        services=build_services(
+            settings.with_overrides(
+                consistency_token_ttl_seconds=1, consistency_token_max_age_seconds=1
+            )
+        )
+    )
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
+    session = client.post("/api/v1/sessions", json={"handle": "ada_l", "password": "12345678"})
+    auth = {"Authorization": f"Bearer {session.get_json()['token']}"}
+    client.get("/api/v1/timelines/home", headers=auth)
+    posted = client.post("/api/v1/posts", json={"body": "not projected"}, headers=auth)
+    time.sleep(1.1)  # past the hard expiry
+    statements = []
+    engine = app.extensions["feed"].engine
+    count = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        read = client.get("/api/v1/timelines/home", headers={**auth, **token_of(posted)})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        app.extensions["feed"].close()
+
+    assert read.status_code == 200
+    assert read.headers["X-Read-Model"] == "redis"
+    assert statements == []

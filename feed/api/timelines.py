@@ -61,6 +61,8 @@ def consistency() -> dict[str, Any]:
         return {}
     principal = optional_principal()
     after = services().consistency.read(token, principal.account_id if principal else None)
+    if after is None:  # past its hard expiry: a read like one without a token
+        return {}
     return {"position": after.position, "wait": after.may_wait}
 
 
