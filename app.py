@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = services.settings
     app = Flask("feed")
     app.config.update(
-        SECRET_KEY=settings.secret_key,
+        SECRET_KEY=settings.signing_key("admin-sessions"),
+        WTF_CSRF_SECRET_KEY=settings.signing_key("csrf"),
         MAX_CONTENT_LENGTH=settings.max_json_bytes,
         RATELIMIT_ENABLED=settings.rate_limits_enabled,
         RATELIMIT_STORAGE_URI=settings.limiter_storage_uri,

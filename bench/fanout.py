@@ -175,7 +175,7 @@ def measure(sizes: list[int], repeat: int, cluster_nodes: tuple[str, ...] = ()) 
         redis_url=None if cluster_nodes else REDIS_URL,
         redis_cluster_nodes=cluster_nodes,
         broker_url=BROKER_URL,
-        secret_key="bench",
+        secret_key="bench-secret-key-not-for-production",
         feed_pull_threshold=10**9,
         log_json=True,
     )
@@ -197,7 +197,7 @@ def measure(sizes: list[int], repeat: int, cluster_nodes: tuple[str, ...] = ()) 
         "DATABASE_URL": database_url,
         **redis_env,
         "BROKER_URL": BROKER_URL,
-        "SECRET_KEY": "bench",
+        "SECRET_KEY": "bench-secret-key-not-for-production",
         "LOG_JSON": "true",
         "FEED_PULL_THRESHOLD": str(10**9),
         "FEED_QUEUE_PREFIX": f"bench-{name}-",

@@ -388,7 +388,7 @@ def _settings(database_url: str, redis_url: str) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         broker_url=redis_url,
-        secret_key="seed",
+        secret_key="seed-secret-key-not-for-production",
         log_json=False,
     )
 

@@ -83,8 +83,12 @@ class Tokens:
 
     VERIFIED_CACHE_SIZE = 10_000
 
-    def __init__(self, secret_key: str, ttl_seconds: int) -> None:
+    def __init__(
+        self, secret_key: str, ttl_seconds: int, legacy_keys: tuple[str, ...] = ()
+    ) -> None:
         self._key = secret_key
+        # Tokens signed before this key was derived stay valid until they expire.
+        self._verifying_keys = (secret_key, *legacy_keys)
         self.ttl_seconds = ttl_seconds
         self._verified: dict[str, tuple[Principal, int]] = {}
         self._verified_lock = threading.Lock()
@@ -127,19 +131,31 @@ class Tokens:
 
     def _verify_signed(self, token: str) -> tuple[Principal, int]:
         try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=[TOKEN_ALGORITHM],
-                issuer=TOKEN_ISSUER,
-                options={"require": ["sub", "exp", "iat", "iss"]},
-            )
+            claims = self._decode(token)
             principal = Principal(account_id=int(claims["sub"]), is_admin=bool(claims.get("adm")))
             return principal, int(claims["exp"])
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("The token has expired; log in again.") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise Unauthenticated("The token is not valid.") from None
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        for key in self._verifying_keys[:-1]:
+            try:
+                return self._decode_with(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_with(token, self._verifying_keys[-1])
+
+    @staticmethod
+    def _decode_with(token: str, key: str) -> dict[str, Any]:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[TOKEN_ALGORITHM],
+            issuer=TOKEN_ISSUER,
+            options={"require": ["sub", "exp", "iat", "iss"]},
+        )
 
 
 class ActiveAccounts:

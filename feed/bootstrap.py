@@ -194,11 +194,14 @@ def build_services(settings: Settings, *, placements: Sequence[Placements] = ())
             memory_cost=settings.argon2_memory_cost,
             parallelism=settings.argon2_parallelism,
         ),
-        tokens=Tokens(settings.secret_key, settings.token_ttl_seconds),
+        tokens=Tokens(
+            settings.signing_key("tokens"), settings.token_ttl_seconds, settings.legacy_keys
+        ),
         consistency=ConsistencyTokens(
-            settings.secret_key,
+            settings.signing_key("consistency-tokens"),
             settings.consistency_token_ttl_seconds,
             settings.consistency_token_max_age_seconds,
+            settings.legacy_keys,
         ),
     )
 

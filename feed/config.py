@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -39,6 +41,15 @@ def sqlalchemy_url(url: str) -> str:
 def broker_urls(url: str) -> list[str]:
     """The nodes a ``BROKER_URL`` names: one URL, or several separated by ``,`` or ``;``."""
     return [u.strip() for u in re.split(r"[,;](?=\s*amqps?://)", url) if u.strip()]
+
+
+MIN_SECRET_KEY_BYTES = 32
+
+
+def derive_key(secret_key: str, purpose: str) -> str:
+    """The key of one purpose (tokens, CSRF, ...): HMAC-SHA256 of its name under
+    ``SECRET_KEY``, so a signature made for one purpose is worthless for another."""
+    return hmac.new(secret_key.encode(), f"feed:{purpose}".encode(), hashlib.sha256).hexdigest()
 
 
 def limiter_storage_url(redis_url: str) -> str:
@@ -114,6 +125,7 @@ class Settings:
     public_base_url: str = ""  # https://feed.example: Link headers' base (relative if unset)
     # Issue 28's security settings (docs in README.md, "Configuration").
     consistency_token_max_age_seconds: int = 3600  # after this a token is ignored
+    accept_legacy_signatures: bool = True  # verify what SECRET_KEY itself signed (upgrades)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -216,7 +228,25 @@ class Settings:
             consistency_token_max_age_seconds=_int(
                 env, "CONSISTENCY_TOKEN_MAX_AGE_SECONDS", defaults.consistency_token_max_age_seconds
             ),
+            accept_legacy_signatures=_bool(env, "ACCEPT_LEGACY_SIGNATURES", True),
         )
+
+    def __post_init__(self) -> None:
+        if len(self.secret_key.encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(
+                f"SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes long (a random "
+                "string: python3 -c 'import secrets; print(secrets.token_urlsafe(48))')."
+            )
+
+    def signing_key(self, purpose: str) -> str:
+        """The key that signs ``purpose``'s tokens, derived from ``SECRET_KEY``."""
+        return derive_key(self.secret_key, purpose)
+
+    @property
+    def legacy_keys(self) -> tuple[str, ...]:
+        """Keys that still verify (never sign): ``SECRET_KEY`` itself, which signed everything
+        before keys were derived, until ``ACCEPT_LEGACY_SIGNATURES`` is turned off."""
+        return (self.secret_key,) if self.accept_legacy_signatures else ()
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some settings replaced (tests use this)."""

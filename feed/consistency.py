@@ -33,9 +33,14 @@ class ConsistencyTokens:
     """Encode and decode the outbox position a command reached."""
 
     def __init__(
-        self, secret_key: str, ttl_seconds: float = 600, max_age_seconds: float = 3600
+        self,
+        secret_key: str,
+        ttl_seconds: float = 600,
+        max_age_seconds: float = 3600,
+        legacy_keys: tuple[str, ...] = (),
     ) -> None:
-        self._serializer = URLSafeSerializer(secret_key, salt="consistency-token")
+        # itsdangerous signs with the last key and verifies with any.
+        self._serializer = URLSafeSerializer([*legacy_keys, secret_key], salt="consistency-token")
         self._ttl = ttl_seconds
         self._max_age = max(ttl_seconds, max_age_seconds)
 

@@ -40,9 +40,10 @@ def fingerprint(secret_key: str, method: str, path: str, body: Any) -> str:
 
 
 def claim(
-    conn: Connection, scope: str, key: str, request_fingerprint: str, ttl_seconds: int
+    conn: Connection, scope: str, key: str, fingerprints: tuple[str, ...], ttl_seconds: int
 ) -> StoredResponse | None:
-    """Take the key for this transaction; return the stored answer if it already has one.
+    """Take the key for this transaction; return the stored answer if it already has one and
+    its request had one of ``fingerprints`` (the request's, under each key still accepted).
 
     Raises ``Conflict`` while another request holds the key and ``IdempotencyKeyReused`` when
     the key was used for a different request.
@@ -71,7 +72,7 @@ def claim(
     )
     if row is None:
         return None
-    if row["fingerprint"] != request_fingerprint:
+    if row["fingerprint"] not in fingerprints:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was used for a different request.",
             errors={"Idempotency-Key": ["Already used for a different request."]},

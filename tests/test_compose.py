@@ -58,7 +58,7 @@ def test_processes_that_share_metrics_share_one_directory():
 
 def compose_env(name: str) -> dict[str, str]:
     env = {key: str(value) for key, value in SERVICES[name]["environment"].items()}
-    return {**env, "SECRET_KEY": "compose-secret"}
+    return {**env, "SECRET_KEY": "compose-secret-key-that-is-long-enough"}
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

@@ -27,7 +27,7 @@ RABBIT_NODES = sorted(n for n in SERVICES if n.startswith("rabbitmq-"))
 
 def env_of(name: str) -> dict[str, str]:
     env = {key: str(value) for key, value in SERVICES[name]["environment"].items()}
-    return {**env, "SECRET_KEY": "compose-secret"}
+    return {**env, "SECRET_KEY": "compose-secret-key-that-is-long-enough"}
 
 
 def test_six_redis_nodes_are_joined_into_three_primaries_with_a_replica_each():

@@ -217,3 +217,76 @@ def test_deleted_content_is_blanked_and_old_published_events_are_purged(
     assert result.exit_code == 0 and "purged" in result.output
     assert rows("SELECT count(*) FROM outbox WHERE payload::text LIKE '%secret%'") == [0]
     assert rows("SELECT payload->>'post_id' FROM outbox") == [pending.get_json()["id"]]
+
+
+def test_a_secret_key_shorter_than_32_bytes_stops_the_start(tmp_path):
+    """Issue 28: any SECRET_KEY was taken, one letter long too."""
+    from feed.config import Settings
+
+    env = {"FEED_DATA_DIR": str(tmp_path)}
+    with pytest.raises(ValueError, match="SECRET_KEY"):
+        Settings.from_env({**env, "SECRET_KEY": "k" * 31})
+    assert Settings.from_env({**env, "SECRET_KEY": "k" * 32}).secret_key == "k" * 32
+    assert len(Settings.from_env(env).secret_key) >= 32  # the one kept under the data directory
+
+
+def test_each_purpose_has_its_own_key_and_what_the_old_key_signed_stays_valid(
+    settings, app, client, engine, make_account
+):
+    """Issue 28: one SECRET_KEY signed bearer tokens, consistency tokens, the operators' session
+    cookie and CSRF tokens. Now each has its own key; tokens and Idempotency-Key records made
+    with SECRET_KEY itself (before the upgrade) are still accepted until they expire."""
+    import time
+
+    import jwt
+    from itsdangerous import URLSafeSerializer
+
+    from feed.idempotency import fingerprint
+
+    ada = make_account("ada_l")
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(ada.token, settings.secret_key, algorithms=["HS256"])
+    keys = {app.secret_key, app.config["WTF_CSRF_SECRET_KEY"], settings.secret_key}
+    keys |= {settings.signing_key(p) for p in ("tokens", "consistency-tokens", "idempotency")}
+    assert len(keys) == 6
+
+    now = int(time.time())
+    claims = {"sub": ada.id, "adm": False, "iat": now, "exp": now + 60, "iss": "feed"}
+    old_token = {"Authorization": "Bearer " + jwt.encode(claims, settings.secret_key, "HS256")}
+    old_consistency = URLSafeSerializer(settings.secret_key, salt="consistency-token").dumps(
+        {"p": 1, "a": int(ada.id), "x": now + 60}
+    )
+    read = client.get(
+        f"/api/v1/accounts/{ada.id}", headers={**old_token, "X-Consistency-Token": old_consistency}
+    )
+    assert read.status_code == 200, read.get_json()
+
+    keyed = {**ada.auth, "Idempotency-Key": "before-the-upgrade"}
+    first = client.post("/api/v1/posts", json={"body": "once"}, headers=keyed)
+    with engine.begin() as conn:  # the record as the old version wrote it
+        conn.execute(
+            text("UPDATE idempotency_keys SET fingerprint = :f"),
+            {"f": fingerprint(settings.secret_key, "POST", "/api/v1/posts", {"body": "once"})},
+        )
+    again = client.post("/api/v1/posts", json={"body": "once"}, headers=keyed)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.get_json() == first.get_json()
+
+
+def test_old_signatures_are_refused_once_turned_off(limited, make_account):
+    import time
+
+    import jwt
+
+    app = limited(accept_legacy_signatures=False)
+    client = app.test_client()
+    client.post("/api/v1/accounts", json={"handle": "ada_l", "password": "12345678"})
+    ada = client.post("/api/v1/sessions", json={"handle": "ada_l", "password": "12345678"})
+    ada_id = ada.get_json()["account"]["id"]
+    now = int(time.time())
+    claims = {"sub": ada_id, "adm": False, "iat": now, "exp": now + 60, "iss": "feed"}
+    secret = app.extensions["feed"].settings.secret_key
+    old = {"Authorization": "Bearer " + jwt.encode(claims, secret, "HS256")}
+    new = {"Authorization": "Bearer " + ada.get_json()["token"]}
+    assert client.get("/api/v1/timelines/home", headers=new).status_code == 200
+    assert client.get("/api/v1/timelines/home", headers=old).status_code == 401

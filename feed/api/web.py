@@ -162,11 +162,13 @@ def run_command(
     key = idempotency_key()
     # Anonymous commands (register, log in) are scoped to the client's address.
     scope = str(principal.account_id) if principal else f"anon:{request.remote_addr or ''}"
-    request_fingerprint = ""
+    fingerprints: tuple[str, ...] = ("",)
     if key is not None:  # what a replay must match: only needed with a key
         body_seen = request_body if request_body is not None else request.get_json(silent=True)
-        request_fingerprint = idempotency.fingerprint(
-            svc.settings.secret_key, request.method, request.path, body_seen
+        # The record's own, then those of records made with SECRET_KEY itself (upgrades).
+        fingerprints = tuple(
+            idempotency.fingerprint(signing_key, request.method, request.path, body_seen)
+            for signing_key in (svc.settings.signing_key("idempotency"), *svc.settings.legacy_keys)
         )
     with UnitOfWork(
         svc.engine,
@@ -175,7 +177,7 @@ def run_command(
     ) as uow:
         if key is not None:
             stored = idempotency.claim(
-                uow.conn, scope, key, request_fingerprint, svc.settings.idempotency_ttl_seconds
+                uow.conn, scope, key, fingerprints, svc.settings.idempotency_ttl_seconds
             )
             if stored is not None:
                 if stored_form:
@@ -193,7 +195,7 @@ def run_command(
                 uow.conn,
                 scope,
                 key,
-                request_fingerprint,
+                fingerprints[0],
                 idempotency.StoredResponse(
                     status, stored_form.keep(body) if stored_form else body, headers
                 ),
