@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from flask import Flask
@@ -47,8 +48,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["feed"] = services
     Migrate().init_app(app, None, directory=str(MIGRATIONS_DIR))
     app.config.update(
+        # Only the operators' page has a session; the cookie holds its id (sagas/admin_sessions.py).
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        # Behind TLS the cookie is Secure, and its __Host- name binds it to this host and path.
+        SESSION_COOKIE_SECURE=settings.behind_tls,
+        SESSION_COOKIE_NAME="__Host-session" if settings.behind_tls else "session",
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.admin_session_max_seconds),
         WTF_CSRF_TIME_LIMIT=3600,
     )
     api = init_api(app)

@@ -126,6 +126,8 @@ class Settings:
     # Issue 28's security settings (docs in README.md, "Configuration").
     consistency_token_max_age_seconds: int = 3600  # after this a token is ignored
     accept_legacy_signatures: bool = True  # verify what SECRET_KEY itself signed (upgrades)
+    admin_session_max_seconds: int = 8 * 3600  # an operator's web session, whatever happens
+    admin_session_idle_seconds: int = 30 * 60  # an operator's web session without a request
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -229,6 +231,12 @@ class Settings:
                 env, "CONSISTENCY_TOKEN_MAX_AGE_SECONDS", defaults.consistency_token_max_age_seconds
             ),
             accept_legacy_signatures=_bool(env, "ACCEPT_LEGACY_SIGNATURES", True),
+            admin_session_max_seconds=_int(
+                env, "ADMIN_SESSION_MAX_SECONDS", defaults.admin_session_max_seconds
+            ),
+            admin_session_idle_seconds=_int(
+                env, "ADMIN_SESSION_IDLE_SECONDS", defaults.admin_session_idle_seconds
+            ),
         )
 
     def __post_init__(self) -> None:

@@ -184,3 +184,15 @@ media = Table(
     Index("ix_media_account_id", "account_id"),
     Index("ix_media_post_id", "post_id"),
 )
+
+# The operators' web sessions (sagas/admin): the cookie holds a random id, this table its hash,
+# so a logout revokes it and a database reader cannot use one.
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("account_id", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_admin_sessions_account_id", "account_id"),
+)

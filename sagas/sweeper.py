@@ -3,8 +3,9 @@
 Once a second it times out unanswered saga steps, fires overdue retry timers, marks sagas with
 no progress past their deadline ``stuck`` and resumes them ``SAGA_STUCK_VISIBLE_SECONDS``
 later (unless an operator acted first); once an hour (and when it starts) it deletes uploads
-left unattached for ``MEDIA_UNATTACHED_HOURS`` and Idempotency-Key records past their
-``IDEMPOTENCY_TTL_SECONDS`` (they hold bodies, handles and names). It works in PostgreSQL
+left unattached for ``MEDIA_UNATTACHED_HOURS``, Idempotency-Key records past their
+``IDEMPOTENCY_TTL_SECONDS`` (they hold bodies, handles and names) and expired operators' web
+sessions. It works in PostgreSQL
 only (the steps it sends go out through the outbox and the relay) and every pass is
 idempotent, so several sweepers may run.
 """
@@ -21,7 +22,7 @@ from feed.bootstrap import build_engine
 from feed.config import Settings
 from feed.idempotency import purge_expired
 from feed.observability import configure_logging
-from sagas import runtime  # noqa: F401  (registers the saga definitions)
+from sagas import admin_sessions, runtime  # noqa: F401  (runtime registers the definitions)
 from sagas.engine import sweep
 from sagas.services.media import sweep_unattached
 
@@ -54,7 +55,8 @@ def run(settings: Settings, stop_event: threading.Event) -> None:
 
 
 def hourly(engine, settings: Settings) -> None:
-    """Delete uploads never attached and expired Idempotency-Key records."""
+    """Delete uploads never attached, expired Idempotency-Key records and expired operators'
+    web sessions."""
     with engine.begin() as conn:
         deleted = sweep_unattached(conn, settings)
     if deleted:
@@ -63,6 +65,10 @@ def hourly(engine, settings: Settings) -> None:
         purged = purge_expired(conn, settings.idempotency_ttl_seconds)
     if purged:
         log.info("idempotency_records_purged", count=purged)
+    with engine.begin() as conn:
+        ended = admin_sessions.purge_expired(conn, settings)
+    if ended:
+        log.info("admin_sessions_purged", count=ended)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ TABLES = (
     "campaign_placements",
     "campaigns",
     "media",
+    "admin_sessions",
 )
 
 

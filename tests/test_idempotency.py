@@ -198,6 +198,13 @@ def test_the_sweeper_purges_expired_records_when_it_starts_and_hourly(
                 "WHERE key = 'old'"
             )
         )
+    with engine.begin() as conn:  # and an operator's web session, idle for a day
+        conn.execute(
+            text(
+                "INSERT INTO admin_sessions (id_hash, account_id, last_seen_at) "
+                "VALUES ('idle', 1, now() - interval '1 day')"
+            )
+        )
     stop = threading.Event()
     running = threading.Thread(target=sweeper.run, args=(settings, stop))
     running.start()
@@ -212,6 +219,7 @@ def test_the_sweeper_purges_expired_records_when_it_starts_and_hourly(
         stop.set()
         running.join()
     assert [r["key"] for r in fetch_all(engine, "SELECT key FROM idempotency_keys")] == ["new"]
+    assert fetch_all(engine, "SELECT * FROM admin_sessions") == []
     assert sweeper.HOURLY_SECONDS == 3600
 
 

@@ -5,6 +5,7 @@ where it means something)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -236,7 +237,6 @@ def test_each_purpose_has_its_own_key_and_what_the_old_key_signed_stays_valid(
     """Issue 28: one SECRET_KEY signed bearer tokens, consistency tokens, the operators' session
     cookie and CSRF tokens. Now each has its own key; tokens and Idempotency-Key records made
     with SECRET_KEY itself (before the upgrade) are still accepted until they expire."""
-    import time
 
     import jwt
     from itsdangerous import URLSafeSerializer
@@ -274,7 +274,6 @@ def test_each_purpose_has_its_own_key_and_what_the_old_key_signed_stays_valid(
 
 
 def test_old_signatures_are_refused_once_turned_off(limited, make_account):
-    import time
 
     import jwt
 
@@ -290,3 +289,60 @@ def test_old_signatures_are_refused_once_turned_off(limited, make_account):
     new = {"Authorization": "Bearer " + ada.get_json()["token"]}
     assert client.get("/api/v1/timelines/home", headers=new).status_code == 200
     assert client.get("/api/v1/timelines/home", headers=old).status_code == 401
+
+
+def csrf_of(page) -> str:
+    return page.get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+
+
+def log_in_to_the_page(client, handle: str = "the_admin", password: str = "12345678"):
+    form = {
+        "handle": handle,
+        "password": password,
+        "csrf_token": csrf_of(client.get("/admin/login")),
+    }
+    return client.post("/admin/login", data=form)
+
+
+@pytest.fixture
+def operator(app, make_account):
+    make_account("the_admin", password="12345678")
+    app.test_cli_runner().invoke(args=["accounts", "make-admin", "the_admin"])
+
+
+def test_a_page_session_cookie_taken_before_logout_opens_nothing_after(client, operator):
+    """Issue 28: the cookie taken before logout still opened /admin/ for 31 days."""
+    assert log_in_to_the_page(client).status_code == 302
+    taken = client.get_cookie("session").value
+    page = client.get("/admin/")
+    assert page.status_code == 200
+
+    out = client.post("/admin/logout", data={"csrf_token": csrf_of(page)})
+    client.set_cookie("session", taken)
+    again = client.get("/admin/")
+
+    assert out.status_code == 302
+    assert again.status_code == 302 and "/admin/login" in again.headers["Location"]
+
+
+def test_a_page_session_ends_when_idle_and_at_its_absolute_lifetime(limited, engine, operator):
+    client = limited(admin_session_idle_seconds=1, admin_session_max_seconds=60).test_client()
+    log_in_to_the_page(client)
+    assert client.get("/admin/").status_code == 200
+    time.sleep(1.1)
+    assert client.get("/admin/").status_code == 302  # idle too long
+
+    log_in_to_the_page(client)
+    assert client.get("/admin/").status_code == 200
+    with engine.begin() as conn:  # a minute after the login, however busy
+        conn.execute(text("UPDATE admin_sessions SET created_at = now() - interval '61 s'"))
+    assert client.get("/admin/").status_code == 302
+
+
+def test_behind_tls_the_page_cookie_is_secure_and_bound_to_the_host(limited, operator):
+    client = limited(behind_tls=True).test_client()
+    cookie = log_in_to_the_page(client).headers["Set-Cookie"]
+    assert cookie.startswith("__Host-session=")
+    attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "path", "expires"} <= attributes
+    assert "domain" not in attributes

@@ -1,18 +1,19 @@
 """The operators' web page: sagas by status and type, one saga's step timeline, Retry (with
-repair) and Abort. Server-rendered; admin login by session cookie; every form carries a CSRF
-token (Flask-WTF) and the buttons ask for confirmation."""
+repair) and Abort. Server-rendered; admin login by a server-side session whose id the cookie
+holds (sagas/admin_sessions.py); every form carries a CSRF token (Flask-WTF) and the buttons
+ask for confirmation."""
 
 from __future__ import annotations
 
 from functools import wraps
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from sqlalchemy import text
 
 from feed.api.limits import login_limits
 from feed.api.web import services
-from sagas import engine, repair
+from sagas import admin_sessions, engine, repair
 from sagas.schema import STATUSES
 
 bp = Blueprint("admin_page", __name__, template_folder="templates", url_prefix="/admin")
@@ -46,25 +47,23 @@ def security_headers(response):
 
 
 def admin_required(view):
+    """Only with a live session of an active admin (``g.admin_id``); else to the login page."""
+
     @wraps(view)
     def wrapper(*args, **kwargs):
-        admin_id = session.get("admin_id")
-        if admin_id is None or not _is_admin(admin_id):
-            session.pop("admin_id", None)
+        session_id = session.get("admin_session")
+        admin_id = None
+        if isinstance(session_id, str):
+            svc = services()
+            with svc.engine.begin() as conn:
+                admin_id = admin_sessions.touch(conn, session_id, svc.settings)
+        if admin_id is None:
+            session.clear()
             return redirect(url_for("admin_page.login", next=request.path))
+        g.admin_id = admin_id
         return view(*args, **kwargs)
 
     return wrapper
-
-
-def _is_admin(account_id: int) -> bool:
-    with services().engine.connect() as conn:
-        return bool(
-            conn.execute(
-                text("SELECT is_admin FROM accounts WHERE id = :id AND status = 'active'"),
-                {"id": account_id},
-            ).scalar_one_or_none()
-        )
 
 
 def _with_login_limits(view):
@@ -88,8 +87,11 @@ def login():
             ).first()
         ok = svc.passwords.verify(row.password_hash if row else None, password)
         if row and ok and row.is_admin and row.status == "active":
-            session.clear()
-            session["admin_id"] = row.id
+            with svc.engine.begin() as conn:
+                session_id = admin_sessions.start(conn, row.id)
+            session.clear()  # nothing from before the login carries over
+            session.permanent = True  # the cookie lasts as long as the session may
+            session["admin_session"] = session_id
             target = request.args.get("next", "")
             return redirect(target if target.startswith("/admin/") else url_for("admin_page.sagas"))
         error = "Wrong handle or password, or not an admin."
@@ -98,6 +100,10 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    session_id = session.get("admin_session")
+    if isinstance(session_id, str):
+        with services().engine.begin() as conn:
+            admin_sessions.end(conn, session_id)
     session.clear()
     return redirect(url_for("admin_page.login"))
 
@@ -145,7 +151,7 @@ def saga(saga_id):
 @bp.post("/sagas/<saga_id>/retry")
 @admin_required
 def retry(saga_id):
-    operator = f"account:{session['admin_id']}"
+    operator = f"account:{g.admin_id}"
     svc = services()
     try:
         with svc.engine.connect() as conn:
@@ -169,7 +175,7 @@ def retry(saga_id):
 @admin_required
 def abort_saga(saga_id):
     try:
-        engine.abort(services().engine, saga_id, f"account:{session['admin_id']}")
+        engine.abort(services().engine, saga_id, f"account:{g.admin_id}")
         flash("Abort sent: what was done is being compensated.")
     except (engine.SagaNotFound, ValueError):
         abort(404)
