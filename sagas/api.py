@@ -388,9 +388,15 @@ def _flag(name: str) -> bool:
 class AdminAbort(MethodView):
     @authenticated
     @blp.response(202, SagaOut)
-    @blp.alt_response(409, schema=ProblemOut, description="The saga has ended")
+    @blp.alt_response(
+        409,
+        schema=ProblemOut,
+        description="The saga has ended, is past its point of no return, or that step may "
+        "still run",
+    )
     def post(self, saga_id):
-        """Compensate what was done and end the saga compensated (admin)."""
+        """Compensate what was done and end the saga compensated (admin); refused while its
+        point-of-no-return step may still commit."""
         return _operator_action(saga_id, engine.abort_in)
 
 
