@@ -88,6 +88,8 @@ def login():
         ok = svc.passwords.verify(row.password_hash if row else None, password)
         if row and ok and row.is_admin and row.status == "active":
             with svc.engine.begin() as conn:
+                if isinstance(previous := session.get("admin_session"), str):
+                    admin_sessions.end(conn, previous)  # a login again ends the one before
                 session_id = admin_sessions.start(conn, row.id)
             session.clear()  # nothing from before the login carries over
             session.permanent = True  # the cookie lasts as long as the session may
