@@ -123,7 +123,7 @@ class Settings:
     metrics_cache_seconds: float = 15.0  # /metrics counts sagas and the outbox once in this
     trusted_proxies: int = 0  # reverse proxies in front, whose X-Forwarded-For is believed
     public_base_url: str = ""  # https://feed.example: Link headers' base (relative if unset)
-    # Issue 28's security settings (docs in README.md, "Configuration").
+    # Secrets, sessions and consistency tokens (issue 28; docs/configuration.md).
     consistency_token_max_age_seconds: int = 3600  # after this a token is ignored
     accept_legacy_signatures: bool = True  # verify what SECRET_KEY itself signed (upgrades)
     admin_session_max_seconds: int = 8 * 3600  # an operator's web session, whatever happens
