@@ -188,6 +188,12 @@ def test_a_dead_lettered_projection_redriven_leaves_every_feed_exact(service):
     assert (group["actor"], group["count"]) == ("project_events", 1)
     assert "TimeoutError" in group["error"]
     assert client.get("/api/v1/admin/dead-letters", headers=author["auth"]).status_code == 403
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = page.split('name="csrf_token" value="')[1].split('"')[0]
+    login = {"handle": "operator", "password": "12345678", "csrf_token": csrf}
+    assert client.post("/admin/login", data=login).status_code == 302
+    shown = client.get("/admin/dead-letters").get_data(as_text=True)
+    assert 'id="dead-projections">projections: 1<' in shown and "TimeoutError" in shown
     listed = runner.invoke(args=["dead-letters", "list"])
     assert "projections: 1 dead letters" in listed.output, listed.output
     assert "project_events" in listed.output and "TimeoutError" in listed.output

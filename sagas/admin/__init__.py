@@ -14,6 +14,7 @@ from sqlalchemy import text
 from feed.api.limits import login_limits
 from feed.api.web import services
 from sagas import admin_sessions, engine, repair
+from sagas.queues_api import dead_letter_summary
 from sagas.schema import STATUSES
 
 bp = Blueprint("admin_page", __name__, template_folder="templates", url_prefix="/admin")
@@ -129,6 +130,16 @@ def sagas():
         types=sorted(engine.LATEST),
         counts=counts,
         definitions=engine.DEFINITIONS,
+    )
+
+
+@bp.get("/dead-letters")
+@admin_required
+def dead_letters():
+    """Dead letters by queue, actor and error: what ``GET /api/v1/admin/dead-letters`` gives."""
+    summary = dead_letter_summary()
+    return render_template(
+        "admin/dead_letters.html", totals=summary.totals, groups=summary.as_rows()
     )
 
 
