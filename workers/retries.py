@@ -24,7 +24,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.DisconnectionError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection in time
-    dramatiq.errors.ConnectionError,  # the broker, while sending fan-out pages
+    dramatiq.errors.BrokerConnectionError,  # the broker, while sending fan-out pages
     DependencyDown,
     ConnectionError,
     TimeoutError,
