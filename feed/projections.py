@@ -38,6 +38,7 @@ from feed.keys import (
     following_key,
     list_keys,
     my_votes_key,
+    next_key,
     post_key,
     posts_key,
     tombstone_key,
@@ -46,7 +47,6 @@ from feed.outbox import Envelope
 from feed.readmodel import (
     APPLIED_SECONDS,
     ID_SHIFT,
-    TOMBSTONE_SECONDS,
     Store,
     post_document,
     remove_from,
@@ -57,6 +57,7 @@ from feed.rebuild import (
     UNPUBLISHED,
     account_row,
     account_row_commands,
+    delete_command,
 )
 
 log = structlog.get_logger(__name__)
@@ -168,7 +169,7 @@ def project_posts_published(store: Store, events: Sequence[PostPublished]) -> li
         first_page = state.followers
         if not state.published:
             if state.status in (None, "deleted"):  # a tombstone is final: deleted posts only
-                commands.append(("SET", tombstone_key(post_id), 1, "EX", TOMBSTONE_SECONDS))
+                commands.append(delete_command(store, post_id))
             plans.append(None)
             continue
         # The whole fan-out is in the first page: write it now, followers just read.
@@ -242,9 +243,7 @@ def project_post_deleted(store: Store, event: PostDeleted, send: SendPage) -> No
     # Safe twice: tombstone, DEL and ZREM are idempotent; counters apply only when newer.
     # The tombstone comes first: a fan-out that checks it after writing takes the post back.
     post_id, author_id = int(event.post_id), int(event.author_id)
-    store.execute(
-        store.call("delete_post", [post_key(post_id), tombstone_key(post_id)], [TOMBSTONE_SECONDS])
-    )
+    store.execute(delete_command(store, post_id))
     *_, answer = store.run(
         [
             remove_from(store, posts_key(author_id), [post_id]),
@@ -302,11 +301,16 @@ def _remove_author_posts(store: Store, follower: int, followee: int) -> None:
     deletion projected first has taken its post out of the followee's list, and out of the
     feeds of those who follow the followee now, which this follower no longer does)."""
     oldest = store.redis.zrange(feed_key(follower), -2, -2, withscores=True)
-    if not oldest:
-        return
-    since = -int(oldest[0][1]) << ID_SHIFT  # the smallest id of that millisecond
     with store.reader.connect() as conn:
-        ids = conn.execute(POSTS_SINCE, {"author": followee, "since": since}).scalars().all()
+        if oldest:
+            since = -int(oldest[0][1]) << ID_SHIFT  # the smallest id of that millisecond
+            ids = conn.execute(POSTS_SINCE, {"author": followee, "since": since}).scalars().all()
+        elif store.redis.exists(next_key(feed_key(follower))):
+            # No feed, but one being rebuilt: what it may have read of the followee leaves it.
+            params = {"author": followee, "n": store.settings.feed_size}
+            ids = conn.execute(NEWEST_ANY, params).scalars().all()
+        else:
+            return
     store.run(
         [
             remove_from(store, feed_key(follower), ids[i : i + 1000])
@@ -541,6 +545,7 @@ VOTES_STATE = text(
     "LEFT JOIN votes v ON v.post_id = x.post_id AND v.account_id = x.account_id"
 )
 POSTS_SINCE = text("SELECT id FROM posts WHERE author_id = :author AND id >= :since")
+NEWEST_ANY = text("SELECT id FROM posts WHERE author_id = :author ORDER BY id DESC LIMIT :n")
 NEWEST_POSTS = text(
     "SELECT id FROM posts WHERE author_id = :author AND status = 'published' "
     "ORDER BY id DESC LIMIT :n"

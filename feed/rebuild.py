@@ -7,6 +7,7 @@ event that arrives after the rebuild cannot undo it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -51,10 +52,11 @@ POST_COLUMNS = (
 UNPUBLISHED = text("SELECT id FROM posts WHERE id = ANY(:ids) AND status <> 'published'")
 
 
-# How long a list's rebuild may take before another may take it over; each step renews it.
+# How long a list's rebuild may take unless it goes on (each step renews it): after that, a
+# rebuild that died is taken over.
 BUILD_MS = 30_000
-# How long a rebuild waits for another one of the same list before taking it over.
-WAIT_FOR_OTHER_S = 5.0
+# How long a rebuild waits for another one of the same list to end.
+WAIT_FOR_OTHER_S = 10.0
 
 
 def _rebuild_list(
@@ -69,23 +71,31 @@ def _rebuild_list(
     """Rebuild a sorted set of post ids beside itself and swap it in: readers see the old list
     whole until the new one replaces it at once. Changes projected meanwhile are made to both
     (``feed/lua/feed.lua``), so none is lost to the swap. While another rebuild of the same
-    list runs, this one waits for it (its result is as new); False when it did not swap."""
+    list runs, this one waits for it to end (its result is as new); False when it did not
+    swap."""
     token = uuid.uuid4().hex
     building = [next_key(key), rebuild_key(key)]
     deadline = time.monotonic() + WAIT_FOR_OTHER_S
-    while not store.execute(
-        store.call("rebuild_begin", building, [token, BUILD_MS, int(time.monotonic() > deadline)])
-    ):
+    while not store.execute(store.call("rebuild_begin", building, [token, BUILD_MS])):
+        if not store.redis.exists(building[1]) or time.monotonic() > deadline:
+            return False  # the other one ended (a reader reads again), or still runs
         time.sleep(0.01)
-        if not store.redis.exists(building[1]):
-            return False  # the other rebuild is done
-    with _connection(store, conn) as db:
-        ids = ids_of(db)
-    for i in range(0, max(len(ids), 1), FILL_CHUNK):
-        pairs = [v for post_id in ids[i : i + FILL_CHUNK] for v in (post_id, score_of(post_id))]
-        if not store.execute(store.call("rebuild_fill", building, [token, BUILD_MS, *pairs])):
-            return False  # taken over by another rebuild
-    return bool(store.execute(store.call("rebuild_swap", list_keys(key), [token, cap, ttl])))
+    swapped = False
+    try:
+        with _connection(store, conn) as db:
+            ids = ids_of(db)
+        for i in range(0, max(len(ids), 1), FILL_CHUNK):
+            chunk = ids[i : i + FILL_CHUNK]
+            pairs = [v for post_id in chunk for v in (post_id, score_of(post_id))]
+            if not store.execute(store.call("rebuild_fill", building, [token, BUILD_MS, *pairs])):
+                return False  # its time ran out, and another took it over
+        swap = store.call("rebuild_swap", list_keys(key), [token, cap, ttl])
+        swapped = bool(store.execute(swap))
+        return swapped
+    finally:
+        if not swapped:
+            with contextlib.suppress(Exception):  # else it ends when its time runs out
+                store.execute(store.call("rebuild_abandon", building, [token]))
 
 
 FILL_CHUNK = 1000
@@ -197,27 +207,37 @@ def cache_posts(
         )
         statuses = {row["id"]: row["status"] for row in rows}
         store.run(
-            [_tombstone_command(store, i) for i, status in statuses.items() if status == "deleted"]
+            [delete_command(store, i) for i, status in statuses.items() if status == "deleted"]
         )
         _cache_published(store, db, [row for row in rows if row["status"] == "published"])
     return statuses
 
 
+# What an older version's tombstone holds; it tombstoned posts read while pending too.
+LEGACY_TOMBSTONE = b"1"
+
+
 def _cache_published(store: Store, db: Connection, rows: list[Any]) -> None:
-    """Cache published posts from their ``POST_COLUMNS`` rows. A tombstone that refuses one is
-    lifted (PostgreSQL says published: an older version tombstoned it while it was pending),
-    and PostgreSQL read again: a post deleted in between is tombstoned again."""
+    """Cache published posts from their ``POST_COLUMNS`` rows. An older version's tombstone
+    that refuses one is lifted (PostgreSQL says published: it was tombstoned while pending),
+    and PostgreSQL read again: a post deleted in between is tombstoned again. A tombstone of
+    this version's stands: it is set only for a deleted post."""
     answers = store.run([_cache_post_command(store, row) for row in rows])
     refused = [row for row, cached in zip(rows, answers, strict=True) if not cached]
     if not refused:
         return
+    marks = store.run([("GET", tombstone_key(row["id"])) for row in refused])
+    refused = [row for row, mark in zip(refused, marks, strict=True) if mark == LEGACY_TOMBSTONE]
+    if not refused:
+        return  # deleted since it was read: its tombstone stands
     store.run([("DEL", tombstone_key(row["id"])) for row in refused])
     store.run([_cache_post_command(store, row) for row in refused])
     gone = db.execute(UNPUBLISHED, {"ids": [row["id"] for row in refused]}).scalars().all()
-    store.run([_tombstone_command(store, post_id) for post_id in gone])
+    store.run([delete_command(store, post_id) for post_id in gone])
 
 
-def _tombstone_command(store: Store, post_id: int) -> tuple[Any, ...]:
+def delete_command(store: Store, post_id: int) -> tuple[Any, ...]:
+    """The command tombstoning a deleted post and dropping its cache."""
     return store.call(
         "delete_post", [post_key(post_id), tombstone_key(post_id)], [TOMBSTONE_SECONDS]
     )

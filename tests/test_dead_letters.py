@@ -24,7 +24,8 @@ from tests.processes import Processes, delete_queues, eventually, process_env
 from tests.readmodel_check import mismatches
 from tests.servers import PrivateRedis
 from workers.broker import build_broker, queue_name
-from workers.dead_letters import DeadLetter, redrive, summarize
+from workers.dead_letters import UNDECODABLE, DeadLetter, redrive, summarize
+from workers.retries import OutageRetries
 
 REDIS_BROKER_URL = REDIS_URL.rpartition("/")[0] + "/15"
 
@@ -63,12 +64,14 @@ def test_a_dead_letter_is_listed_by_actor_and_error_and_moved_back(broker_settin
     finally:
         worker.stop()
 
+    put_garbage_among_dead_letters(broker_settings)
     summary = summarize(broker_settings)
     dead = DeadLetter("projections", "project_something", "ValueError: not this time")
-    assert summary.groups == {dead: 1}
-    assert summary.totals == {"projections": 1, "sagas": 0, "fanout": 0}
+    garbage = DeadLetter("projections", "?", UNDECODABLE)
+    assert summary.groups == {dead: 1, garbage: 1}
+    assert summary.totals == {"projections": 2, "sagas": 0, "fanout": 0}
     assert redrive(broker_settings, dry_run=True) == {"projections": 1, "sagas": 0, "fanout": 0}
-    assert summarize(broker_settings).totals["projections"] == 1  # a dry run moves nothing
+    assert summarize(broker_settings).totals["projections"] == 2  # a dry run moves nothing
     assert redrive(broker_settings, actor="another_actor") == {
         "projections": 0,
         "sagas": 0,
@@ -76,7 +79,7 @@ def test_a_dead_letter_is_listed_by_actor_and_error_and_moved_back(broker_settin
     }
     assert redrive(broker_settings, limit=5) == {"projections": 1, "sagas": 0, "fanout": 0}
 
-    assert summarize(broker_settings).totals["projections"] == 0
+    assert summarize(broker_settings).groups == {garbage: 1}  # left where it was
     worker = Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
@@ -85,6 +88,51 @@ def test_a_dead_letter_is_listed_by_actor_and_error_and_moved_back(broker_settin
         worker.stop()
         broker.close()
     assert runs == ["first", "first"]
+
+
+def put_garbage_among_dead_letters(settings: Settings) -> None:
+    """A body no Dramatiq message decodes from, in the projections' dead letters."""
+    dead = xq_name(queue_name(settings, "projections"))
+    if settings.broker_url.startswith("amqp"):
+        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        connection.channel().basic_publish("", dead, b"\x00 not json")
+        connection.close()
+    else:
+        client = redis.Redis.from_url(settings.broker_url)
+        client.zadd(f"dramatiq:{dead}", {"garbage": time.time() * 1000})
+        client.hset(f"dramatiq:{dead}.msgs", "garbage", b"\x00 not json")
+        client.close()
+
+
+def test_outage_retries_do_not_use_up_the_retries_of_other_errors(broker_settings):
+    """Three failures of a dependency, then one other error: with a limit of one retry for
+    other errors, the message is tried again and succeeds."""
+    broker = build_broker(broker_settings.broker_url)
+    broker.add_middleware(OutageRetries(max_faults=1))
+    failures = [redis.ConnectionError("down")] * 3 + [ValueError("odd")]
+    runs: list[int] = []
+
+    @dramatiq.actor(
+        broker=broker,
+        queue_name=queue_name(broker_settings, "projections"),
+        min_backoff=10,
+        max_backoff=20,
+    )
+    def flaky() -> None:
+        runs.append(1)
+        if failures:
+            raise failures.pop(0)
+
+    worker = Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        flaky.send()
+        eventually(lambda: len(runs) == 5, timeout=20)
+        time.sleep(0.3)
+    finally:
+        worker.stop()
+        broker.close()
+    assert summarize(broker_settings).totals["projections"] == 0
 
 
 # --- with the service's own processes --------------------------------------------------------

@@ -43,7 +43,7 @@ from feed.readmodel import Store, configure_compact_encoding
 from sagas.bootstrap import build_services
 from sagas.runtime import handle_saga_event, react_to_event
 from workers.broker import queue_name, setup_broker
-from workers.retries import retry_options
+from workers.retries import backoff_options
 
 SETTINGS = Settings.from_env()
 configure_logging(json_output=SETTINGS.log_json)
@@ -76,9 +76,9 @@ def read_model() -> Store:
 
 
 # Retried quickly at first (a Redis restart), backing off to MESSAGE_MAX_BACKOFF_MS, without
-# end while a dependency is down (workers/retries.py); handlers are safe to repeat. A message
-# no handler can read is not retried: it goes to the dead-letter queue at once.
-RETRY = retry_options(SETTINGS)
+# end while a dependency is down (workers/retries.py, set up with the broker); handlers are
+# safe to repeat. A message no handler can read goes to the dead-letter queue at once.
+RETRY = backoff_options(SETTINGS)
 
 
 class Undecodable(FeedError):

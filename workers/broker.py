@@ -14,17 +14,21 @@ move-classic`` moves what the old ones still hold (``workers/queues.py``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import urlparse
 
 import dramatiq
 import pika
+import redis
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import xq_name
+from dramatiq.errors import ConnectionClosed
 
 from feed.config import Settings, broker_urls
 from workers.middleware import ActorMetrics, CorrelationId
+from workers.retries import OutageRetries
 
 QUORUM = {"x-queue-type": "quorum"}
 QUORUM_SUFFIX = ".q"
@@ -45,10 +49,14 @@ class ErrorKeepingConsumer(_RabbitmqConsumer):
     """A consumer whose dead letters keep the error that killed them, as the Redis broker's
     do: RabbitMQ's own dead-lettering (a nack) keeps the body as it was first sent. The
     message as it failed (its options hold the traceback) is published to the dead-letter
-    queue with a confirm, then the delivery acknowledged; should the publish fail, a plain
-    nack dead-letters it without its error."""
+    queue with a confirm, on the worker thread's own channel, then the delivery acknowledged;
+    should the publish fail, a plain nack dead-letters it without its error. (A crash between
+    the confirm and the acknowledgement leaves a duplicate: every actor is safe to run twice.)"""
 
     def nack(self, message: Any) -> None:
+        if message._tag not in self.known_tags:
+            super().nack(message)  # redelivered since (a new connection): nothing to move
+            return
         try:
             self.broker.channel.basic_publish(
                 exchange="",
@@ -58,6 +66,8 @@ class ErrorKeepingConsumer(_RabbitmqConsumer):
                 mandatory=True,
             )
         except Exception:  # noqa: BLE001 - dead-lettered all the same, without its error
+            with contextlib.suppress(Exception):
+                del self.broker.connection  # a dead link: the next call opens another
             super().nack(message)
             return
         self.ack(message)
@@ -71,9 +81,12 @@ class ErrorKeepingRedisConsumer(_RedisConsumer):
     def nack(self, message: Any) -> None:
         stored = f"{self.broker.namespace}:{self.queue_name}.msgs"
         redis_id = message.options["redis_message_id"]
-        # only while it is there: a message moved meanwhile is not written back
-        if self.broker.client.hexists(stored, redis_id):
-            self.broker.client.hset(stored, redis_id, message.encode())
+        try:
+            # only while it is there: a message moved meanwhile is not written back
+            if self.broker.client.hexists(stored, redis_id):
+                self.broker.client.hset(stored, redis_id, message.encode())
+        except redis.ConnectionError as error:  # as the broker's own nack says it
+            raise ConnectionClosed(error) from None
         super().nack(message)
 
 
@@ -124,5 +137,6 @@ def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     if not settings.broker_url:
         raise RuntimeError("BROKER_URL is not set (make run sets it for every process)")
     broker = build_broker(settings.broker_url)
+    broker.add_middleware(OutageRetries(settings.message_max_retries))
     dramatiq.set_broker(broker)
     return broker

@@ -25,14 +25,16 @@ import pika.exceptions
 import redis
 from dramatiq import Message
 from dramatiq.common import q_name, xq_name
+from dramatiq.errors import DecodeError
 
 from feed.config import Settings, broker_urls
 from workers.broker import QUEUES, is_rabbitmq, queue_name
 
 # Redis broker's key namespace (Dramatiq's default).
 NAMESPACE = "dramatiq"
-# How many dead letters of a queue a listing reads to group them (the count is exact).
-LIST_AT_MOST = 10_000
+# How many dead letters of a queue a listing reads to group them (the count is exact): on
+# RabbitMQ each is a basic_get, and held from other readers until the listing ends.
+LIST_AT_MOST = 1000
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,17 @@ class DeadLetter:
     queue: str
     actor: str
     error: str
+
+
+UNDECODABLE = "not a Dramatiq message (left where it is by a redrive)"
+
+
+def _decoded(body: bytes) -> Message | None:
+    """The message a dead letter holds, or None when its body is not one."""
+    try:
+        return Message.decode(body)
+    except DecodeError:
+        return None
 
 
 def error_of(message: Message) -> str:
@@ -55,7 +68,7 @@ def revived(message: Message) -> Message:
     options = {
         k: v
         for k, v in message.options.items()
-        if k not in ("retries", "traceback", "requeue_timestamp", "eta")
+        if k not in ("retries", "faults", "max_retries", "traceback", "requeue_timestamp", "eta")
     }
     return message.copy(queue_name=q_name(message.queue_name), options=options)
 
@@ -82,7 +95,10 @@ def summarize(settings: Settings) -> Summary:
         for base in QUEUES:
             totals[base] = letters.count(base)
             for message in letters.peek(base, LIST_AT_MOST):
-                groups[DeadLetter(base, message.actor_name, error_of(message))] += 1
+                if message is None:
+                    groups[DeadLetter(base, "?", UNDECODABLE)] += 1
+                else:
+                    groups[DeadLetter(base, message.actor_name, error_of(message))] += 1
     return Summary(dict(groups), totals)
 
 
@@ -147,7 +163,7 @@ class RabbitmqDeadLetters:
             if channel.is_open:
                 channel.close()
 
-    def peek(self, base: str, at_most: int) -> Iterator[Message]:
+    def peek(self, base: str, at_most: int) -> Iterator[Message | None]:
         if not self.count(base):
             return
         channel = self.connection.channel()
@@ -156,23 +172,28 @@ class RabbitmqDeadLetters:
                 method, _, body = channel.basic_get(self._queue(base))
                 if method is None:
                     return
-                yield Message.decode(body)
+                yield _decoded(body)
         finally:
             channel.close()  # unacknowledged: every message read stays where it was
 
     def move_back(self, base: str, limit: int | None, *, actor: str | None, dry_run: bool) -> int:
-        if not self.count(base):
+        # What is there now, no more: a message moved back that fails at once comes back to
+        # the end of the queue, and is not moved again.
+        there = self.count(base)
+        if not there:
             return 0
         channel = self.connection.channel()
         channel.confirm_delivery()
         moved = 0
         try:
-            while limit is None or moved < limit:
+            for _ in range(there):
+                if limit is not None and moved >= limit:
+                    break
                 method, properties, body = channel.basic_get(self._queue(base))
                 if method is None:
                     break
-                message = Message.decode(body)
-                matches = actor is None or message.actor_name == actor
+                message = _decoded(body)
+                matches = message is not None and actor in (None, message.actor_name)
                 if dry_run or not matches:  # left unacknowledged: it stays a dead letter
                     moved += matches
                     continue
@@ -209,12 +230,12 @@ class RedisDeadLetters:
     def count(self, base: str) -> int:
         return int(self.client.zcard(self._keys(base)[0]))
 
-    def peek(self, base: str, at_most: int) -> Iterator[Message]:
+    def peek(self, base: str, at_most: int) -> Iterator[Message | None]:
         ids, bodies = self._keys(base)
-        for message_id in self.client.zrange(ids, 0, at_most - 1):
-            body = self.client.hget(bodies, message_id)
+        found = self.client.zrange(ids, 0, at_most - 1)
+        for body in self.client.hmget(bodies, found) if found else ():
             if body is not None:
-                yield Message.decode(body)
+                yield _decoded(body)
 
     def move_back(self, base: str, limit: int | None, *, actor: str | None, dry_run: bool) -> int:
         ids, bodies = self._keys(base)
@@ -225,8 +246,8 @@ class RedisDeadLetters:
             body = self.client.hget(bodies, message_id)
             if body is None:
                 continue
-            message = Message.decode(body)
-            if actor is not None and message.actor_name != actor:
+            message = _decoded(body)
+            if message is None or actor not in (None, message.actor_name):
                 continue
             moved += 1
             if dry_run:

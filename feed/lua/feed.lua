@@ -75,11 +75,11 @@ local function list_remove(keys, args)
 end
 
 -- KEYS: a list's next version, its rebuild. ARGV: this rebuild's token, how long it may
--- take (ms), '1' to take over another's. Starts the next version (the sentinel alone); 0
--- when another rebuild of the list is under way.
+-- take (ms) unless renewed. Starts the next version (the sentinel alone); 0 while another
+-- rebuild of the list holds it (until it swaps, abandons, or its time runs out).
 local function rebuild_begin(keys, args)
   local owner = redis.call('HGET', keys[2], '_token')
-  if owner and owner ~= args[1] and args[3] ~= '1' then return 0 end
+  if owner and owner ~= args[1] then return 0 end
   redis.call('DEL', keys[1], keys[2])
   redis.call('ZADD', keys[1], 1, '0')
   redis.call('HSET', keys[2], '_token', args[1])
@@ -121,12 +121,22 @@ local function rebuild_swap(keys, args)
   return 1
 end
 
+-- KEYS: a list's next version, its rebuild. ARGV: the token. Drops a rebuild that failed,
+-- if it is still this one's, so the next may start at once.
+local function rebuild_abandon(keys, args)
+  if redis.call('HGET', keys[2], '_token') ~= args[1] then return 0 end
+  redis.call('DEL', keys[1], keys[2])
+  return 1
+end
+
 -- KEYS: [1] following set, [2] edge versions. ARGV: the follower's counts version when
 -- PostgreSQL was read, then whom it followed then. Replaces the set at once (a reader never
 -- sees it half built): the followees read, with the edges projected since (their versions
 -- above that floor) applied over them; events at or below the floor are refused from now.
 local function rebuild_following(keys, args)
   local floor = tonumber(args[1])
+  -- a rebuild that read PostgreSQL earlier than the last one applied changes nothing
+  if tonumber(redis.call('HGET', keys[2], '_floor') or '0') > floor then return 0 end
   local members = {}
   for i = 2, #args do members[args[i]] = true end
   local edges = redis.call('HGETALL', keys[2])
@@ -222,8 +232,9 @@ local function cache_post(keys, args)
 end
 
 -- KEYS: [1] a post's hash, [2] its tombstone. ARGV: how long the tombstone lasts (seconds).
+-- The tombstone says 'deleted' (an older version's said 1, also of posts only pending).
 local function delete_post(keys, args)
-  redis.call('SET', keys[2], 1, 'EX', args[1])
+  redis.call('SET', keys[2], 'deleted', 'EX', args[1])
   redis.call('DEL', keys[1])
   return 1
 end
@@ -267,6 +278,7 @@ redis.register_function{function_name='list_remove', callback=list_remove}
 redis.register_function{function_name='rebuild_begin', callback=rebuild_begin}
 redis.register_function{function_name='rebuild_fill', callback=rebuild_fill}
 redis.register_function{function_name='rebuild_swap', callback=rebuild_swap}
+redis.register_function{function_name='rebuild_abandon', callback=rebuild_abandon}
 redis.register_function{function_name='rebuild_following', callback=rebuild_following}
 redis.register_function{function_name='feed_merge', callback=feed_merge}
 redis.register_function{function_name='author_add', callback=author_add}
