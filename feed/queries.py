@@ -182,7 +182,7 @@ def home_timeline(
         return _home_timeline_from_db(store, me, cursor)
     # A read with a token, or after a rebuild, is answered by the primaries: a replica may lag.
     client = store.redis if position is not None else store.replica
-    celebrities, rebuilt = store.celebrities, []
+    celebrities, rebuilt, refilled = store.celebrities, [], False
     want = cursor.limit + 1  # one more than a page: whether another follows
     for _ in range(MAX_REBUILDS + 1):  # one more: this process's copy of the pull set moved
         # The copy as this read sends it: another request may refresh it meanwhile.
@@ -243,9 +243,8 @@ def home_timeline(
             continue
         rows = [(i, *post, vote) for i, post, vote in zip(page_ids, posts, votes, strict=True)]
         page = _assemble(store, rows, len(ids) > cursor.limit, with_vote=True, home_of=me)
-        if page.dropped and "refill" not in rebuilt:  # read again: the gone posts left the feed
-            rebuilt.append("refill")
-            client = store.redis
+        if page.dropped and not refilled:  # read again: the gone posts left the feed
+            refilled, client = True, store.redis
             continue
         page.rebuilt = rebuilt
         return page
@@ -306,6 +305,7 @@ def account_posts(
         return _account_posts_from_db(store, account_id, viewer, cursor)
     client = store.redis if position is not None else store.replica
     rebuilt: list[str] = []
+    refilled = False
     for _ in range(MAX_REBUILDS):
         window = Window(posts_key(account_id), cursor, cursor.limit + 1)
         known, *replies = store.run(
@@ -340,9 +340,8 @@ def account_posts(
         page = _assemble(
             store, rows, len(ids) > cursor.limit, with_vote=viewer is not None, posts_of=account_id
         )
-        if page.dropped and "refill" not in rebuilt:  # read again: the gone posts left the list
-            rebuilt.append("refill")
-            client = store.redis
+        if page.dropped and not refilled:  # read again: the gone posts left the list
+            refilled, client = True, store.redis
             continue
         page.rebuilt = rebuilt
         return page

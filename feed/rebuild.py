@@ -57,6 +57,8 @@ UNPUBLISHED = text("SELECT id FROM posts WHERE id = ANY(:ids) AND status <> 'pub
 BUILD_MS = 30_000
 # How long a rebuild waits for another one of the same list to end.
 WAIT_FOR_OTHER_S = 10.0
+# Post ids a rebuild adds to the next version per call.
+FILL_CHUNK = 1000
 
 
 def _rebuild_list(
@@ -96,9 +98,6 @@ def _rebuild_list(
         if not swapped:
             with contextlib.suppress(Exception):  # else it ends when its time runs out
                 store.execute(store.call("rebuild_abandon", building, [token]))
-
-
-FILL_CHUNK = 1000
 
 
 def rebuild_feed(store: Store, account_id: int, conn: Connection | None = None) -> None:

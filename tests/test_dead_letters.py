@@ -23,6 +23,7 @@ from tests.conftest import BROKER_URL, REDIS_URL, flush_read_model, make_setting
 from tests.processes import Processes, delete_queues, eventually, process_env
 from tests.readmodel_check import mismatches
 from tests.servers import PrivateRedis
+from tests.test_outages import register
 from workers.broker import build_broker, queue_name
 from workers.dead_letters import UNDECODABLE, DeadLetter, redrive, summarize
 from workers.retries import OutageRetries
@@ -166,13 +167,6 @@ def service(settings, clean_state, tmp_path):
         delete_queues(settings.broker_url, env["FEED_QUEUE_PREFIX"])
         app.extensions["feed"].close()
         server.kill()
-
-
-def register(client, handle: str) -> dict:
-    credentials = {"handle": handle, "password": "12345678"}
-    assert client.post("/api/v1/accounts", json=credentials).status_code == 201
-    session = client.post("/api/v1/sessions", json=credentials).get_json()
-    return {"id": session["account"]["id"], "auth": {"Authorization": f"Bearer {session['token']}"}}
 
 
 def feed_ids(client, account) -> list[str]:

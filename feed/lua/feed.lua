@@ -74,6 +74,12 @@ local function list_remove(keys, args)
   return removed
 end
 
+-- A rebuild's next version and hash (KEYS) live `ms` longer: it goes on.
+local function renew(keys, ms)
+  redis.call('PEXPIRE', keys[1], ms)
+  redis.call('PEXPIRE', keys[2], ms)
+end
+
 -- KEYS: a list's next version, its rebuild. ARGV: this rebuild's token, how long it may
 -- take (ms) unless renewed. Starts the next version (the sentinel alone); 0 while another
 -- rebuild of the list holds it (until it swaps, abandons, or its time runs out).
@@ -83,8 +89,7 @@ local function rebuild_begin(keys, args)
   redis.call('DEL', keys[1], keys[2])
   redis.call('ZADD', keys[1], 1, '0')
   redis.call('HSET', keys[2], '_token', args[1])
-  redis.call('PEXPIRE', keys[1], args[2])
-  redis.call('PEXPIRE', keys[2], args[2])
+  renew(keys, args[2])
   return 1
 end
 
@@ -94,8 +99,7 @@ end
 local function rebuild_fill(keys, args)
   if redis.call('HGET', keys[2], '_token') ~= args[1] then return 0 end
   for i = 3, #args, 2 do redis.call('ZADD', keys[1], args[i + 1], args[i]) end
-  redis.call('PEXPIRE', keys[1], args[2])
-  redis.call('PEXPIRE', keys[2], args[2])
+  renew(keys, args[2])
   return 1
 end
 
