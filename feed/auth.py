@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from feed.deadline import at_most
 from feed.errors import Unauthenticated
 from feed.expiring import Expiring
+from feed.hash_slots import HashSlots
 
 TOKEN_ALGORITHM = "HS256"
 TOKEN_ISSUER = "feed"
@@ -32,6 +33,10 @@ class Principal:
 
     account_id: int
     is_admin: bool
+    # The login the token belongs to (None: a token from before logins were kept) and when
+    # the token was issued: what revocation is checked against.
+    session_id: str | None = None
+    issued_at: int = field(default=0, compare=False)
 
 
 def off_the_event_loop(function: Callable[..., T], *args: Any) -> T:
@@ -46,32 +51,47 @@ def off_the_event_loop(function: Callable[..., T], *args: Any) -> T:
     return function(*args)
 
 
-class Passwords:
-    """Argon2id hashing with the configured cost; verifies in constant work for unknown handles."""
+@dataclass(frozen=True)
+class Checked:
+    """A password check: whether it matched, and the hash to store instead when the stored
+    one was made with other parameters than today's (``None``: keep it)."""
 
-    def __init__(self, *, time_cost: int, memory_cost: int, parallelism: int) -> None:
+    ok: bool
+    rehashed: str | None = None
+
+
+class Passwords:
+    """Argon2id hashing with the configured cost, each hash in one of the machine's hashing
+    slots (``feed.hash_slots``); verifies in constant work for unknown handles."""
+
+    def __init__(
+        self, *, time_cost: int, memory_cost: int, parallelism: int, slots: HashSlots
+    ) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
         )
+        self._slots = slots
         # Verified against when the handle is unknown, so a miss costs as much as a hit.
         self._decoy = self._hasher.hash("decoy password for unknown handles")
 
     def hash(self, password: str) -> str:
-        """A new Argon2id hash of ``password``."""
-        return off_the_event_loop(self._hasher.hash, password)
+        """A new Argon2id hash of ``password``; ``HashingBusy`` when no slot is free."""
+        with self._slots.slot():
+            return off_the_event_loop(self._hasher.hash, password)
 
-    def verify(self, password_hash: str | None, password: str) -> bool:
-        """True when ``password`` matches; spends the same work when there is no hash."""
-        try:
-            return off_the_event_loop(
-                self._hasher.verify, password_hash or self._decoy, password
-            ) and bool(password_hash)
-        except (VerificationError, InvalidHashError):
-            return False
-
-    def needs_rehash(self, password_hash: str) -> bool:
-        """True when the hash was made with other parameters than the current ones."""
-        return self._hasher.check_needs_rehash(password_hash)
+    def check(self, password_hash: str | None, password: str) -> Checked:
+        """Whether ``password`` matches (the same work when there is no hash), and its new
+        hash when the parameters changed since it was made: one slot for both."""
+        with self._slots.slot():
+            try:
+                ok = off_the_event_loop(
+                    self._hasher.verify, password_hash or self._decoy, password
+                ) and bool(password_hash)
+            except (VerificationError, InvalidHashError):
+                return Checked(False)
+            if ok and self._hasher.check_needs_rehash(password_hash):
+                return Checked(True, off_the_event_loop(self._hasher.hash, password))
+            return Checked(ok)
 
 
 class Tokens:
@@ -104,17 +124,22 @@ class Tokens:
             "exp": expires,
             "iss": TOKEN_ISSUER,
         }
+        if principal.session_id is not None:
+            claims["sid"] = principal.session_id
         token = jwt.encode(claims, self._key, algorithm=TOKEN_ALGORITHM)
         return token, datetime.fromtimestamp(expires, tz=UTC)
 
     def replayable(self, token: str) -> dict[str, Any]:
         """What ``reissue`` needs to make this same token again (nothing secret)."""
         claims = jwt.decode(token, self._key, algorithms=[TOKEN_ALGORITHM], issuer=TOKEN_ISSUER)
-        return {"sub": claims["sub"], "adm": claims["adm"], "iat": claims["iat"]}
+        kept = {"sub": claims["sub"], "adm": claims["adm"], "iat": claims["iat"]}
+        return {**kept, "sid": claims["sid"]} if "sid" in claims else kept
 
     def reissue(self, replayable: dict[str, Any]) -> str:
         """The token ``replayable`` came from: same claims, same key, so the same string."""
-        principal = Principal(int(replayable["sub"]), bool(replayable["adm"]))
+        principal = Principal(
+            int(replayable["sub"]), bool(replayable["adm"]), replayable.get("sid")
+        )
         return self.issue(principal, now=replayable["iat"])[0]
 
     def verify(self, token: str) -> Principal:
@@ -132,7 +157,13 @@ class Tokens:
     def _verify_signed(self, token: str) -> tuple[Principal, int]:
         try:
             claims = self._decode(token)
-            principal = Principal(account_id=int(claims["sub"]), is_admin=bool(claims.get("adm")))
+            sid = claims.get("sid")
+            principal = Principal(
+                account_id=int(claims["sub"]),
+                is_admin=bool(claims.get("adm")),
+                session_id=sid if isinstance(sid, str) else None,
+                issued_at=int(claims["iat"]),
+            )
             return principal, int(claims["exp"])
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("The token has expired; log in again.") from None
@@ -158,42 +189,90 @@ class Tokens:
         )
 
 
+@dataclass(frozen=True)
+class Standing:
+    """What the API knows of an account's tokens: whether the account is active, the logins
+    ended lately (their ids), and the time before which tokens without a login no longer
+    count (a password change; epoch seconds, 0 for none)."""
+
+    active: bool
+    ended: frozenset[str] = frozenset()
+    tokens_valid_after: float = 0.0
+
+
 class ActiveAccounts:
-    """Whether an account's tokens still open the API: only while the account is active (not
-    disabled by a deletion in progress, not deleted). Read from PostgreSQL and remembered for
-    ``ttl`` seconds in this process, so a token dies with its account within that, at one
-    query per account and period. While PostgreSQL does not answer (refused, or no answer in
-    ``STATUS_WAIT_SECONDS``), the last status known stands (an account never seen counts as
+    """Whether a token still opens the API: only while its account is active (not disabled by
+    a deletion in progress, not deleted) and its login has not ended (a logout, a password
+    change, a refresh token reused). Read from PostgreSQL and remembered for ``ttl`` seconds
+    in this process, so a token dies within that, at one query per account and period, not
+    one per request. While PostgreSQL does not answer (refused, or no answer in
+    ``STATUS_WAIT_SECONDS``), the last standing known stands (an account never seen counts as
     active: its token is valid and signed), so reads served from Redis go on."""
 
-    def __init__(self, engine: Any, ttl: float) -> None:
+    def __init__(self, engine: Any, ttl: float, access_ttl: float = 24 * 3600) -> None:
         self._engine = engine
-        self._active: Expiring[int, bool] = Expiring(ttl)
+        self._standing: Expiring[int, Standing] = Expiring(ttl)
+        # A login ended longer ago than an access token lives has no token left to refuse.
+        self._access_ttl = access_ttl
 
     def remember(self, account_id: int) -> None:
         """The account was seen active a moment ago (it just logged in)."""
-        self._active.put(account_id, True)
+        if self._standing.get(account_id) is None:
+            self._standing.put(account_id, Standing(active=True))
 
-    def is_active(self, account_id: int) -> bool:
-        active = self._active.get(account_id)
-        if active is not None:
-            return active
-        status = UNKNOWN
+    def forget(self, account_id: int) -> None:
+        """Ask PostgreSQL next time: this process just ended a login of the account."""
+        self._standing.drop(account_id)
+
+    def refusal(self, principal: Principal) -> str | None:
+        """Why ``principal``'s token no longer opens the API, or ``None`` when it does."""
+        standing = self.standing(principal.account_id)
+        if not standing.active:
+            return "This account is no longer active."
+        if principal.session_id is not None:
+            if principal.session_id in standing.ended:
+                return "This login has ended; log in again."
+        elif principal.issued_at < standing.tokens_valid_after:
+            return "This token has been revoked; log in again."
+        return None
+
+    def standing(self, account_id: int) -> Standing:
+        known = self._standing.get(account_id)
+        if known is not None:
+            return known
+        row = None
         with at_most(STATUS_WAIT_SECONDS):
             try:
                 with self._engine.connect() as conn:
-                    status = conn.execute(ACCOUNT_STATUS, {"id": account_id}).scalar_one_or_none()
+                    row = conn.execute(
+                        ACCOUNT_STANDING, {"id": account_id, "window": self._access_ttl}
+                    ).first()
+                    if row is None:
+                        row = ("deleted", None, [])
             except OperationalError:
                 pass
-        if status is UNKNOWN:
-            last = self._active.get(account_id, expired_too=True)
-            return True if last is None else last
-        self._active.put(account_id, status == "active")
-        return status == "active"
+        if row is None:
+            last = self._standing.get(account_id, expired_too=True)
+            return Standing(active=True) if last is None else last
+        status, valid_after, ended = row
+        standing = Standing(
+            active=status == "active",
+            ended=frozenset(ended or ()),
+            tokens_valid_after=float(valid_after or 0),
+        )
+        self._standing.put(account_id, standing)
+        return standing
 
 
-UNKNOWN = object()
 STATUS_WAIT_SECONDS = 1.0
 
 
-ACCOUNT_STATUS = text("SELECT status FROM accounts WHERE id = :id")
+ACCOUNT_STANDING = text(
+    """
+    SELECT a.status, extract(epoch FROM a.tokens_valid_after),
+           ARRAY(SELECT s.id FROM account_sessions s
+                 WHERE s.account_id = a.id
+                   AND s.revoked_at > now() - make_interval(secs => :window))
+    FROM accounts a WHERE a.id = :id
+    """
+)

@@ -22,9 +22,11 @@ from feed.auth import ActiveAccounts, Passwords, Tokens
 from feed.config import Settings, broker_urls, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
 from feed.errors import InvalidInput
+from feed.hash_slots import HashSlots, slot_count
 from feed.origin import check_at_start
 from feed.readmodel import FeedKeepAlive, Store
 from feed.readmodel.sources import FeedSources, Placements
+from feed.sessions import RefreshTokens
 
 
 @dataclass
@@ -40,15 +42,23 @@ class Services:
     store: Store
     keep_alive: FeedKeepAlive = field(default_factory=FeedKeepAlive)
     active_accounts: ActiveAccounts | None = None
+    refresh_tokens: RefreshTokens | None = None
     # Handlers of commands that other packages carry out, by command type (a post with media
     # is published by a saga), and collectors for /metrics: filled in by app.py.
     handlers: dict[type, Callable[[Any, Any], Any]] = field(default_factory=dict)
     collectors: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.refresh_tokens is None:
+            self.refresh_tokens = RefreshTokens(
+                self.settings.signing_key("refresh-tokens"),
+                self.settings.refresh_token_ttl_seconds,
+            )
         if self.active_accounts is None:
             self.active_accounts = ActiveAccounts(
-                self.engine, self.settings.account_status_cache_seconds
+                self.engine,
+                self.settings.account_status_cache_seconds,
+                self.settings.token_ttl_seconds,
             )
 
     def handler_for(self, command: Any) -> Callable[[Any, Any], Any]:
@@ -193,6 +203,11 @@ def build_services(settings: Settings, *, placements: Sequence[Placements] = ())
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_cost,
             parallelism=settings.argon2_parallelism,
+            slots=HashSlots(
+                settings.data_dir / "hash-slots",
+                slot_count(settings.hash_cpu_share),
+                settings.hash_wait_ms / 1000,
+            ),
         ),
         tokens=Tokens(
             settings.signing_key("tokens"), settings.token_ttl_seconds, settings.legacy_keys

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from feed import idempotency
-from feed.auth import Passwords, Principal, Tokens
+from feed.auth import Principal
 from feed.clock import rfc3339, utcnow
 from feed.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from feed.events import (
@@ -64,12 +64,6 @@ class RegisterAccount:
     handle: str
     password_hash: str = field(repr=False)
     display_name: str | None = None
-
-
-@dataclass(frozen=True)
-class StartSession:
-    handle: str
-    password: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -114,13 +108,6 @@ class CastVote:
     value: int
 
 
-@dataclass(frozen=True)
-class Session:
-    token: str
-    expires_at: str
-    account: Row
-
-
 # --- handlers -----------------------------------------------------------------------------
 
 
@@ -151,33 +138,6 @@ def register_account(uow: UnitOfWork, cmd: RegisterAccount) -> Row:
         )
     )
     return row
-
-
-def start_session(
-    uow: UnitOfWork, cmd: StartSession, passwords: Passwords, tokens: Tokens
-) -> Session:
-    """Check a handle and password and issue a token; any mismatch is the same 401."""
-    row = (
-        uow.conn.execute(select(accounts).where(accounts.c.handle == cmd.handle)).mappings().first()
-    )
-    ok = passwords.verify(row["password_hash"] if row else None, cmd.password)
-    if row is None or not ok or row["status"] != "active":
-        raise Unauthenticated("The handle or password is wrong.")
-    changes: dict[str, Any] = {"last_active_at": func.now()}
-    if passwords.needs_rehash(row["password_hash"]):
-        changes["password_hash"] = passwords.hash(cmd.password)
-    uow.conn.execute(update(accounts).where(accounts.c.id == row["id"]).values(**changes))
-    token, expires_at = tokens.issue(Principal(account_id=row["id"], is_admin=row["is_admin"]))
-    return Session(token=token, expires_at=rfc3339(expires_at), account=row)
-
-
-def may_replay_session(conn: Connection, account_id: int) -> bool:
-    """Whether a login's remembered answer may be given again: only while its account is
-    active (a disabled or erased account gets no token, nor its name back)."""
-    status = conn.execute(
-        select(accounts.c.status).where(accounts.c.id == account_id)
-    ).scalar_one_or_none()
-    return status == "active"
 
 
 def publish_post(uow: UnitOfWork, cmd: PublishPost) -> Row:

@@ -59,6 +59,9 @@ def limiter_storage_url(redis_url: str) -> str:
     return redis_url
 
 
+MAX_HASH_WAIT_MS = 50
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment."""
@@ -72,7 +75,7 @@ class Settings:
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     port: int = 8000
     data_dir: Path = DEFAULT_DATA_DIR
-    token_ttl_seconds: int = 24 * 3600
+    token_ttl_seconds: int = 3600  # an access token; a refresh token makes the next one
     idempotency_ttl_seconds: int = 24 * 3600
     rate_limit_sessions: str = "10/minute;50/hour"
     rate_limit_commands: str = "120/minute"
@@ -89,9 +92,10 @@ class Settings:
     saga_stuck_visible_seconds: float = 60.0  # a stuck saga waits this long for an operator
     outbox_retention_days: float = 7.0  # published outbox rows are deleted after this
     media_unattached_hours: float = 24.0  # uploads never attached are deleted after this
-    argon2_time_cost: int = 3
-    argon2_memory_cost: int = 65536
-    argon2_parallelism: int = 4
+    # OWASP's Password Storage Cheat Sheet: Argon2id, 19 MiB, 2 passes, 1 lane (its minimum).
+    argon2_time_cost: int = 2
+    argon2_memory_cost: int = 19456
+    argon2_parallelism: int = 1
     max_json_bytes: int = 64 * 1024
     feed_size: int = 800
     feed_active_days: int = 14
@@ -128,6 +132,10 @@ class Settings:
     accept_legacy_signatures: bool = True  # verify what SECRET_KEY itself signed (upgrades)
     admin_session_max_seconds: int = 8 * 3600  # an operator's web session, whatever happens
     admin_session_idle_seconds: int = 30 * 60  # an operator's web session without a request
+    # Overload (issue 29): hashing slots, refresh tokens, admission control.
+    hash_cpu_share: float = 0.25  # of the machine's cores, for password hashes at once
+    hash_wait_ms: int = 10  # a login waits this long for a hashing slot, then gets 503
+    refresh_token_ttl_seconds: int = 60 * 24 * 3600  # each refresh token, from its issue
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -237,6 +245,11 @@ class Settings:
             admin_session_idle_seconds=_int(
                 env, "ADMIN_SESSION_IDLE_SECONDS", defaults.admin_session_idle_seconds
             ),
+            hash_cpu_share=_float(env, "HASH_CPU_SHARE", defaults.hash_cpu_share),
+            hash_wait_ms=_int(env, "HASH_WAIT_MS", defaults.hash_wait_ms),
+            refresh_token_ttl_seconds=_int(
+                env, "REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_seconds
+            ),
         )
 
     def __post_init__(self) -> None:
@@ -245,6 +258,11 @@ class Settings:
                 f"SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes long (a random "
                 "string: python3 -c 'import secrets; print(secrets.token_urlsafe(48))')."
             )
+        if not 0 <= self.hash_wait_ms <= MAX_HASH_WAIT_MS:
+            # A login that queues for long is the storm this bound exists to stop.
+            raise ValueError(f"HASH_WAIT_MS must be between 0 and {MAX_HASH_WAIT_MS}.")
+        if self.hash_cpu_share <= 0:
+            raise ValueError("HASH_CPU_SHARE must be above 0 (a share of the cores).")
 
     def signing_key(self, purpose: str) -> str:
         """The key that signs ``purpose``'s tokens, derived from ``SECRET_KEY``."""

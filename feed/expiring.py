@@ -29,3 +29,6 @@ class Expiring(Generic[K, V]):
         if len(self._entries) >= self._max:
             self._entries.clear()
         self._entries[key] = (value, time.monotonic() + self._ttl)
+
+    def drop(self, key: K) -> None:
+        self._entries.pop(key, None)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -50,7 +51,31 @@ accounts = Table(
     Column("following_count", Integer, nullable=False, server_default="0"),
     Column("posts_count", Integer, nullable=False, server_default="0"),
     Column("counts_version", BigInteger, nullable=False, server_default="0"),
+    # Tokens issued before this no longer open the API (set by a password change).
+    Column("tokens_valid_after", DateTime(timezone=True)),
     CheckConstraint("status IN ('active', 'disabled', 'deleted')", name="status"),
+)
+
+# One row per login: its refresh-token family (feed/sessions.py). Only the current refresh
+# token's SHA-256 is kept.
+account_sessions = Table(
+    "account_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "account_id",
+        BigInteger,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Column("refresh_hash", LargeBinary, nullable=False),
+    Column("rotated_at", DateTime(timezone=True), nullable=False),
+    Column("access_issued_at", BigInteger, nullable=False),
+    Column("refresh_expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
 )
 
 posts = Table(

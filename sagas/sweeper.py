@@ -22,6 +22,7 @@ from feed.bootstrap import build_engine
 from feed.config import Settings
 from feed.idempotency import purge_expired
 from feed.observability import configure_logging
+from feed.sessions import purge_ended
 from sagas import admin_sessions, runtime  # noqa: F401  (runtime registers the definitions)
 from sagas.engine import sweep
 from sagas.services.media import sweep_unattached
@@ -55,8 +56,8 @@ def run(settings: Settings, stop_event: threading.Event) -> None:
 
 
 def hourly(engine, settings: Settings) -> None:
-    """Delete uploads never attached, expired Idempotency-Key records and expired operators'
-    web sessions."""
+    """Delete uploads never attached, expired Idempotency-Key records, expired operators'
+    web sessions and ended logins."""
     with engine.begin() as conn:
         deleted = sweep_unattached(conn, settings)
     if deleted:
@@ -69,6 +70,10 @@ def hourly(engine, settings: Settings) -> None:
         ended = admin_sessions.purge_expired(conn, settings)
     if ended:
         log.info("admin_sessions_purged", count=ended)
+    with engine.begin() as conn:
+        logins = purge_ended(conn, settings.token_ttl_seconds)
+    if logins:
+        log.info("logins_purged", count=logins)
 
 
 def main() -> None:

@@ -96,6 +96,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         argon2_time_cost=1,
         argon2_memory_cost=8192,
         argon2_parallelism=1,
+        # Tests log in many accounts at once; the tests of the bound itself set it small.
+        hash_cpu_share=8.0,
+        hash_wait_ms=50,
         rate_limits_enabled=False,
         log_json=False,
         data_dir=Path(tempfile.gettempdir()) / "feed-test-data",

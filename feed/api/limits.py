@@ -162,3 +162,8 @@ limiter = Limiter(
 
 # Sign-ups per address: each account may hold MEDIA_QUOTA_BYTES of uploads.
 signups = limiter.limit(signups_limit, key_func=get_remote_address, methods=["POST"])
+
+# Wrong current passwords per account: a stolen access token must not make guessing free.
+password_attempts = limiter.limit(
+    sessions_limit, key_func=caller_key, methods=["PUT"], deduct_when=failed_login
+)

@@ -82,6 +82,15 @@ class StartSessionIn(StrictSchema):
     password = Text(required=True, validate=validate.Length(min=1, max=256), load_only=True)
 
 
+class RefreshSessionIn(StrictSchema):
+    refresh_token = Text(required=True, validate=validate.Length(min=1, max=200), load_only=True)
+
+
+class ChangePasswordIn(StrictSchema):
+    current_password = Text(required=True, validate=validate.Length(min=1, max=256), load_only=True)
+    new_password = Text(required=True, validate=validate.Length(min=8, max=256), load_only=True)
+
+
 class PublishPostIn(StrictSchema):
     body = NonBlank(required=True, validate=validate.Length(min=1, max=500))
     media_ids = fields.List(
@@ -181,6 +190,8 @@ class PostOut(Schema):
 class SessionOut(Schema):
     token = fields.String(required=True)
     expires_at = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    refresh_expires_at = fields.String(required=True)
     account = fields.Nested(AccountOut, required=True)
 
 

@@ -47,8 +47,10 @@ def optional_principal() -> Principal | None:
     if "principal" not in g:
         token = bearer_token()
         principal = services().tokens.verify(token) if token else None
-        if principal is not None and not services().active_accounts.is_active(principal.account_id):
-            raise Unauthenticated("This account is no longer active.")
+        if principal is not None:
+            refusal = services().active_accounts.refusal(principal)
+            if refusal is not None:
+                raise Unauthenticated(refusal)
         g.principal = principal
     return g.principal
 

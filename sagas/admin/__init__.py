@@ -86,7 +86,7 @@ def login():
                 text("SELECT id, password_hash, is_admin, status FROM accounts WHERE handle = :h"),
                 {"h": handle},
             ).first()
-        ok = svc.passwords.verify(row.password_hash if row else None, password)
+        ok = svc.passwords.check(row.password_hash if row else None, password).ok
         if row and ok and row.is_admin and row.status == "active":
             with svc.engine.begin() as conn:
                 if isinstance(previous := session.get("admin_session"), str):

@@ -1,0 +1,108 @@
+"""Password hashing as a bounded resource of the machine.
+
+A hash (a login, a registration, a rehash, a password change) takes one of a few slots, a
+share of the machine's cores, shared by every process of the service on the machine: a slot
+is an exclusive ``flock`` on a file, so it is counted across gunicorn's workers (a bound per
+process would let two gevent workers take both cores) and the kernel frees it when a process
+dies holding it. A hash that finds no slot free within a few milliseconds is refused
+(``HashingBusy``, answered 503 with Retry-After) rather than queued: a queue of logins is
+what starved the feed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from feed.errors import DependencyDown
+
+# How often a waiting hash looks for a free slot again.
+POLL_SECONDS = 0.002
+
+
+class HashingBusy(DependencyDown):
+    """Every hashing slot is taken: the login is refused now rather than queued."""
+
+    title = "Busy"
+    slug = "busy"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The service is busy checking passwords; try again in a moment (a client that holds "
+            "a refresh token should refresh rather than log in).",
+            retry_after=1,
+        )
+
+
+def slot_count(cpu_share: float, cores: int | None = None) -> int:
+    """The number of hashes that may run at once: ``cpu_share`` of the cores, at least one."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(1, math.floor(cores * cpu_share + 1e-9))
+
+
+class HashSlots:
+    """``slots`` exclusive locks on files in ``directory``, taken with a wait of at most
+    ``wait_seconds``."""
+
+    def __init__(self, directory: Path, slots: int, wait_seconds: float) -> None:
+        self.directory = Path(directory)
+        self.slots = slots
+        self.wait_seconds = wait_seconds
+        # A slot's file descriptor belongs to one process: one opened before a fork would be
+        # shared with the child, and its flock with it. Threads and greenlets of one process
+        # share the descriptor, so a per-slot lock keeps them apart first.
+        self._pid = -1
+        self._files: list[int] = []
+        self._locks = [threading.Lock() for _ in range(slots)]
+        self._open_lock = threading.Lock()
+
+    def _descriptors(self) -> list[int]:
+        with self._open_lock:
+            if self._pid != os.getpid():
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._files = [
+                    os.open(self.directory / f"slot-{i}", os.O_RDWR | os.O_CREAT, 0o600)
+                    for i in range(self.slots)
+                ]
+                self._locks = [threading.Lock() for _ in range(self.slots)]
+                self._pid = os.getpid()
+            return self._files
+
+    def _try_take(self) -> int | None:
+        files = self._descriptors()
+        for i, fd in enumerate(files):
+            if not self._locks[i].acquire(blocking=False):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._locks[i].release()
+                continue
+            return i
+        return None
+
+    def _give_back(self, i: int) -> None:
+        fcntl.flock(self._files[i], fcntl.LOCK_UN)
+        self._locks[i].release()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a slot for the block; ``HashingBusy`` when none came free in time."""
+        give_up = time.monotonic() + self.wait_seconds
+        taken = self._try_take()
+        while taken is None:
+            if time.monotonic() >= give_up:
+                raise HashingBusy()
+            time.sleep(POLL_SECONDS)  # a gevent sleep in the API's workers
+            taken = self._try_take()
+        try:
+            yield
+        finally:
+            self._give_back(taken)
