@@ -10,7 +10,8 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_long
+from feed.admission import Admission
+from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_busy, too_long
 from feed.bootstrap import Services
 from feed.cli import register_cli
 from feed.config import Settings
@@ -67,6 +68,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     app.wsgi_app = RequestDeadline(app.wsgi_app, settings.request_timeout_seconds, too_long)
+    if settings.admission_max_concurrency:
+        app.wsgi_app = Admission(
+            app.wsgi_app,
+            ceiling=settings.admission_max_concurrency,
+            floor=min(settings.admission_min_concurrency, settings.admission_max_concurrency),
+            queue_seconds=settings.admission_queue_ms / 1000,
+            target_lag_seconds=settings.admission_target_lag_ms / 1000,
+            answer=too_busy,
+        )
     return app
 
 

@@ -136,6 +136,10 @@ class Settings:
     hash_cpu_share: float = 0.25  # of the machine's cores, for password hashes at once
     hash_wait_ms: int = 10  # a login waits this long for a hashing slot, then gets 503
     refresh_token_ttl_seconds: int = 60 * 24 * 3600  # each refresh token, from its issue
+    admission_max_concurrency: int = 64  # requests a worker runs at once, at most (0: no bound)
+    admission_min_concurrency: int = 4  # the adaptive bound never falls below this
+    admission_queue_ms: int = 30  # a request that cannot start within this gets 503
+    admission_target_lag_ms: int = 15  # an event loop late by more than this sheds load
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -249,6 +253,16 @@ class Settings:
             hash_wait_ms=_int(env, "HASH_WAIT_MS", defaults.hash_wait_ms),
             refresh_token_ttl_seconds=_int(
                 env, "REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_seconds
+            ),
+            admission_max_concurrency=_int(
+                env, "ADMISSION_MAX_CONCURRENCY", defaults.admission_max_concurrency
+            ),
+            admission_min_concurrency=_int(
+                env, "ADMISSION_MIN_CONCURRENCY", defaults.admission_min_concurrency
+            ),
+            admission_queue_ms=_int(env, "ADMISSION_QUEUE_MS", defaults.admission_queue_ms),
+            admission_target_lag_ms=_int(
+                env, "ADMISSION_TARGET_LAG_MS", defaults.admission_target_lag_ms
             ),
         )
 

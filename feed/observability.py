@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -32,6 +33,26 @@ HTTP_LATENCY = Histogram(
     "Time to answer an HTTP request",
     ["method", "endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+ADMISSION_REFUSALS = Counter(
+    "feed_admission_refusals_total", "Requests refused at the queue deadline (503)"
+)
+ADMISSION_REFUSAL_SECONDS = Histogram(
+    "feed_admission_refusal_seconds",
+    "From a refused request's arrival (its wait on the event loop included) to its 503",
+    buckets=FAST_BUCKETS,
+)
+ADMISSION_LIMIT = Gauge(
+    "feed_admission_limit",
+    "Requests a worker runs at once (adaptive)",
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_LAG = Histogram(
+    "feed_event_loop_lag_seconds",
+    "How late a gevent worker's event loop runs a timer",
+    buckets=FAST_BUCKETS,
 )
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300)

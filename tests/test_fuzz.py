@@ -45,6 +45,10 @@ CONFORMANCE = [
 ]
 ROLES = ("anonymous", "user", "admin")
 COMMANDS = frozenset({"POST", "PUT", "DELETE"})
+PASSWORD = "correct horse battery"
+# Operations that end the caller's login: each case gets a login of its own, so the role's
+# token keeps opening the other operations.
+ENDS_ITS_LOGIN = {"DELETE /api/v1/sessions/current", "PUT /api/v1/accounts/me/password"}
 
 
 def role_tokens(app) -> dict[str, str | None]:
@@ -52,13 +56,21 @@ def role_tokens(app) -> dict[str, str | None]:
     client = app.test_client()
     tokens: dict[str, str | None] = {"anonymous": None}
     for role in ("user", "admin"):
-        login = {"handle": f"fuzz_{role}", "password": "correct horse battery"}
+        login = {"handle": f"fuzz_{role}", "password": PASSWORD}
         assert client.post("/api/v1/accounts", json=login).status_code == 201
         tokens[role] = client.post("/api/v1/sessions", json=login).get_json()["token"]
     auth = {"Authorization": f"Bearer {tokens['user']}"}
     assert client.post("/api/v1/posts", json={"body": "a post"}, headers=auth).status_code == 201
     app.test_cli_runner().invoke(args=["accounts", "make-admin", "fuzz_admin"])
     return tokens
+
+
+def another_login(app, role: str) -> str | None:
+    """A new token of the role's account (another login), for an operation that ends it."""
+    if role == "anonymous":
+        return None
+    login = {"handle": f"fuzz_{role}", "password": PASSWORD}
+    return app.test_client().post("/api/v1/sessions", json=login).get_json()["token"]
 
 
 @pytest.fixture
@@ -120,7 +132,10 @@ def test_every_operation_answers_as_documented(app, tokens, role, mode):
             database=None,
         )
         def check(case):
-            headers = headers_for(tokens[role], case.method, fresh_key=not mode.is_negative)
+            token = (
+                another_login(app, role) if case.operation.label in ENDS_ITS_LOGIN else tokens[role]
+            )
+            headers = headers_for(token, case.method, fresh_key=not mode.is_negative)
             response = case.call(headers=headers)
             case.validate_response(response, checks=checks)
 
@@ -152,7 +167,14 @@ FOLLOWED = {
 
 @pytest.mark.parametrize("role", ["user", "admin"])
 def test_linked_sequences_answer_as_documented(app, role):
-    base = api_schema(app).as_state_machine()
+    # The sequences share one login: the operations that end it would cut them short. A
+    # refresh needs a refresh token, which only a login with a known password gives: its
+    # steps would all be 401s (test_sessions.py follows it).
+    schema = api_schema(app)
+    for label in (*ENDS_ITS_LOGIN, "POST /api/v1/sessions/refresh"):
+        method, path = label.split(" ")
+        schema = schema.exclude(method=method, path=path)
+    base = schema.as_state_machine()
 
     answered: Counter[tuple[str, int]] = Counter()
 

@@ -170,7 +170,13 @@ def test_openapi_documents_the_fields_of_the_contract(openapi):
         "my_vote",
     }
     assert set(schemas["VoteOut"]["properties"]) == {"post_id", "up", "down", "score", "my_vote"}
-    assert set(schemas["SessionOut"]["properties"]) == {"token", "expires_at", "account"}
+    assert set(schemas["SessionOut"]["properties"]) == {
+        "token",
+        "expires_at",
+        "refresh_token",
+        "refresh_expires_at",
+        "account",
+    }
 
 
 def test_the_api_docs_work_offline(client):

@@ -1,0 +1,164 @@
+"""Admission control: each process runs a bounded number of requests at once, and a request
+that cannot start within a queue deadline is refused (503, Retry-After) before any of its work
+is done: no token check, no PostgreSQL, no Redis.
+
+What is shed, in order (docs/design.md, "Overload"):
+
+- a login, registration or password change first: its hash waits at most HASH_WAIT_MS for a
+  slot of the machine's (``feed.hash_slots``), then 503; a login costs what a hundred reads
+  cost, and a client with a refresh token does not need one;
+- then reads and commands alike, at the queue deadline; a command admitted runs to its end;
+- never operations (``/healthz``, ``/readyz``, ``/metrics``) nor the operators' routes: they
+  pass by the queue, so feed reads cannot starve them.
+
+The bound adapts where the API runs on gevent (the default): a sampler measures how late the
+event loop runs a timer. A loop that stays late (its lag over ``LAG_INTERVAL`` never below
+``target_lag``, CoDel's test of a standing queue) has more admitted work than the cores carry,
+so the bound shrinks by a quarter; while requests find it full and the loop keeps time, it
+grows by one (AIMD, as in Netflix's concurrency-limits). A request's wait on a late loop
+counts against its queue deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from feed.deadline import green
+from feed.observability import (
+    ADMISSION_LIMIT,
+    ADMISSION_REFUSAL_SECONDS,
+    ADMISSION_REFUSALS,
+    EVENT_LOOP_LAG,
+)
+
+# Paths that never queue: operations and the operators' routes.
+EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/api/v1/admin/", "/admin/")
+LAG_SAMPLE_SECONDS = 0.01
+LAG_INTERVAL = 0.1  # CoDel's interval: a lag that lasts this long is a standing queue
+
+
+class AdaptiveLimit:
+    """How many requests may run at once in this process: between ``floor`` and ``ceiling``,
+    starting at ``ceiling``, moved by ``lagging`` (AIMD)."""
+
+    def __init__(self, floor: int, ceiling: int) -> None:
+        self.floor, self.ceiling = floor, ceiling
+        self.value = ceiling
+        self.running = 0
+        self.saturated = False  # a request found the bound full since the last sample
+        self._changed = threading.Condition(threading.Lock())
+
+    def take(self, wait_seconds: float) -> bool:
+        """A place to run, waiting at most ``wait_seconds``; False when none came."""
+        with self._changed:
+            if self.running < self.value:
+                self.running += 1
+                return True
+            self.saturated = True
+            give_up = time.monotonic() + wait_seconds
+            while self.running >= self.value:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            self.running += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._changed:
+            self.running -= 1
+            self._changed.notify()
+
+    def lagging(self, late: bool) -> None:
+        """The loop stayed late over an interval (shrink), or kept time (grow if wanted)."""
+        with self._changed:
+            if late:
+                self.value = max(self.floor, int(self.value * 0.75))
+            elif self.saturated and self.value < self.ceiling:
+                self.value += 1
+                self._changed.notify()
+            self.saturated = False
+        ADMISSION_LIMIT.set(self.value)
+
+
+class LoopLag:
+    """How late this process's gevent loop runs a timer: sampled every
+    ``LAG_SAMPLE_SECONDS``; ``recent`` is the latest sample."""
+
+    def __init__(self, target: float, on_interval: Callable[[bool], None]) -> None:
+        self.target = target
+        self.recent = 0.0
+        self._on_interval = on_interval
+        self._started = False
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        import gevent
+
+        gevent.spawn(self._sample)
+
+    def _sample(self) -> None:
+        import gevent
+
+        lowest, interval_ends = float("inf"), time.monotonic() + LAG_INTERVAL
+        while True:
+            asked = time.monotonic()
+            gevent.sleep(LAG_SAMPLE_SECONDS)
+            now = time.monotonic()
+            self.recent = max(0.0, now - asked - LAG_SAMPLE_SECONDS)
+            EVENT_LOOP_LAG.observe(self.recent)
+            lowest = min(lowest, self.recent)
+            if now >= interval_ends:
+                self._on_interval(lowest > self.target)
+                lowest, interval_ends = float("inf"), now + LAG_INTERVAL
+
+
+class Admission:
+    """WSGI middleware, the outermost: see the module's docstring."""
+
+    def __init__(
+        self,
+        app: Callable,
+        *,
+        ceiling: int,
+        floor: int,
+        queue_seconds: float,
+        target_lag_seconds: float,
+        answer: Callable[[dict, int], Any],
+    ) -> None:
+        self.app = app
+        self.limit = AdaptiveLimit(floor, ceiling)
+        self.queue_seconds = queue_seconds
+        self.answer = answer  # (environ, Retry-After seconds) -> a 503 (a WSGI app)
+        self.lag = LoopLag(target_lag_seconds, self.limit.lagging)
+        self._green: bool | None = None  # known at the first request: gevent patches first
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(EXEMPT_PREFIXES):
+            return self.app(environ, start_response)
+        if self._green is None:
+            self._green = green()
+        arrived = time.monotonic()
+        waited_on_loop = 0.0
+        if self._green:
+            self.lag.start()
+            waited_on_loop = self.lag.recent
+        left = self.queue_seconds - waited_on_loop
+        if left < 0 or not self.limit.take(left):
+            ADMISSION_REFUSALS.inc()
+            response = self.answer(environ, self._retry_after())(environ, start_response)
+            ADMISSION_REFUSAL_SECONDS.observe(time.monotonic() - arrived + waited_on_loop)
+            return response
+        try:
+            return self.app(environ, start_response)
+        finally:
+            self.limit.give_back()
+
+    def _retry_after(self) -> int:
+        """Seconds a client should wait: one, more the further the bound fell (at most 5)."""
+        return min(5, max(1, self.limit.ceiling // max(1, self.limit.value) // 2))
