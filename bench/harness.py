@@ -153,14 +153,20 @@ def service(port: int, log_path: Path, **extra_env: str) -> Iterator[str]:
 
 
 def log_in(base: str, accounts: list[dict[str, str]]) -> list[str]:
-    """Bearer tokens of ``accounts`` (Argon2id is slow on purpose: a few at a time)."""
+    """Bearer tokens of ``accounts`` (Argon2id is slow on purpose: a few at a time, and a
+    login refused while the service's hashing slots are busy is tried again after its
+    Retry-After, as a client should)."""
 
     def one(account: dict[str, str]) -> str:
-        response = requests.post(
-            base + "/api/v1/sessions",
-            json={"handle": account["handle"], "password": account["password"]},
-            timeout=30,
-        )
+        while True:
+            response = requests.post(
+                base + "/api/v1/sessions",
+                json={"handle": account["handle"], "password": account["password"]},
+                timeout=30,
+            )
+            if response.status_code != 503:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")) * 0.1)
         response.raise_for_status()
         return response.json()["token"]
 

@@ -16,6 +16,7 @@ import os
 import random
 from pathlib import Path
 
+import gevent
 from locust import FastHttpUser, between, events, task
 
 CREDENTIALS = Path(
@@ -43,16 +44,25 @@ class Client(FastHttpUser):
         if not ACCOUNTS:
             raise RuntimeError(f"no credentials at {CREDENTIALS}: run `make seed` first")
         self.account = random.choice(ACCOUNTS)
-        with self.client.post(
-            "/api/v1/sessions",
-            json={"handle": self.account["handle"], "password": self.account["password"]},
-            name="POST /sessions",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200:
-                response.failure(f"login failed: {response.status_code}")
-                raise RuntimeError("login failed")
-            self.auth = {"Authorization": f"Bearer {response.json()['token']}"}
+        for _attempt in range(100):
+            with self.client.post(
+                "/api/v1/sessions",
+                json={"handle": self.account["handle"], "password": self.account["password"]},
+                name="POST /sessions",
+                catch_response=True,
+            ) as response:
+                if response.status_code == 503:  # busy hashing: try again, as an app would
+                    response.success()
+                    retry_after = float(response.headers.get("Retry-After", "1"))
+                    gevent.sleep(random.uniform(0, retry_after))
+                    continue
+                if response.status_code != 200:
+                    response.failure(f"login failed: {response.status_code}")
+                    raise RuntimeError("login failed")
+                self.auth = {"Authorization": f"Bearer {response.json()['token']}"}
+                break
+        else:
+            raise RuntimeError("login refused 100 times")
         self.seen: list[str] = []
         self.next_max_id: str | None = None
 

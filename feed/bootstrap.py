@@ -22,7 +22,7 @@ from feed.auth import ActiveAccounts, Passwords, Tokens
 from feed.config import Settings, broker_urls, sqlalchemy_url
 from feed.consistency import ConsistencyTokens
 from feed.errors import InvalidInput
-from feed.hash_slots import HashSlots, slot_count
+from feed.hash_slots import HashSlots
 from feed.origin import check_at_start
 from feed.readmodel import FeedKeepAlive, Store
 from feed.readmodel.sources import FeedSources, Placements
@@ -205,7 +205,7 @@ def build_services(settings: Settings, *, placements: Sequence[Placements] = ())
             parallelism=settings.argon2_parallelism,
             slots=HashSlots(
                 settings.data_dir / "hash-slots",
-                slot_count(settings.hash_cpu_share),
+                settings.hash_cpu_share,
                 settings.hash_wait_ms / 1000,
             ),
         ),

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import math
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from feed.errors import DependencyDown
 
 # How often a waiting hash looks for a free slot again.
 POLL_SECONDS = 0.002
+# A slot file holds the time (CLOCK_MONOTONIC, the same in every process) it rests until.
+RESTS_UNTIL = struct.Struct("d")
 
 
 class HashingBusy(DependencyDown):
@@ -40,27 +43,33 @@ class HashingBusy(DependencyDown):
         )
 
 
-def slot_count(cpu_share: float, cores: int | None = None) -> int:
-    """The number of hashes that may run at once: ``cpu_share`` of the cores, at least one."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return max(1, math.floor(cores * cpu_share + 1e-9))
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 class HashSlots:
-    """``slots`` exclusive locks on files in ``directory``, taken with a wait of at most
-    ``wait_seconds``."""
+    """Exclusive locks on files in ``directory`` for ``cpu_share`` of ``cores``, taken with a
+    wait of at most ``wait_seconds``.
 
-    def __init__(self, directory: Path, slots: int, wait_seconds: float) -> None:
+    A share that is not a whole number of cores (a quarter of 2 is half a core) gives whole
+    slots that each rest between hashes: a slot whose hash took t rests t * (1/duty - 1)
+    after it (the time it may be taken again is written in its file), so that on average it
+    hashes ``duty`` of the time."""
+
+    def __init__(
+        self, directory: Path, cpu_share: float, wait_seconds: float, machine_cores: int = 0
+    ) -> None:
+        capacity = max(cpu_share * (machine_cores or cores()), 1e-3)
         self.directory = Path(directory)
-        self.slots = slots
+        self.slots = max(1, math.ceil(capacity - 1e-9))
+        self.duty = min(1.0, capacity / self.slots)
         self.wait_seconds = wait_seconds
         # A slot's file descriptor belongs to one process: one opened before a fork would be
         # shared with the child, and its flock with it. Threads and greenlets of one process
         # share the descriptor, so a per-slot lock keeps them apart first.
         self._pid = -1
         self._files: list[int] = []
-        self._locks = [threading.Lock() for _ in range(slots)]
+        self._locks = [threading.Lock() for _ in range(self.slots)]
         self._open_lock = threading.Lock()
 
     def _descriptors(self) -> list[int]:
@@ -85,10 +94,18 @@ class HashSlots:
             except BlockingIOError:
                 self._locks[i].release()
                 continue
+            rested = os.pread(fd, RESTS_UNTIL.size, 0)
+            if len(rested) == RESTS_UNTIL.size and time.monotonic() < RESTS_UNTIL.unpack(rested)[0]:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._locks[i].release()
+                continue
             return i
         return None
 
-    def _give_back(self, i: int) -> None:
+    def _give_back(self, i: int, held: float) -> None:
+        if self.duty < 1.0:
+            rest = held * (1 / self.duty - 1)
+            os.pwrite(self._files[i], RESTS_UNTIL.pack(time.monotonic() + rest), 0)
         fcntl.flock(self._files[i], fcntl.LOCK_UN)
         self._locks[i].release()
 
@@ -102,7 +119,8 @@ class HashSlots:
                 raise HashingBusy()
             time.sleep(POLL_SECONDS)  # a gevent sleep in the API's workers
             taken = self._try_take()
+        started = time.monotonic()
         try:
             yield
         finally:
-            self._give_back(taken)
+            self._give_back(taken, time.monotonic() - started)

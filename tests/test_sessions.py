@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from app import create_app
 from feed.auth import Principal
-from feed.hash_slots import HashSlots
+from feed.hash_slots import HashSlots, cores
 from sagas.bootstrap import build_services
 from tests.conftest import make_settings
 
@@ -239,9 +239,11 @@ def test_a_login_rehashes_a_password_hashed_with_other_parameters(client, engine
 def one_slot(database_url, tmp_path, clean_state):
     """An app with one hashing slot, a 20 ms wait, and that slot's file for the test to hold
     (as another process's login would)."""
-    settings = make_settings(database_url, data_dir=tmp_path, hash_cpu_share=0.01, hash_wait_ms=20)
+    settings = make_settings(
+        database_url, data_dir=tmp_path, hash_cpu_share=1 / cores(), hash_wait_ms=20
+    )
     app = create_app(services=build_services(settings))
-    holder = HashSlots(tmp_path / "hash-slots", 1, 0.0)
+    holder = HashSlots(tmp_path / "hash-slots", 1.0, 0.0, machine_cores=1)
     return app.test_client(), holder
 
 
