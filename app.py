@@ -11,7 +11,7 @@ from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from feed.admission import Admission
-from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_busy, too_long
+from feed.api import API_PREFIX, NON_JSON_ENDPOINTS, init_api, too_long
 from feed.bootstrap import Services
 from feed.cli import register_cli
 from feed.config import Settings
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             floor=min(settings.admission_min_concurrency, settings.admission_max_concurrency),
             queue_seconds=settings.admission_queue_ms / 1000,
             target_lag_seconds=settings.admission_target_lag_ms / 1000,
-            answer=too_busy,
+            hashing_free=services.passwords.slots.any_free,
         )
     return app
 

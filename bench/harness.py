@@ -286,6 +286,29 @@ def ensure_wrk() -> None:
         raise SystemExit("make bench needs wrk: apt-get install wrk")
 
 
+# wrk2 (open-loop: requests leave on a schedule, latency counted from it) is not packaged:
+# built from this commit of its source, or from WRK2_SOURCE (a clone, or a git URL).
+WRK2_REPOSITORY = "https://github.com/giltene/wrk2"
+WRK2_COMMIT = "44a94c17d8e6a0bac8559b53da76848e430cb7a7"
+
+
+def ensure_wrk2() -> str:
+    """The wrk2 binary: ``WRK2`` if set, else built once into bench/results/wrk2-build."""
+    if os.environ.get("WRK2"):
+        return os.environ["WRK2"]
+    build = RESULTS / "wrk2-build"
+    binary = build / "wrk"
+    if binary.exists():
+        return str(binary)
+    source = os.environ.get("WRK2_SOURCE", WRK2_REPOSITORY)
+    print(f"building wrk2 {WRK2_COMMIT[:10]} from {source}", flush=True)
+    shutil.rmtree(build, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", source, str(build)], check=True)
+    subprocess.run(["git", "-C", str(build), "checkout", "-q", WRK2_COMMIT], check=True)
+    subprocess.run(["make", "-j2"], cwd=build, check=True, capture_output=True)
+    return str(binary)
+
+
 def summarise(prefix: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         f"{prefix}_rps": round(statistics.median(r["rps"] for r in runs), 1),

@@ -177,36 +177,6 @@ async def run(
     return result
 
 
-async def closed(
-    base: str, next_request: Callable[[int], Request], clients: int, seconds: float
-) -> Result:
-    """``clients`` connections, each sending its next request when the last is answered (a
-    closed loop, like wrk): the most the server answers."""
-    host, _, port = base.removeprefix("http://").partition(":")
-    result = Result()
-    counter = iter(range(10**9))
-    cpu_before = _cpu()
-    ends = time.perf_counter() + seconds
-
-    async def client() -> None:
-        connection = await asyncio.open_connection(host, int(port or 80))
-        try:
-            while time.perf_counter() < ends:
-                sent = time.perf_counter()
-                status = await exchange(connection, next_request(next(counter)), host)
-                result.offered += 1
-                result.statuses[status] += 1
-                if 200 <= status < 300:
-                    result.latencies_ok.append(time.perf_counter() - sent)
-        finally:
-            connection[1].close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    result.seconds = seconds
-    result.cpu_seconds = _cpu() - cpu_before
-    return result
-
-
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -2,37 +2,54 @@
 phase 7, or on its own: ``python -m bench.overload``).
 
 1. **Capacity**: the feed mix (``bench/locustfile.py``'s ``FeedUser`` weights: home pages,
-   next pages, posts opened, votes, posts, follows) closed-loop from 64 clients with tokens
-   made beforehand, by this generator (``bench.openloop``): the most the machine answers 2xx.
-2. **Overload**: the same mix open-loop at three times that rate. Counted: 2xx a second
-   against the capacity, their p99, every other answer (all must be 429 or 503), the
-   server's p99 from a refused request's arrival to its 503 (``/metrics``), the service's
-   memory before, at the peak and after.
-3. **Login storm**: feed reads open-loop at half the capacity, first alone, then beside 64
-   clients logging in as fast as they are answered (a credential-stuffing run, or every app
-   after an outage): the reads' 2xx rate and p99 in both, the logins answered, peak memory.
+   next pages, posts opened, votes, posts, follows; ``bench/wrk/mix.lua``) closed-loop by wrk
+   with tokens made beforehand, at 16 and 64 connections: the most 2xx a second.
+2. **Overload**: the same mix open-loop by wrk2 (requests leave on a schedule; latency counts
+   from it) at three times that rate, and beside it a probe (``bench.openloop``, 50 requests a
+   second of the mix) whose 2xx latencies give their p99 (wrk2's percentiles mix 2xx and
+   refusals). Counted: 2xx a second against the capacity, every other status (all must be 429
+   or 503), the server's p99 from a refused request's arrival to its 503 (``/metrics``), the
+   service's memory before, at the peak and after, and the generators' CPU.
+3. **Login storm**: feed reads open-loop at half the capacity, alone, then beside 64 clients
+   (a process of their own) each logging in again as soon as it is answered (after
+   Retry-After when refused: apps after an outage): the reads' 2xx rate and p99 in both, the
+   logins answered, peak memory.
 
-The generator shares the cores with the service: its own CPU is reported.
+The generators share the cores with the service: their CPU is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import csv
 import json
 import os
 import random
+import resource
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
 import requests
 
-from bench.harness import HOME, RESULTS, ensure_seeded, log_in, service
+from bench.harness import (
+    HOME,
+    RESULTS,
+    ROOT,
+    WRK_SCRIPT,
+    ensure_seeded,
+    ensure_wrk,
+    ensure_wrk2,
+    log_in,
+    service,
+)
 from bench.mixed import histogram, quantile
 from bench.openloop import Request, json_request, run
-from bench.openloop import closed as run_closed
 
 MIX = (("home", 40), ("scroll", 20), ("open_post", 10), ("vote", 6), ("post", 3), ("follow", 1))
 PAGE_SIZE = 4096
@@ -123,66 +140,135 @@ def refusal_p99_ms(base: str, before: dict[float, float]) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-class LoginStorm:
-    """``clients`` threads logging in as fast as they are answered, ignoring Retry-After."""
+class Watch:
+    """Every second: the workers' admission bounds (summed) and the event loop's p50 and max
+    lag over that second, from /metrics (what the controller did, for the report)."""
 
-    def __init__(self, base: str, accounts: list[dict[str, str]], clients: int) -> None:
-        self.base, self.accounts, self.clients = base, accounts, clients
-        self.statuses: dict[int, int] = {}
-        self.latencies: list[float] = []
+    def __init__(self, base: str) -> None:
+        self.base, self.samples = base, []
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _client(self, n: int) -> None:
-        with requests.Session() as session:
-            i = n
-            while not self._stop.is_set():
-                account = self.accounts[i % len(self.accounts)]
-                i += self.clients
-                started = time.perf_counter()
-                try:
-                    status = session.post(
-                        self.base + "/api/v1/sessions",
-                        json={"handle": account["handle"], "password": account["password"]},
-                        timeout=60,
-                    ).status_code
-                except requests.RequestException:
-                    status = 0
-                with self._lock:
-                    self.statuses[status] = self.statuses.get(status, 0) + 1
-                    if status == 200:
-                        self.latencies.append(time.perf_counter() - started)
+    def _watch(self) -> None:
+        before = histogram(self.base, "feed_event_loop_lag_seconds")
+        while not self._stop.wait(1.0):
+            text = requests.get(self.base + "/metrics", timeout=10).text
+            limit = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("feed_admission_limit")
+            )
+            after = histogram(self.base, "feed_event_loop_lag_seconds")
+            p50, p99 = quantile(0.5, before, after), quantile(0.99, before, after)
+            self.samples.append(
+                [round(limit), round((p50 or 0) * 1000, 1), round((p99 or 0) * 1000, 1)]
+            )
+            before = after
 
-    def __enter__(self) -> LoginStorm:
-        for thread in self._threads:
-            thread.start()
+    def __enter__(self) -> Watch:
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        self._thread.join()
+
+
+MIX_SCRIPT = ROOT / "bench" / "wrk" / "mix.lua"
+PROBE_RATE = 50
+
+
+def wrk_run(
+    binary: str, base: str, args: list[str], seconds: int, connections: int, rate=0, script=None
+):
+    """One wrk (closed-loop) or wrk2 (``rate``: open-loop) run of ``mix.lua`` (or ``script``
+    with ``args``): rates, statuses, latency of all answers, its CPU."""
+    script = script or MIX_SCRIPT
+    command = [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+    command += [f"-R{rate}"] if rate else []
+    command += ["-s", str(script), base, "--", *args]
+    cpu_before = _children_cpu()
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = _children_cpu() - cpu_before
+    raw = json.loads(
+        next(x for x in output.splitlines() if x.startswith("BENCH_JSON ")).removeprefix(
+            "BENCH_JSON "
+        )
+    )
+    ran = raw["duration_us"] / 1e6
+    statuses = raw.get("statuses") or {"200": raw["requests"] - raw.get("non_2xx", 0)}
+    ok = sum(n for status, n in statuses.items() if status.startswith("2"))
+    percentiles = {float(p): us / 1000 for p, us in raw["percentiles_us"]}
+    return {
+        "offered_rps": rate or None,
+        "answered_rps": round(raw["requests"] / ran, 1),
+        "ok_rps": round(ok / ran, 1),
+        "statuses": dict(sorted(statuses.items())),
+        "socket_errors": sum(raw[k] for k in ("connect_errors", "read_errors", "timeouts")),
+        "all_p50_ms": round(percentiles[50.0], 1),
+        "all_p99_ms": round(percentiles[99.0], 1),
+        "generator_cpu_share": round(cpu / ran, 3),
+    }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_inputs(base: str, tokens: list[str], accounts: list[dict[str, str]]) -> list[str]:
+    """Files for mix.lua: tokens, posts to open and vote on (from the accounts' first pages),
+    accounts to follow."""
+    posts: set[str] = set()
+    for token in tokens[:100]:
+        page = requests.get(base + HOME, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        posts.update(item["id"] for item in page.json()["items"])
+    files = [RESULTS / f"overload-{name}.txt" for name in ("tokens", "posts", "accounts")]
+    files[0].write_text("\n".join(tokens) + "\n")
+    files[1].write_text("\n".join(sorted(posts)) + "\n")
+    files[2].write_text("\n".join(a["id"] for a in accounts) + "\n")
+    return [str(f) for f in files]
+
+
+def probe(base: str, mix: FeedMix, seconds: int, into: dict) -> threading.Thread:
+    """``PROBE_RATE`` requests a second of the mix, open-loop, in a thread: its summary
+    (2xx latencies) lands in ``into``."""
+
+    def go() -> None:
+        into.update(asyncio.run(run(base, mix.request, PROBE_RATE, seconds)).summary())
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread
 
 
 def overload_phases(
     base: str, port: int, accounts: list[dict[str, str]], tokens: list[str], seconds: int
 ) -> dict[str, Any]:
     """Phases 1 to 3 against the service at ``base``; the report's ``overload`` section."""
-    mix = FeedMix(base, tokens, [a["id"] for a in accounts])
+    wrk, wrk2 = shutil.which("wrk") or "wrk", ensure_wrk2()
+    files = write_inputs(base, tokens, accounts)
+    mix = FeedMix(base, tokens[:100], [a["id"] for a in accounts])
     report: dict[str, Any] = {}
 
-    print("  capacity: the feed mix, closed-loop, 64 clients", flush=True)
-    capacity = asyncio.run(run_closed(base, mix.request, 64, seconds)).summary()
+    print("  capacity: the feed mix, closed-loop (wrk), 16 and 64 connections", flush=True)
+    runs = [wrk_run(wrk, base, files, seconds, connections) for connections in (16, 64)]
+    capacity = max(runs, key=lambda r: r["ok_rps"])
     report["capacity"] = capacity
     most = capacity["ok_rps"]
 
-    print(f"  overload: the feed mix open-loop at 3 x {most}/s", flush=True)
+    print(f"  overload: the feed mix open-loop (wrk2) at 3 x {most:.0f}/s", flush=True)
     memory_before = service_memory_mib(port)
     refusals_before = histogram(base, "feed_admission_refusal_seconds")
-    with PeakMemory(port) as peak:
-        overload = asyncio.run(run(base, mix.request, 3 * most, seconds)).summary()
+    probed: dict[str, Any] = {}
+    with PeakMemory(port) as peak, Watch(base) as watch:
+        prober = probe(base, mix, seconds, probed)
+        overload = wrk_run(wrk2, base, files, seconds, 800, rate=round(3 * most))
+        prober.join()
     time.sleep(5)  # the queues drain, the collector runs
+    overload["probe"] = probed
+    overload["ok_p99_ms"] = probed["ok_p99_ms"]
+    overload["bound_lag_p50_p99_ms_by_second"] = watch.samples
     overload["server_refusal_p99_ms"] = refusal_p99_ms(base, refusals_before)
     overload["ok_share_of_capacity"] = round(overload["ok_rps"] / most, 3)
     overload["memory_mib"] = {
@@ -194,22 +280,77 @@ def overload_phases(
 
     rate = round(most / 2)
     print(f"  login storm: feed reads open-loop at {rate}/s, alone then beside 64 logins")
-    alone = asyncio.run(run(base, mix.read, rate, seconds)).summary()
+    reads = [files[0]]
+    home = ["GET", HOME, *reads]
+    alone = wrk_run(wrk2, base, home, seconds, 64, rate=rate, script=WRK_SCRIPT)
     memory_before = service_memory_mib(port)
-    with PeakMemory(port) as peak, LoginStorm(base, accounts, 64) as storm:
+    with PeakMemory(port) as peak:
+        storm = subprocess.Popen(
+            [sys.executable, "-m", "bench.overload", "--storm", base, str(seconds + 2)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1)  # the storm is on
-        stormed = asyncio.run(run(base, mix.read, rate, seconds)).summary()
-    logins = sorted(storm.latencies)
+        stormed = wrk_run(wrk2, base, home, seconds, 64, rate=rate, script=WRK_SCRIPT)
+        logins = json.loads(storm.communicate()[0])
     report["login_storm"] = {
         "reads_alone": alone,
         "reads_in_storm": stormed,
         "reads_ratio": round(stormed["ok_rps"] / max(1.0, alone["ok_rps"]), 3),
-        "logins": {str(k): v for k, v in sorted(storm.statuses.items())},
-        "logins_ok_per_s": round(storm.statuses.get(200, 0) / (seconds + 1), 1),
-        "login_p50_ms": round(logins[len(logins) // 2] * 1000, 1) if logins else None,
+        **logins,
         "memory_mib": {"before": memory_before, "peak": peak.peak},
     }
     return report
+
+
+def storm(base: str, seconds: float, clients: int = 64) -> dict[str, Any]:
+    """``clients`` threads logging in again as soon as answered (after Retry-After, jittered,
+    when refused), for ``seconds``: what they got, and this process's CPU."""
+    with (RESULTS / "credentials.csv").open() as source:
+        accounts = list(csv.DictReader(source))
+    statuses: collections.Counter = collections.Counter()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    ends = time.monotonic() + seconds
+    jitter = random.Random(3)
+
+    def client(n: int) -> None:
+        with requests.Session() as session:
+            i = n
+            while time.monotonic() < ends:
+                account = accounts[i % len(accounts)]
+                i += clients
+                started = time.perf_counter()
+                try:
+                    response = session.post(
+                        base + "/api/v1/sessions",
+                        json={"handle": account["handle"], "password": account["password"]},
+                        timeout=60,
+                    )
+                    status = response.status_code
+                except requests.RequestException:
+                    status, response = 0, None
+                with lock:
+                    statuses[status] += 1
+                    if status == 200:
+                        latencies.append(time.perf_counter() - started)
+                if response is not None and status in (429, 503):
+                    time.sleep(float(response.headers.get("Retry-After", 1)) * jitter.random())
+
+    cpu_before = time.process_time()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies.sort()
+    return {
+        "logins": {str(k): v for k, v in sorted(statuses.items())},
+        "logins_ok_per_s": round(statuses[200] / seconds, 1),
+        "login_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
+        "storm_cpu_share": round((time.process_time() - cpu_before) / seconds, 3),
+    }
 
 
 def main() -> int:
@@ -218,8 +359,13 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--port", type=int, default=8124)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
+    parser.add_argument("--storm", nargs=2, metavar=("BASE", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.storm:  # phase 3's logins, in a process of their own
+        print(json.dumps(storm(args.storm[0], float(args.storm[1]))))
+        return 0
     ensure_seeded([])
+    ensure_wrk()
     with (RESULTS / "credentials.csv").open() as source:
         accounts = list(csv.DictReader(source))[: args.accounts]
     extra = dict(item.split("=", 1) for item in args.env)

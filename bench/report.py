@@ -127,9 +127,61 @@ def render_table(r: dict[str, Any]) -> str:
                 "",
             )
         )
+    rows += overload_rows(r.get("overload"))
     lines = ["| measure | result (medians) | target | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+def overload_rows(o: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """Issue 29's rows: the mix at three times capacity, open-loop, and a login storm."""
+    if not o:
+        return []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    over, storm = o["overload"], o["login_storm"]
+    refused = {k: v for k, v in over["statuses"].items() if not k.startswith("2")}
+    memory = over["memory_mib"]
+    storm_memory = storm["memory_mib"]
+    refusal_ms = over["server_refusal_p99_ms"]
+    return [
+        (
+            f"overload: the feed mix open-loop at {over['offered_rps']:.0f}/s (3 x the "
+            f"{o['capacity']['ok_rps']:.0f}/s capacity; wrk2 "
+            f"{over['generator_cpu_share']:.0%} of a core)",
+            f"{over['ok_rps']:.0f} 2xx/s = {over['ok_share_of_capacity']:.0%} of capacity, "
+            f"p99 {over['ok_p99_ms']:.0f} ms (all answers {over['all_p99_ms']:.0f} ms); "
+            f"others {refused}; server refusal p99 "
+            f"{refusal_ms} ms; memory {memory['before']:.0f} -> {memory['peak']:.0f} -> "
+            f"{memory['after']:.0f} MiB",
+            "≥ 80%, p99 ≤ 500 ms, refusals 429/503 in ≤ 50 ms, memory back within 100 MiB",
+            verdict(
+                over["ok_share_of_capacity"] >= 0.8
+                and over["ok_p99_ms"] <= 500
+                and set(refused) <= {"429", "503"}
+                and (refusal_ms or 0) <= 50
+                and memory["after"] - memory["before"] <= 100
+            ),
+        ),
+        (
+            f"login storm: 64 clients logging in beside feed reads at "
+            f"{storm['reads_alone']['offered_rps']:.0f}/s",
+            f"reads {storm['reads_in_storm']['ok_rps']:.0f}/s = {storm['reads_ratio']:.0%} of "
+            f"{storm['reads_alone']['ok_rps']:.0f}/s alone, p99 "
+            f"{storm['reads_in_storm']['all_p99_ms']:.0f} ms (alone "
+            f"{storm['reads_alone']['all_p99_ms']:.0f} ms); logins {storm['logins']} "
+            f"({storm['logins_ok_per_s']}/s, p50 {storm['login_p50_ms']} ms); memory peak "
+            f"+{storm_memory['peak'] - storm_memory['before']:.0f} MiB",
+            "reads ≥ 70%, p99 ≤ 500 ms, memory ≤ +512 MiB",
+            verdict(
+                storm["reads_ratio"] >= 0.7
+                and storm["reads_in_storm"]["all_p99_ms"] <= 500
+                and storm_memory["peak"] - storm_memory["before"] <= 512
+            ),
+        ),
+    ]
 
 
 def per_round_split(r: dict[str, Any]) -> str:

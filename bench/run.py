@@ -16,7 +16,10 @@ FastHttpUser, also separate, for the mixed load):
    its own) and all on one post or account, round by round;
 3. projection lag under the Locust mix, from the ``/metrics`` histogram;
 4. Redis bytes per feed entry on the seeded feeds;
-5. fan-out to 1k/10k/100k followers against raw pipelined ZADD (``bench.fanout``).
+5. fan-out to 1k/10k/100k followers against raw pipelined ZADD (``bench.fanout``);
+6. the same on a loopback Redis Cluster (``bench.cluster``);
+7. overload (the feed mix open-loop at three times the capacity measured just before) and a
+   login storm beside feed reads (``bench.overload``).
 
 Each phase is a module (``bench/reads.py``, ``writes.py``, ``probe.py``, ``mixed.py``, on
 ``bench/harness.py``); this one runs them in order. Prints a table (``bench/report.py``),
@@ -54,6 +57,7 @@ from bench.harness import (
     service,
 )
 from bench.mixed import mixed_load
+from bench.overload import overload_phases
 from bench.probe import visibility
 from bench.reads import feed_reads
 from bench.report import append_to_doc, git_commit, plot, render_table, server_description
@@ -76,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--skip-overload", action="store_true")
+    parser.add_argument("--overload-seconds", type=int, default=20)
+    parser.add_argument("--overload-accounts", type=int, default=200)
     parser.add_argument("--fanout-sizes", default="1000,10000,100000")
     parser.add_argument("--seed-args", default="", help="flags for bench.seed if it must run")
     return parser.parse_args()
@@ -130,6 +137,11 @@ def main() -> int:
         votes_and_follows(run, sample, accounts)
         visibility(run)
         mixed_load(run)
+        if not args.skip_overload:
+            print("phase 7: overload and a login storm (bench.overload)", flush=True)
+            report["overload"] = overload_phases(
+                base, args.port, sample[: args.overload_accounts], tokens, args.overload_seconds
+            )
     tokens_file.unlink(missing_ok=True)
     if not args.skip_fanout:
         fanout(args, report)

@@ -211,12 +211,18 @@ def seed_database(
         cursor.execute(
             "TRUNCATE campaign_placements, campaigns, media, notifications, ledger_entries, "
             "wallets, processed_steps, participant_faults, saga_operator_actions, saga_steps, "
-            "sagas, idempotency_keys, outbox, votes, follows, posts, accounts"
+            "sagas, idempotency_keys, outbox, votes, follows, posts, account_sessions, accounts"
         )
     conn.commit()
 
     now_ms = int(time.time() * 1000)
-    password_hash = PasswordHasher().hash(PASSWORD)
+    # The service's own parameters: a login of a seeded account is not also a rehash.
+    defaults = Settings()
+    password_hash = PasswordHasher(
+        time_cost=defaults.argon2_time_cost,
+        memory_cost=defaults.argon2_memory_cost,
+        parallelism=defaults.argon2_parallelism,
+    ).hash(PASSWORD)
     with phase("accounts", timings):
         account_ids = [((now_ms - 31 * DAY_MS - EPOCH_MS) << 22) + i for i in range(args.accounts)]
 

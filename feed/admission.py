@@ -4,9 +4,10 @@ is done: no token check, no PostgreSQL, no Redis.
 
 What is shed, in order (docs/design.md, "Overload"):
 
-- a login, registration or password change first: its hash waits at most HASH_WAIT_MS for a
-  slot of the machine's (``feed.hash_slots``), then 503; a login costs what a hundred reads
-  cost, and a client with a refresh token does not need one;
+- a login, registration or password change first: refused here while every hashing slot of
+  the machine (``feed.hash_slots``) is taken, and by the view if its hash then waits past
+  HASH_WAIT_MS for one; a login costs what a hundred reads cost, and a client with a refresh
+  token does not need one;
 - then reads and commands alike, at the queue deadline; a command admitted runs to its end;
 - never operations (``/healthz``, ``/readyz``, ``/metrics``) nor the operators' routes: they
   pass by the queue, so feed reads cannot starve them.
@@ -21,10 +22,10 @@ counts against its queue deadline.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from feed.deadline import green
 from feed.observability import (
@@ -36,6 +37,22 @@ from feed.observability import (
 
 # Paths that never queue: operations and the operators' routes.
 EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/api/v1/admin/", "/admin/")
+# Requests that hash a password: refused here, at once, while every hashing slot is taken.
+HASHING = frozenset(
+    {
+        ("POST", "/api/v1/sessions"),
+        ("POST", "/api/v1/accounts"),
+        ("PUT", "/api/v1/accounts/me/password"),
+    }
+)
+BUSY = json.dumps(
+    {
+        "type": "https://feed.example/problems/busy",
+        "title": "Busy",
+        "status": 503,
+        "detail": "The service is busy; try again in a moment.",
+    }
+).encode()
 LAG_SAMPLE_SECONDS = 0.01
 LAG_INTERVAL = 0.1  # CoDel's interval: a lag that lasts this long is a standing queue
 
@@ -48,22 +65,31 @@ class AdaptiveLimit:
         self.floor, self.ceiling = floor, ceiling
         self.value = ceiling
         self.running = 0
+        self.waiting = 0
         self.saturated = False  # a request found the bound full since the last sample
         self._changed = threading.Condition(threading.Lock())
 
     def take(self, wait_seconds: float) -> bool:
-        """A place to run, waiting at most ``wait_seconds``; False when none came."""
+        """A place to run, waiting at most ``wait_seconds``; False when none came. At most
+        as many requests wait as may run: past that the queue is standing, and a request is
+        refused at once rather than after a wait that would end the same way."""
         with self._changed:
             if self.running < self.value:
                 self.running += 1
                 return True
             self.saturated = True
+            if self.waiting >= self.value:
+                return False
             give_up = time.monotonic() + wait_seconds
-            while self.running >= self.value:
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
+            self.waiting += 1
+            try:
+                while self.running >= self.value:
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._changed.wait(left)
+            finally:
+                self.waiting -= 1
             self.running += 1
             return True
 
@@ -86,11 +112,13 @@ class AdaptiveLimit:
 
 class LoopLag:
     """How late this process's gevent loop runs a timer: sampled every
-    ``LAG_SAMPLE_SECONDS``; ``recent`` is the latest sample."""
+    ``LAG_SAMPLE_SECONDS``. ``standing`` is the least lag of the last ``LAG_INTERVAL``: what
+    every request arriving in it waited at least (one slow moment, a collection or a large
+    page, is not a queue)."""
 
     def __init__(self, target: float, on_interval: Callable[[bool], None]) -> None:
         self.target = target
-        self.recent = 0.0
+        self.standing = 0.0
         self._on_interval = on_interval
         self._started = False
 
@@ -110,10 +138,11 @@ class LoopLag:
             asked = time.monotonic()
             gevent.sleep(LAG_SAMPLE_SECONDS)
             now = time.monotonic()
-            self.recent = max(0.0, now - asked - LAG_SAMPLE_SECONDS)
-            EVENT_LOOP_LAG.observe(self.recent)
-            lowest = min(lowest, self.recent)
+            lag = max(0.0, now - asked - LAG_SAMPLE_SECONDS)
+            EVENT_LOOP_LAG.observe(lag)
+            lowest = min(lowest, lag)
             if now >= interval_ends:
+                self.standing = lowest
                 self._on_interval(lowest > self.target)
                 lowest, interval_ends = float("inf"), now + LAG_INTERVAL
 
@@ -129,12 +158,12 @@ class Admission:
         floor: int,
         queue_seconds: float,
         target_lag_seconds: float,
-        answer: Callable[[dict, int], Any],
+        hashing_free: Callable[[], bool] = lambda: True,
     ) -> None:
         self.app = app
         self.limit = AdaptiveLimit(floor, ceiling)
         self.queue_seconds = queue_seconds
-        self.answer = answer  # (environ, Retry-After seconds) -> a 503 (a WSGI app)
+        self.hashing_free = hashing_free
         self.lag = LoopLag(target_lag_seconds, self.limit.lagging)
         self._green: bool | None = None  # known at the first request: gevent patches first
 
@@ -147,17 +176,36 @@ class Admission:
         waited_on_loop = 0.0
         if self._green:
             self.lag.start()
-            waited_on_loop = self.lag.recent
+            waited_on_loop = self.lag.standing
+        if (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")) in HASHING and (
+            not self.hashing_free()
+        ):
+            return self._refuse(start_response, arrived, waited_on_loop, "hashing")
         left = self.queue_seconds - waited_on_loop
         if left < 0 or not self.limit.take(left):
-            ADMISSION_REFUSALS.inc()
-            response = self.answer(environ, self._retry_after())(environ, start_response)
-            ADMISSION_REFUSAL_SECONDS.observe(time.monotonic() - arrived + waited_on_loop)
-            return response
+            return self._refuse(start_response, arrived, waited_on_loop, "queue")
         try:
             return self.app(environ, start_response)
         finally:
             self.limit.give_back()
+
+    def _refuse(
+        self, start_response: Callable, arrived: float, waited_on_loop: float, reason: str
+    ) -> list[bytes]:
+        """The 503, made without the app: a refusal must cost a small share of an answer,
+        or refusing three times what the machine serves would take the machine."""
+        start_response(
+            "503 Service Unavailable",
+            [
+                ("Content-Type", "application/problem+json"),
+                ("Content-Length", str(len(BUSY))),
+                ("Retry-After", str(self._retry_after())),
+                ("X-Content-Type-Options", "nosniff"),
+            ],
+        )
+        ADMISSION_REFUSALS.labels(reason).inc()
+        ADMISSION_REFUSAL_SECONDS.observe(time.monotonic() - arrived + waited_on_loop)
+        return [BUSY]
 
     def _retry_after(self) -> int:
         """Seconds a client should wait: one, more the further the bound fell (at most 5)."""

@@ -70,19 +70,19 @@ class Passwords:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
         )
-        self._slots = slots
+        self.slots = slots
         # Verified against when the handle is unknown, so a miss costs as much as a hit.
         self._decoy = self._hasher.hash("decoy password for unknown handles")
 
     def hash(self, password: str) -> str:
         """A new Argon2id hash of ``password``; ``HashingBusy`` when no slot is free."""
-        with self._slots.slot():
+        with self.slots.slot():
             return off_the_event_loop(self._hasher.hash, password)
 
     def check(self, password_hash: str | None, password: str) -> Checked:
         """Whether ``password`` matches (the same work when there is no hash), and its new
         hash when the parameters changed since it was made: one slot for both."""
-        with self._slots.slot():
+        with self.slots.slot():
             try:
                 ok = off_the_event_loop(
                     self._hasher.verify, password_hash or self._decoy, password

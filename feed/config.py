@@ -136,10 +136,10 @@ class Settings:
     hash_cpu_share: float = 0.25  # of the machine's cores, for password hashes at once
     hash_wait_ms: int = 10  # a login waits this long for a hashing slot, then gets 503
     refresh_token_ttl_seconds: int = 60 * 24 * 3600  # each refresh token, from its issue
-    admission_max_concurrency: int = 64  # requests a worker runs at once, at most (0: no bound)
+    admission_max_concurrency: int = 16  # requests a worker runs at once, at most (0: no bound)
     admission_min_concurrency: int = 4  # the adaptive bound never falls below this
-    admission_queue_ms: int = 30  # a request that cannot start within this gets 503
-    admission_target_lag_ms: int = 15  # an event loop late by more than this sheds load
+    admission_queue_ms: int = 10  # a request that cannot start within this gets 503
+    admission_target_lag_ms: int = 25  # an event loop late by more than this sheds load
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

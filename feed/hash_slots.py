@@ -109,6 +109,16 @@ class HashSlots:
         fcntl.flock(self._files[i], fcntl.LOCK_UN)
         self._locks[i].release()
 
+    def any_free(self) -> bool:
+        """Whether a slot is free at this moment (taken and given back at once): admission
+        refuses a login cheaply when none is, before the app reads anything."""
+        taken = self._try_take()
+        if taken is None:
+            return False
+        fcntl.flock(self._files[taken], fcntl.LOCK_UN)
+        self._locks[taken].release()
+        return True
+
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         """Hold a slot for the block; ``HashingBusy`` when none came free in time."""

@@ -37,7 +37,10 @@ HTTP_LATENCY = Histogram(
 
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 ADMISSION_REFUSALS = Counter(
-    "feed_admission_refusals_total", "Requests refused at the queue deadline (503)"
+    "feed_admission_refusals_total",
+    "Requests refused before the app saw them (503): at the queue deadline, or a login while "
+    "every hashing slot was taken",
+    ["reason"],
 )
 ADMISSION_REFUSAL_SECONDS = Histogram(
     "feed_admission_refusal_seconds",

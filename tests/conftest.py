@@ -48,6 +48,7 @@ TABLES = (
     "campaigns",
     "media",
     "admin_sessions",
+    "account_sessions",
 )
 
 

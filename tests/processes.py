@@ -131,6 +131,9 @@ def process_env(database_url: str, redis_url: str, broker_url: str, **extra: str
         FEED_QUEUE_PREFIX=f"test-{uuid.uuid4().hex[:8]}-",
         LOG_JSON="true",
         PYTHONUNBUFFERED="1",
+        # Tests log in many accounts at once (as make_settings does in process).
+        HASH_CPU_SHARE="8",
+        HASH_WAIT_MS="50",
     )
     env.update(extra)
     return env

@@ -235,12 +235,19 @@ def test_a_login_rehashes_a_password_hashed_with_other_parameters(client, engine
     log_in(client, "ada")  # the new hash opens it
 
 
-@pytest.fixture
-def one_slot(database_url, tmp_path, clean_state):
+@pytest.fixture(params=["at admission", "in the view"])
+def one_slot(request, database_url, tmp_path, clean_state):
     """An app with one hashing slot, a 20 ms wait, and that slot's file for the test to hold
-    (as another process's login would)."""
+    (as another process's login would). Admission control refuses a login at once while no
+    slot is free; without it (or when a slot is taken between its look and the hash), the
+    view's wait for a slot refuses it."""
+    admission = {} if request.param == "at admission" else {"admission_max_concurrency": 0}
     settings = make_settings(
-        database_url, data_dir=tmp_path, hash_cpu_share=1 / cores(), hash_wait_ms=20
+        database_url,
+        data_dir=tmp_path,
+        hash_cpu_share=1 / cores(),
+        hash_wait_ms=20,
+        **admission,
     )
     app = create_app(services=build_services(settings))
     holder = HashSlots(tmp_path / "hash-slots", 1.0, 0.0, machine_cores=1)

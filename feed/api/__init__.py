@@ -121,20 +121,6 @@ def too_long(environ: dict) -> Response:
     )
 
 
-def too_busy(environ: dict, retry_after: int) -> Response:
-    """The answer to a request refused at admission (feed.admission): made without the app,
-    so without a request context."""
-    method = method_label(environ.get("REQUEST_METHOD", ""))
-    HTTP_REQUESTS.labels(method, "admission refused", "503").inc()
-    return problem(
-        503,
-        "The service is busy; try again in a moment.",
-        slug="busy",
-        title="Busy",
-        headers={"Retry-After": str(retry_after), "X-Content-Type-Options": "nosniff"},
-    )
-
-
 def _start_request() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = (
