@@ -102,3 +102,13 @@ def test_the_bound_shrinks_while_the_loop_lags_and_grows_back_when_wanted():
         for _ in range(taken):
             limit.give_back()
     assert limit.value == 7
+
+
+def test_on_gevent_the_count_takes_no_lock_and_a_waiter_still_gets_its_place():
+    limit = AdaptiveLimit(floor=1, ceiling=2)
+    limit.cooperative = True
+    assert limit.take(0) and limit.take(0)
+    assert not limit.take(0)
+    threading.Timer(0.05, limit.give_back).start()
+    assert limit.take(1.0)  # woken by the give_back
+    assert limit.running == 2 and limit.waiting == 0
