@@ -112,3 +112,35 @@ def test_on_gevent_the_count_takes_no_lock_and_a_waiter_still_gets_its_place():
     threading.Timer(0.05, limit.give_back).start()
     assert limit.take(1.0)  # woken by the give_back
     assert limit.running == 2 and limit.waiting == 0
+
+
+def test_a_request_measures_its_wait_on_the_event_loop_and_a_standing_lag_shrinks_the_bound():
+    import gevent
+
+    from feed.admission import LoopLag
+
+    decisions: list[bool] = []
+    lag = LoopLag(0.005, decisions.append)
+
+    def busy(seconds: float) -> None:  # holds the loop in 40 ms turns
+        ends = time.time() + seconds
+        while time.time() < ends:
+            turn = time.time()
+            while time.time() - turn < 0.04:
+                pass
+            gevent.sleep(0)
+
+    waits: list[float] = []
+    standings: list[float] = []
+    hog = gevent.spawn(busy, 0.6)
+    for _ in range(5):
+        waits.append(lag.arrived())  # behind the hog's turn
+        standings.append(lag.standing)
+        gevent.sleep(0.1)
+    hog.join()
+    assert max(waits[1:]) >= 0.03, waits
+    assert max(standings) > 0.005, standings
+    assert True in decisions  # a standing lag: shrink
+    decisions.clear()
+    gevent.sleep(0.3)  # the loop idle: on time again
+    assert decisions and not any(decisions[1:]), decisions
