@@ -17,8 +17,9 @@ event loop runs (``LoopLag``). A loop late by more than ``target_lag`` all throu
 (CoDel's test of a standing queue) has more admitted work than the cores carry, so the bound
 shrinks by a quarter; while requests find it full and
 the loop keeps time, it grows by one (AIMD, as in Netflix's concurrency-limits). A request's
-wait on the loop counts against its queue deadline, and a standing wait past the deadline
-refuses arrivals at once.
+wait on the loop counts against its queue deadline, and a standing lag past the target
+refuses arrivals at once. The target is far above a saturated loop's usual lag (a closed-loop
+client keeping every core busy makes the loop late by tens of milliseconds, and is served).
 """
 
 from __future__ import annotations
@@ -197,9 +198,9 @@ class Admission:
             not self.hashing_free()
         ):
             return self._refuse(start_response, arrived, waited_on_loop, "hashing")
-        # A standing queue refuses at once; a request that waited on the loop already waits
-        # only what is left of its deadline for a place.
-        if self.lag.standing > self.queue_seconds or not self.limit.take(
+        # A standing queue on the loop refuses at once; a request that waited on the loop
+        # already waits only what is left of its deadline for a place.
+        if self.lag.standing > self.lag.target > 0 or not self.limit.take(
             max(0.0, self.queue_seconds - waited_on_loop)
         ):
             return self._refuse(start_response, arrived, waited_on_loop, "queue")

@@ -139,7 +139,7 @@ class Settings:
     admission_max_concurrency: int = 16  # requests a worker runs at once, at most (0: no bound)
     admission_min_concurrency: int = 4  # the adaptive bound never falls below this
     admission_queue_ms: int = 10  # a request that cannot start within this gets 503
-    admission_target_lag_ms: int = 25  # an event loop late by more than this sheds load
+    admission_target_lag_ms: int = 100  # a loop this late all through 100 ms sheds load
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
