@@ -25,8 +25,12 @@ from feed.errors import DependencyDown
 
 # How often a waiting hash looks for a free slot again.
 POLL_SECONDS = 0.002
-# A slot file holds the time (CLOCK_MONOTONIC, the same in every process) it rests until.
-RESTS_UNTIL = struct.Struct("d")
+# A slot file holds its budget of hashing seconds and when it was counted (CLOCK_MONOTONIC,
+# the same in every process).
+BUDGET = struct.Struct("dd")
+# Hashing seconds a slot below a whole core may spend in a burst: an idle service answers a
+# registration and the login right after it (about 20 logins), and the share holds on average.
+BURST_SECONDS = 0.5
 
 
 class HashingBusy(DependencyDown):
@@ -52,9 +56,10 @@ class HashSlots:
     wait of at most ``wait_seconds``.
 
     A share that is not a whole number of cores (a quarter of 2 is half a core) gives whole
-    slots that each rest between hashes: a slot whose hash took t rests t * (1/duty - 1)
-    after it (the time it may be taken again is written in its file), so that on average it
-    hashes ``duty`` of the time."""
+    slots that each keep a budget (a token bucket, written in the slot's file): it fills at
+    ``duty`` seconds a second up to ``BURST_SECONDS``, a hash spends the time it took, and a
+    slot whose budget is spent rests until it fills again, so that on average it hashes
+    ``duty`` of the time."""
 
     def __init__(
         self, directory: Path, cpu_share: float, wait_seconds: float, machine_cores: int = 0
@@ -94,18 +99,25 @@ class HashSlots:
             except BlockingIOError:
                 self._locks[i].release()
                 continue
-            rested = os.pread(fd, RESTS_UNTIL.size, 0)
-            if len(rested) == RESTS_UNTIL.size and time.monotonic() < RESTS_UNTIL.unpack(rested)[0]:
+            if self.duty < 1.0 and self._budget(fd) < 0:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 self._locks[i].release()
                 continue
             return i
         return None
 
+    def _budget(self, fd: int) -> float:
+        """The slot's budget now (its lock held)."""
+        kept = os.pread(fd, BUDGET.size, 0)
+        if len(kept) != BUDGET.size:
+            return BURST_SECONDS
+        budget, counted = BUDGET.unpack(kept)
+        return min(BURST_SECONDS, budget + (time.monotonic() - counted) * self.duty)
+
     def _give_back(self, i: int, held: float) -> None:
         if self.duty < 1.0:
-            rest = held * (1 / self.duty - 1)
-            os.pwrite(self._files[i], RESTS_UNTIL.pack(time.monotonic() + rest), 0)
+            spent = self._budget(self._files[i]) - held
+            os.pwrite(self._files[i], BUDGET.pack(spent, time.monotonic()), 0)
         fcntl.flock(self._files[i], fcntl.LOCK_UN)
         self._locks[i].release()
 

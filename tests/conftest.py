@@ -100,6 +100,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # Tests log in many accounts at once; the tests of the bound itself set it small.
         hash_cpu_share=8.0,
         hash_wait_ms=50,
+        # Concurrency tests send 50 requests at once to the threaded test app.
+        admission_max_concurrency=256,
         rate_limits_enabled=False,
         log_json=False,
         data_dir=Path(tempfile.gettempdir()) / "feed-test-data",

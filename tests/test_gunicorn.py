@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 # Slow enough hashing that a login stalling the event loop could not be missed.
 ARGON2 = {"ARGON2_TIME_COST": "16", "ARGON2_MEMORY_COST": "65536", "ARGON2_PARALLELISM": "1"}
-# A whole core for hashing: the login right after the registration finds a slot that is not
-# resting (on a share below a core, a slot rests as long as its last hash took).
+# A whole core for hashing: a one-second hash spends more than a slot's burst below a core,
+# and the login right after the registration would find the slot resting.
 HASHING = {"HASH_CPU_SHARE": "1"}
 
 

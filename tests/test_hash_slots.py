@@ -41,13 +41,16 @@ def test_slots_taken_in_another_process_are_refused_here_until_it_dies(tmp_path)
         holder.kill()
 
 
-def test_half_a_core_is_one_slot_that_rests_as_long_as_it_hashed(tmp_path):
+def test_half_a_core_is_one_slot_that_spends_a_burst_then_hashes_half_the_time(tmp_path):
     slots = HashSlots(tmp_path, 0.25, 0.0, machine_cores=2)
     assert (slots.slots, slots.duty) == (1, 0.5)
+    for _ in range(2):  # an idle slot answers hashes back to back, within its burst
+        with slots.slot():
+            time.sleep(0.05)
     with slots.slot():
-        time.sleep(0.2)
-    with pytest.raises(HashingBusy), slots.slot():  # resting for another 0.2 s
+        time.sleep(0.6)  # past the burst: its budget is spent
+    with pytest.raises(HashingBusy), slots.slot():
         pass
-    time.sleep(0.25)
+    time.sleep(0.5)  # fills at half a second a second
     with slots.slot():
         pass
