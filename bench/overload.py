@@ -92,10 +92,6 @@ class FeedMix:
             return json_request(method, f"/api/v1/accounts/{other}/follow", token)
         return json_request("GET", HOME, token)
 
-    def read(self, i: int) -> Request:
-        token, _, _ = self.clients[i % len(self.clients)]
-        return json_request("GET", HOME, token)
-
 
 def service_memory_mib(port: int) -> float:
     """Resident memory of the service's processes (those started with PORT=``port``)."""
