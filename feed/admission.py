@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from feed.api.problems import TYPE_BASE
 from feed.deadline import green
 from feed.observability import (
     ADMISSION_LIMIT,
@@ -52,7 +53,7 @@ HASHING = frozenset(
 )
 BUSY = json.dumps(
     {
-        "type": "https://feed.example/problems/busy",
+        "type": TYPE_BASE + "busy",
         "title": "Busy",
         "status": 503,
         "detail": "The service is busy; try again in a moment.",
