@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install run test lint format clean bench bench-fanout seed load
+.PHONY: install haproxy run test lint format clean bench bench-fanout seed load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# HAProxy, the edge (deploy/haproxy.cfg) the suite runs: Debian's package, installed if missing.
+haproxy:
+	@command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q haproxy >/dev/null; } \
+	  || { echo "make test needs HAProxy 2.2 or later: apt-get install haproxy" >&2; exit 1; }
+
 ## Set up and run the service (API, relay, workers) in the foreground; Ctrl-C stops it.
 run: install
 	$(PY) -m feed.launcher
 
 ## Set up and run the whole test suite against the machine's PostgreSQL, Redis and RabbitMQ.
-test: install
+test: install haproxy
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -12,14 +12,16 @@ What is shed, in order (docs/design.md, "Overload"):
 - never operations (``/healthz``, ``/readyz``, ``/metrics``) nor the operators' routes: they
   pass by the queue, so feed reads cannot starve them.
 
-The bound adapts where the API runs on gevent (the default): a sampler measures how late the
-event loop runs (``LoopLag``). A loop late by more than ``target_lag`` all through an interval
-(CoDel's test of a standing queue) has more admitted work than the cores carry, so the bound
-shrinks by a quarter; while requests find it full and
-the loop keeps time, it grows by one (AIMD, as in Netflix's concurrency-limits). A request's
-wait on the loop counts against its queue deadline, and a standing lag past the target
-refuses arrivals at once. The target is far above a saturated loop's usual lag (a closed-loop
-client keeping every core busy makes the loop late by tens of milliseconds, and is served).
+In production the edge (HAProxy, ``deploy/haproxy.cfg``) bounds and queues first, where a
+refusal is cheap; this is the bound for a service run without it, and a backstop behind it.
+
+With a ``target_lag`` (ADMISSION_TARGET_LAG_MS) the bound adapts on gevent: a sampler measures
+how late the event loop runs (``LoopLag``). A loop late by more than the target all through an
+interval (CoDel's test of a standing queue) has more admitted work than the cores carry, so the
+bound shrinks by a quarter; while requests find it full and the loop keeps time, it grows by
+one (AIMD, as in Netflix's concurrency-limits). A standing lag past the target refuses arrivals
+at once. Without one the bound is fixed and no sampler runs (its wake-ups cost 8% of the feed
+reads). Either way a request's wait on the loop counts against its queue deadline.
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ class LoopLag:
             import gevent
 
             self._loop = gevent.get_hub().loop
-            gevent.spawn(self._sample)
+            if self.target > 0:  # else a fixed bound: no sampler, whose wake-ups cost reads
+                gevent.spawn(self._sample)
         return max(self.standing, time.time() - self._loop.now())
 
     def _sample(self) -> None:
@@ -170,8 +173,7 @@ class LoopLag:
                 self.standing = lowest
                 # once an interval: a metric's write takes a lock, a turn at the hub
                 EVENT_LOOP_LAG.observe(lowest)
-                if self.target > 0:  # 0: a fixed bound
-                    self._on_interval(lowest > self.target)
+                self._on_interval(lowest > self.target)
                 lowest, interval_ends = float("inf"), now + LAG_INTERVAL
 
 

@@ -139,7 +139,10 @@ class Settings:
     admission_max_concurrency: int = 16  # requests a worker runs at once, at most (0: no bound)
     admission_min_concurrency: int = 4  # the adaptive bound never falls below this
     admission_queue_ms: int = 10  # a request that cannot start within this gets 503
-    admission_target_lag_ms: int = 100  # a loop this late all through 100 ms sheds load
+    admission_target_lag_ms: int = 0  # a loop this late all through 100 ms sheds (0: fixed)
+    edge_port: int = 0  # the launcher puts HAProxy here, in front of the API (0: no edge)
+    edge_max_concurrency: int = 0  # requests the edge lets into the API at once (0: 8 a worker)
+    edge_queue_ms: int = 20  # a request the edge cannot pass on within this gets 503
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -264,6 +267,9 @@ class Settings:
             admission_target_lag_ms=_int(
                 env, "ADMISSION_TARGET_LAG_MS", defaults.admission_target_lag_ms
             ),
+            edge_port=_int(env, "EDGE_PORT", defaults.edge_port),
+            edge_max_concurrency=_int(env, "EDGE_MAX_CONCURRENCY", defaults.edge_max_concurrency),
+            edge_queue_ms=_int(env, "EDGE_QUEUE_MS", defaults.edge_queue_ms),
         )
 
     def __post_init__(self) -> None:

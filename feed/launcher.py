@@ -2,11 +2,14 @@
 the API under gunicorn with the other processes, in the foreground. Ctrl-C stops everything.
 
 With DATABASE_URL, REDIS_URL and BROKER_URL set nothing is embedded and those servers are used.
+With EDGE_PORT set, HAProxy (``deploy/haproxy.cfg``) listens there in front of the API, which
+then listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,13 +64,31 @@ def prepare_environment(settings: Settings) -> tuple[dict[str, str], list[object
     env.setdefault("FEED_DATA_DIR", str(data))
     metrics_dir = Path(tempfile.mkdtemp(prefix="feed-metrics-"))
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    if settings.edge_port:
+        env.update(edge_environment(settings))
     return env, keep_alive
+
+
+def edge_environment(settings: Settings) -> dict[str, str]:
+    """What ``deploy/haproxy.cfg`` reads, and the API's trust in the one proxy before it."""
+    workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+    return {
+        "EDGE_BIND": f"0.0.0.0:{settings.edge_port}",
+        "EDGE_API": f"127.0.0.1:{settings.port}",
+        "EDGE_MAXCONN": str(settings.edge_max_concurrency or 8 * workers),
+        "EDGE_QUEUE_MS": str(settings.edge_queue_ms),
+        "EDGE_DIR": str(ROOT / "deploy"),
+        "TRUSTED_PROXIES": os.environ.get("TRUSTED_PROXIES", "1"),
+    }
 
 
 def process_commands(settings: Settings) -> dict[str, list[str]]:
     """The long-running processes of the service, by name."""
     python = sys.executable
-    return {
+    # Behind the edge, only the edge (and this machine) reach the API: it believes the edge's
+    # X-Forwarded-For.
+    host = "127.0.0.1" if settings.edge_port else "0.0.0.0"
+    commands = {
         "api": [
             python,
             "-m",
@@ -75,7 +96,7 @@ def process_commands(settings: Settings) -> dict[str, list[str]]:
             "--config",
             str(ROOT / "feed" / "gunicorn_conf.py"),
             "--bind",
-            f"0.0.0.0:{settings.port}",
+            f"{host}:{settings.port}",
             "app:create_app()",
         ],
         "relay": [python, "-m", "workers.relay"],
@@ -91,6 +112,12 @@ def process_commands(settings: Settings) -> dict[str, list[str]]:
             os.environ.get("WORKER_THREADS", "8"),
         ],
     }
+    if settings.edge_port:
+        haproxy = shutil.which("haproxy")
+        if haproxy is None:
+            raise SystemExit("EDGE_PORT needs HAProxy 2.2 or later: apt-get install haproxy")
+        commands["edge"] = [haproxy, "-W", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")]
+    return commands
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -112,7 +139,8 @@ def run() -> int:
         name: subprocess.Popen(command, cwd=ROOT, env=env)
         for name, command in process_commands(settings).items()
     }
-    print(f"serving on http://127.0.0.1:{settings.port} (Ctrl-C stops)", flush=True)
+    port = settings.edge_port or settings.port
+    print(f"serving on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
 
     stopping = False
 

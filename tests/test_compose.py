@@ -6,7 +6,9 @@ Docker does not run on this machine, so this is how the file is kept correct.
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,39 @@ def test_every_command_the_stack_runs_exists_in_the_code(name, settings, monkeyp
         assert _dramatiq_module_declares_actors(args, monkeypatch), args
     else:
         pytest.fail(f"{name}: unknown command {args}")
+
+
+def check_edge(services: dict) -> None:
+    """The edge (HAProxy) is a stack's only way in; its config is deploy/haproxy.cfg, every
+    variable it reads is set, and HAProxy accepts it with them (as tests/test_edge.py runs it).
+    """
+    edge, api = services["edge"], services["api"]
+    assert edge["ports"] == ["8000:8000"] and "ports" not in api
+    assert api["environment"]["TRUSTED_PROXIES"] == "1"
+    host_dir, _, mounted = edge["volumes"][0].partition(":")
+    assert (ROOT / host_dir / "haproxy.cfg").is_file() and mounted.startswith("/etc/feed")
+    env = {key: str(value) for key, value in edge["environment"].items()}
+    assert env["EDGE_DIR"] == mounted.removesuffix(":ro")
+    assert edge["command"][-1] == env["EDGE_DIR"] + "/haproxy.cfg"
+    bind = api["command"][api["command"].index("--bind") + 1]
+    assert env["EDGE_API"] == "api:" + bind.rsplit(":", 1)[1]
+    assert env["EDGE_BIND"].endswith(":" + edge["ports"][0].split(":")[1])
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", config)) == set(env)
+    local = {**env, "EDGE_DIR": str(ROOT / "deploy"), "EDGE_API": "127.0.0.1:8000"}
+    checked = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+        env={**os.environ, **local},
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert edge["depends_on"]["api"]["condition"] == "service_healthy"
+    assert edge["healthcheck"]["test"]
+
+
+def test_the_edge_fronts_the_api_with_the_config_the_tests_run():
+    check_edge(SERVICES)
 
 
 def test_the_image_contains_every_top_level_package():

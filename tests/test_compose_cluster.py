@@ -15,6 +15,7 @@ from tests.test_compose import (
     _dramatiq_module_declares_actors,
     _flask_command_exists,
     _gunicorn_target_exists,
+    check_edge,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +95,7 @@ def test_every_command_the_cluster_stack_runs_exists_in_the_code(name, settings,
         assert _dramatiq_module_declares_actors(args, monkeypatch), args
     else:
         pytest.fail(f"{name}: unknown command {args}")
+
+
+def test_the_edge_fronts_the_api_as_in_the_one_machine_stack():
+    check_edge(SERVICES)
