@@ -1,0 +1,167 @@
+"""The edge (``deploy/haproxy.cfg``, HAProxy in front of the API): at most EDGE_MAXCONN
+requests reach the API at once, as many wait at most EDGE_QUEUE_MS, the rest get the
+service's own 503 from HAProxy; operations pass by the queue. Run against a real HAProxy and
+a real gunicorn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from bench.overload import edge_refusals
+from feed.admission import BUSY
+from feed.config import Settings
+from feed.launcher import ROOT, edge_environment, process_commands
+from tests.processes import gunicorn as run_gunicorn
+from tests.servers import free_port
+
+CONFIG = ROOT / "deploy" / "haproxy.cfg"
+HAPROXY = shutil.which("haproxy")
+if HAPROXY is None:  # make test installs it (Debian's package); say so rather than skip
+    raise RuntimeError("the edge's tests need HAProxy: apt-get install haproxy")
+
+
+def edge_env(api: str, port: int, maxconn: int, queue_ms: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "EDGE_BIND": f"127.0.0.1:{port}",
+        "EDGE_API": api,
+        "EDGE_MAXCONN": str(maxconn),
+        "EDGE_QUEUE_MS": str(queue_ms),
+        "EDGE_DIR": str(ROOT / "deploy"),
+    }
+
+
+@pytest.fixture
+def edge(settings, clean_state, tmp_path):
+    """gunicorn (one worker; a consistency-token read waits up to 3 s) behind HAProxy that
+    lets one request in at a time, and queues one for at most 300 ms."""
+    env = {
+        **os.environ,
+        "HASH_CPU_SHARE": "8",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "BROKER_URL": settings.broker_url,
+        "SECRET_KEY": settings.secret_key,
+        "RATE_LIMITS_ENABLED": "false",
+        "WEB_CONCURRENCY": "1",
+        "READ_WAIT_MS": "3000",
+        "TRUSTED_PROXIES": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    with run_gunicorn(env, tmp_path / "gunicorn.log") as (api, _):
+        port = free_port()
+        log = (tmp_path / "haproxy.log").open("w")
+        proxy = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(CONFIG)],
+            env=edge_env(api.removeprefix("http://"), port, maxconn=1, queue_ms=300),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                assert proxy.poll() is None, (tmp_path / "haproxy.log").read_text()
+                try:
+                    if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            yield base, tmp_path / "haproxy.log"
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
+            log.close()
+
+
+def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
+    base, log = edge
+    credentials = {"handle": "ada_l", "password": "analytical"}
+    assert requests.post(f"{base}/api/v1/accounts", json=credentials, timeout=30).ok
+    token = requests.post(f"{base}/api/v1/sessions", json=credentials, timeout=30).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    posted = requests.post(f"{base}/api/v1/posts", json={"body": "hi"}, headers=auth, timeout=10)
+    # Nothing projects here: a read with this consistency token waits READ_WAIT_MS in the API,
+    # holding the one place the edge gives it.
+    held = {**auth, "X-Consistency-Token": posted.headers["X-Consistency-Token"]}
+    slow = threading.Thread(
+        target=requests.get, args=(f"{base}/api/v1/timelines/home",), kwargs={"headers": held}
+    )
+    slow.start()
+    time.sleep(0.3)
+
+    # One more waits in the queue (300 ms), and is refused when the place does not free.
+    queued: list[requests.Response] = []
+    waiter = threading.Thread(
+        target=lambda: queued.append(
+            requests.get(f"{base}/api/v1/timelines/home", headers=auth, timeout=10)
+        )
+    )
+    waiter.start()
+    time.sleep(0.1)
+    # The queue is full: refused at once. A bad token would be the API's 401: the 503 shows
+    # the API never saw it.
+    started = time.perf_counter()
+    refused = requests.get(
+        f"{base}/api/v1/timelines/home", headers={"Authorization": "Bearer x"}, timeout=10
+    )
+    took = time.perf_counter() - started
+    assert refused.status_code == 503
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.content == BUSY
+    assert took < 0.2, took
+    waiter.join()
+    assert queued[0].status_code == 503 and queued[0].content == BUSY
+
+    # Operations pass by the queue while the API's place is held.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert requests.get(base + path, timeout=5).status_code == 200, path
+
+    slow.join()
+    assert requests.get(f"{base}/api/v1/timelines/home", headers=auth, timeout=10).ok
+
+    # The edge logs each refusal with its timers: what bench.overload reads for the p99.
+    lines = [line for line in log.read_text().splitlines() if " 503 " in line]
+    assert len(lines) >= 2, log.read_text()
+    assert any("sQ" in line for line in lines), lines  # the one that waited out the queue
+    refusals = edge_refusals(log, 0)
+    assert refusals["count"] == len(lines)
+    assert 300 <= refusals["p99_ms"] < 1000  # the queued one: EDGE_QUEUE_MS, then its 503
+
+
+def test_the_launcher_puts_the_edge_in_front_and_the_api_behind_it():
+    settings = Settings.from_env(
+        {"SECRET_KEY": "x" * 40, "EDGE_PORT": "8080", "PORT": "8000", "WEB_CONCURRENCY": "2"}
+    )
+    commands = process_commands(settings)
+    assert commands["edge"][-1] == str(CONFIG)
+    assert "127.0.0.1:8000" in commands["api"]  # only the edge, and this machine, reach it
+    env = edge_environment(settings)
+    assert env["EDGE_BIND"] == "0.0.0.0:8080" and env["EDGE_API"] == "127.0.0.1:8000"
+    assert env["TRUSTED_PROXIES"] == "1"
+    assert int(env["EDGE_MAXCONN"]) > 0
+    checked = subprocess.run(
+        [HAPROXY, "-c", "-f", str(CONFIG)], env={**os.environ, **env}, capture_output=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    no_edge = process_commands(Settings.from_env({"SECRET_KEY": "x" * 40}))
+    assert "edge" not in no_edge and "0.0.0.0:8000" in no_edge["api"]
+
+
+def test_the_edges_503_is_the_services_own():
+    """deploy/busy.http is what admission control answers, byte for byte in its body."""
+    raw = Path(ROOT / "deploy" / "busy.http").read_bytes()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert body == BUSY
+    assert f"Content-Length: {len(BUSY)}".encode() in head
+    assert b"Retry-After: 1" in head and b"application/problem+json" in head
