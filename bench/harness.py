@@ -277,13 +277,15 @@ class ConnectionSplit:
 
 
 def ensure_wrk() -> None:
-    if shutil.which("wrk"):
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk (Debian package)", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
-    if not shutil.which("wrk"):
-        raise SystemExit("make bench needs wrk: apt-get install wrk")
+    """wrk, and HAProxy for the edge (phase 7): Debian's packages, installed when missing."""
+    for command in ("wrk", "haproxy"):
+        if shutil.which(command):
+            continue
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            print(f"installing {command} (Debian package)", flush=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", command], check=True)
+        if not shutil.which(command):
+            raise SystemExit(f"make bench needs {command}: apt-get install {command}")
 
 
 # wrk2 (open-loop: requests leave on a schedule, latency counted from it) is not packaged:

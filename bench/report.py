@@ -148,8 +148,9 @@ def overload_rows(o: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     refusal_ms = over["server_refusal_p99_ms"]
     return [
         (
-            f"overload: the feed mix open-loop at {over['offered_rps']:.0f}/s (3 x the "
-            f"{o['capacity']['ok_rps']:.0f}/s capacity; wrk2 "
+            f"overload: the feed mix open-loop through the edge at {over['offered_rps']:.0f}/s "
+            f"(3 x the {o['capacity']['ok_rps']:.0f}/s capacity, "
+            f"{o['capacity'].get('run', 'edge')}; wrk2 "
             f"{over['generator_cpu_share']:.0%} of a core)",
             f"{over['ok_rps']:.0f} 2xx/s = {over['ok_share_of_capacity']:.0%} of capacity, "
             f"p99 {over['ok_p99_ms']:.0f} ms (all answers {over['all_p99_ms']:.0f} ms); "

@@ -108,7 +108,9 @@ def main() -> int:
         "server": server_description(),
     }
     tokens_file = RESULTS / "tokens.txt"
-    with service(args.port, RESULTS / "bench-service.log") as base:
+    log_path = RESULTS / "bench-service.log"
+    # phases 1 to 6 ask the API itself; phase 7 goes through the edge, as production does
+    with service(args.port, log_path, EDGE_PORT=str(args.port + 1)) as base:
         print(f"service up at {base}; logging in {len(accounts)} accounts", flush=True)
         tokens = log_in(base, accounts)
         tokens_file.write_text("\n".join(tokens) + "\n")
@@ -140,7 +142,11 @@ def main() -> int:
         if not args.skip_overload:
             print("phase 7: overload and a login storm (bench.overload)", flush=True)
             report["overload"] = overload_phases(
-                base, args.port, sample[: args.overload_accounts], tokens, args.overload_seconds
+                args.port,
+                log_path,
+                sample[: args.overload_accounts],
+                tokens,
+                args.overload_seconds,
             )
     tokens_file.unlink(missing_ok=True)
     if not args.skip_fanout:
