@@ -93,8 +93,9 @@ class FeedMix:
             )
         if kind == "post":
             return json_request("POST", "/api/v1/posts", token, {"body": f"overload {i}"})
-        if kind == "follow":
-            other = self.random.choice(self.account_ids)
+        if kind == "follow":  # anyone but the caller (the accounts are in the tokens' order)
+            n = self.random.randrange(len(self.account_ids) - 1)
+            other = self.account_ids[n + (n >= i % len(self.clients))]
             method = "POST" if i % 2 else "DELETE"
             return json_request(method, f"/api/v1/accounts/{other}/follow", token)
         return json_request("GET", HOME, token)
@@ -162,6 +163,7 @@ def api_refusal_p99_ms(base: str, before: dict[float, float]) -> float | None:
 
 MIX_SCRIPT = ROOT / "bench" / "wrk" / "mix.lua"
 PROBE_RATE = 50
+EDGE_OFFSET = 50  # the edge listens this far above the API's port (a second service takes +1)
 # Enough for three times the capacity while the edge answers within ~100 ms; at 800, wrk2's
 # own pacing sent in bursts (half refused at 80% of capacity, against 5% at 32 or 100).
 OPEN_LOOP_CONNECTIONS = 200
@@ -232,8 +234,9 @@ def probe(base: str, mix: FeedMix, seconds: int, into: dict) -> threading.Thread
 
 
 def edge_base(port: int) -> str:
-    """The edge the launcher starts on ``port + 1`` (``EDGE_PORT``), once it answers."""
-    base = f"http://127.0.0.1:{port + 1}"
+    """The edge the launcher starts on ``port + EDGE_OFFSET`` (``EDGE_PORT``), once it
+    answers."""
+    base = f"http://127.0.0.1:{port + EDGE_OFFSET}"
     for _ in range(50):
         try:
             if requests.get(base + "/readyz", timeout=2).status_code == 200:
@@ -248,7 +251,7 @@ def overload_phases(
     port: int, log_path: Path, accounts: list[dict[str, str]], tokens: list[str], seconds: int
 ) -> dict[str, Any]:
     """Phases 1 to 3 against the service started by ``service(port, log_path,
-    EDGE_PORT=port + 1)``; the report's ``overload`` section."""
+    EDGE_PORT=port + EDGE_OFFSET)``; the report's ``overload`` section."""
     wrk, wrk2 = shutil.which("wrk") or "wrk", ensure_wrk2()
     api, base = f"http://127.0.0.1:{port}", edge_base(port)
     files = write_inputs(base, tokens, accounts)
@@ -384,7 +387,8 @@ def main() -> int:
     ensure_wrk()
     with (RESULTS / "credentials.csv").open() as source:
         accounts = list(csv.DictReader(source))[: args.accounts]
-    extra = {"EDGE_PORT": str(args.port + 1), **dict(item.split("=", 1) for item in args.env)}
+    extra = {"EDGE_PORT": str(args.port + EDGE_OFFSET)}
+    extra.update(item.split("=", 1) for item in args.env)
     log_path = RESULTS / "overload-service.log"
     with service(args.port, log_path, **extra) as base:
         tokens = log_in(base, accounts)

@@ -57,7 +57,7 @@ from bench.harness import (
     service,
 )
 from bench.mixed import mixed_load
-from bench.overload import overload_phases
+from bench.overload import EDGE_OFFSET, overload_phases
 from bench.probe import visibility
 from bench.reads import feed_reads
 from bench.report import append_to_doc, git_commit, plot, render_table, server_description
@@ -110,7 +110,7 @@ def main() -> int:
     tokens_file = RESULTS / "tokens.txt"
     log_path = RESULTS / "bench-service.log"
     # phases 1 to 6 ask the API itself; phase 7 goes through the edge, as production does
-    with service(args.port, log_path, EDGE_PORT=str(args.port + 1)) as base:
+    with service(args.port, log_path, EDGE_PORT=str(args.port + EDGE_OFFSET)) as base:
         print(f"service up at {base}; logging in {len(accounts)} accounts", flush=True)
         tokens = log_in(base, accounts)
         tokens_file.write_text("\n".join(tokens) + "\n")

@@ -50,7 +50,10 @@ function request()
     headers["Content-Type"] = "application/json"
     return wrk.format("POST", "/api/v1/posts", headers, '{"body":"overload ' .. counter .. '"}')
   elseif kind == "follow" then
-    local other = accounts[(counter * 104729 % #accounts) + 1]
+    -- tokens and accounts are in the same order: never the caller itself (that is a 422)
+    local me, n = (counter % #tokens) + 1, (counter * 104729 % #accounts) + 1
+    if n == me then n = (n % #accounts) + 1 end
+    local other = accounts[n]
     return wrk.format((counter % 2 == 0) and "POST" or "DELETE",
       "/api/v1/accounts/" .. other .. "/follow", headers)
   end
