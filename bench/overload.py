@@ -4,7 +4,7 @@
 
 1. **Capacity**: the feed mix (``bench/locustfile.py``'s ``FeedUser`` weights: home pages,
    next pages, posts opened, votes, posts, follows; ``bench/wrk/mix.lua``) closed-loop by wrk
-   with tokens made beforehand, through the edge at 16 and 64 connections and straight to the
+   with tokens made beforehand, through the edge at 16 and 32 connections and straight to the
    API at 16: the most 2xx a second of the three (the edge costs a few percent; it is not
    let lower the bar).
 2. **Overload**: the same mix open-loop by wrk2 (requests leave on a schedule; latency counts

@@ -283,6 +283,8 @@ class Settings:
             raise ValueError(f"HASH_WAIT_MS must be between 0 and {MAX_HASH_WAIT_MS}.")
         if self.hash_cpu_share <= 0:
             raise ValueError("HASH_CPU_SHARE must be above 0 (a share of the cores).")
+        if self.edge_queue_ms < 1:  # HAProxy would wait its connect timeout (2 s) instead
+            raise ValueError("EDGE_QUEUE_MS must be at least 1.")
 
     def signing_key(self, purpose: str) -> str:
         """The key that signs ``purpose``'s tokens, derived from ``SECRET_KEY``."""

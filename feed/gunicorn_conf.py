@@ -21,6 +21,9 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 # a 503 with Retry-After), and feed reads need no database connection at all.
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Seconds an idle client connection stays open. Behind the edge it is longer than HAProxy keeps
+# an idle connection to reuse, or a reused one may just have been closed (a 502).
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "2"))
 timeout = 30
 graceful_timeout = 10
 accesslog = None

@@ -23,6 +23,7 @@ from tests.processes import gunicorn as run_gunicorn
 from tests.servers import free_port
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
+QUEUE_MS = 1000  # long beside the test's own steps, so their order holds on a loaded machine
 HAPROXY = shutil.which("haproxy")
 if HAPROXY is None:  # make test installs it (Debian's package); say so rather than skip
     raise RuntimeError("the edge's tests need HAProxy: apt-get install haproxy")
@@ -42,7 +43,7 @@ def edge_env(api: str, port: int, maxconn: int, queue_ms: int) -> dict[str, str]
 @pytest.fixture
 def edge(settings, clean_state, tmp_path):
     """gunicorn (one worker; a consistency-token read waits up to 3 s) behind HAProxy that
-    lets one request in at a time, and queues one for at most 300 ms."""
+    lets one request in at a time, and queues one for at most a second."""
     env = {
         **os.environ,
         "HASH_CPU_SHARE": "8",
@@ -61,7 +62,7 @@ def edge(settings, clean_state, tmp_path):
         log = (tmp_path / "haproxy.log").open("w")
         proxy = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(CONFIG)],
-            env=edge_env(api.removeprefix("http://"), port, maxconn=1, queue_ms=300),
+            env=edge_env(api.removeprefix("http://"), port, maxconn=1, queue_ms=QUEUE_MS),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -73,9 +74,10 @@ def edge(settings, clean_state, tmp_path):
                 try:
                     if requests.get(base + "/readyz", timeout=2).status_code == 200:
                         break
-                except requests.ConnectionError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+                except requests.RequestException:  # not listening yet
+                    pass
+                assert time.monotonic() < deadline, "the edge did not answer"
+                time.sleep(0.05)
             yield base, tmp_path / "haproxy.log"
         finally:
             proxy.terminate()
@@ -93,13 +95,16 @@ def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
     # Nothing projects here: a read with this consistency token waits READ_WAIT_MS in the API,
     # holding the one place the edge gives it.
     held = {**auth, "X-Consistency-Token": posted.headers["X-Consistency-Token"]}
+    held_answer: list[requests.Response] = []
     slow = threading.Thread(
-        target=requests.get, args=(f"{base}/api/v1/timelines/home",), kwargs={"headers": held}
+        target=lambda: held_answer.append(
+            requests.get(f"{base}/api/v1/timelines/home", headers=held, timeout=10)
+        )
     )
     slow.start()
     time.sleep(0.3)
 
-    # One more waits in the queue (300 ms), and is refused when the place does not free.
+    # One more waits in the queue (EDGE_QUEUE_MS), refused when the place does not free.
     queued: list[requests.Response] = []
     waiter = threading.Thread(
         target=lambda: queued.append(
@@ -107,7 +112,7 @@ def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
         )
     )
     waiter.start()
-    time.sleep(0.1)
+    time.sleep(0.2)
     # The queue is full: refused at once. A bad token would be the API's 401: the 503 shows
     # the API never saw it.
     started = time.perf_counter()
@@ -119,15 +124,16 @@ def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
     assert refused.headers["Content-Type"] == "application/problem+json"
     assert refused.headers["Retry-After"] == "1"
     assert refused.content == BUSY
-    assert took < 0.2, took
-    waiter.join()
-    assert queued[0].status_code == 503 and queued[0].content == BUSY
-
+    assert took < QUEUE_MS / 2000, took
     # Operations pass by the queue while the API's place is held.
     for path in ("/healthz", "/readyz", "/metrics"):
         assert requests.get(base + path, timeout=5).status_code == 200, path
+    assert slow.is_alive()  # the place was held all along
+    waiter.join()
+    assert queued[0].status_code == 503 and queued[0].content == BUSY
 
     slow.join()
+    assert held_answer[0].ok  # the held read was served, not refused
     assert requests.get(f"{base}/api/v1/timelines/home", headers=auth, timeout=10).ok
 
     # The edge logs each refusal with its timers: what bench.overload reads for the p99.
@@ -136,20 +142,21 @@ def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
     assert any("sQ" in line for line in lines), lines  # the one that waited out the queue
     refusals = edge_refusals(log, 0)
     assert refusals["count"] == len(lines)
-    assert 300 <= refusals["p99_ms"] < 1000  # the queued one: EDGE_QUEUE_MS, then its 503
+    assert QUEUE_MS <= refusals["p99_ms"] < 2 * QUEUE_MS  # the queued one waited it out
 
 
-def test_the_launcher_puts_the_edge_in_front_and_the_api_behind_it():
-    settings = Settings.from_env(
-        {"SECRET_KEY": "x" * 40, "EDGE_PORT": "8080", "PORT": "8000", "WEB_CONCURRENCY": "2"}
-    )
+def test_the_launcher_puts_the_edge_in_front_and_the_api_behind_it(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
+    settings = Settings.from_env({"SECRET_KEY": "x" * 40, "EDGE_PORT": "8080", "PORT": "8000"})
     commands = process_commands(settings)
     assert commands["edge"][-1] == str(CONFIG)
     assert "127.0.0.1:8000" in commands["api"]  # only the edge, and this machine, reach it
     env = edge_environment(settings)
     assert env["EDGE_BIND"] == "0.0.0.0:8080" and env["EDGE_API"] == "127.0.0.1:8000"
-    assert env["TRUSTED_PROXIES"] == "1"
-    assert int(env["EDGE_MAXCONN"]) > 0
+    assert env["TRUSTED_PROXIES"] == "1" and env["GUNICORN_KEEPALIVE"] == "75"
+    assert env["EDGE_MAXCONN"] == "24"  # 8 per worker
+    assert edge_environment(settings.with_overrides(edge_max_concurrency=5))["EDGE_MAXCONN"] == "5"
     checked = subprocess.run(
         [HAPROXY, "-c", "-f", str(CONFIG)], env={**os.environ, **env}, capture_output=True
     )
