@@ -114,12 +114,13 @@ def service(port: int, log_path: Path, **extra_env: str) -> Iterator[str]:
         **extra_env,
     }
     base = f"http://127.0.0.1:{port}"
-    try:
-        requests.get(base + "/readyz", timeout=2)
-    except requests.RequestException:  # nothing there: the port is free for this service
-        pass
-    else:  # else the readiness check below would pass on that one, and it would be measured
-        raise RuntimeError(f"something already answers on port {port}; stop it first")
+    for taken in filter(None, (port, int(env.get("EDGE_PORT") or 0))):
+        try:
+            requests.get(f"http://127.0.0.1:{taken}/readyz", timeout=2)
+        except requests.RequestException:  # nothing there: the port is free for this service
+            pass
+        else:  # else the readiness check below would pass on that one, and it would be measured
+            raise RuntimeError(f"something already answers on port {taken}; stop it first")
     with log_path.open("w") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "feed.launcher"],
