@@ -139,6 +139,22 @@ def process_env(database_url: str, redis_url: str, broker_url: str, **extra: str
     return env
 
 
+def one_worker_env(settings, metrics_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an API under gunicorn on the test servers: one worker, rate limits
+    off, metrics in ``metrics_dir``; ``extra`` over it."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "BROKER_URL": settings.broker_url,
+        "SECRET_KEY": settings.secret_key,
+        "RATE_LIMITS_ENABLED": "false",
+        "WEB_CONCURRENCY": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **extra,
+    }
+
+
 def delete_queues(broker_url: str, prefix: str) -> None:
     """Remove the queues a test run declared on RabbitMQ."""
     try:

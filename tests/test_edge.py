@@ -20,6 +20,7 @@ from feed.admission import BUSY
 from feed.config import Settings
 from feed.launcher import ROOT, edge_environment, process_commands
 from tests.processes import gunicorn as run_gunicorn
+from tests.processes import one_worker_env
 from tests.servers import free_port
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
@@ -44,19 +45,13 @@ def edge_env(api: str, port: int, maxconn: int, queue_ms: int) -> dict[str, str]
 def edge(settings, clean_state, tmp_path):
     """gunicorn (one worker; a consistency-token read waits up to 3 s) behind HAProxy that
     lets one request in at a time, and queues one for at most a second."""
-    env = {
-        **os.environ,
-        "HASH_CPU_SHARE": "8",
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "BROKER_URL": settings.broker_url,
-        "SECRET_KEY": settings.secret_key,
-        "RATE_LIMITS_ENABLED": "false",
-        "WEB_CONCURRENCY": "1",
-        "READ_WAIT_MS": "3000",
-        "TRUSTED_PROXIES": "1",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = one_worker_env(
+        settings,
+        tmp_path / "metrics",
+        HASH_CPU_SHARE="8",
+        READ_WAIT_MS="3000",
+        TRUSTED_PROXIES="1",
+    )
     with run_gunicorn(env, tmp_path / "gunicorn.log") as (api, _):
         port = free_port()
         log = (tmp_path / "haproxy.log").open("w")

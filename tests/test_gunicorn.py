@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -10,6 +9,7 @@ import pytest
 import requests
 
 from tests.processes import gunicorn as run_gunicorn
+from tests.processes import one_worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +23,7 @@ HASHING = {"HASH_CPU_SHARE": "1"}
 @pytest.fixture
 def gunicorn(settings, clean_state, tmp_path):
     """gunicorn serving ``app:create_app()`` on the test database, one gevent worker."""
-    env = {
-        **os.environ,
-        **ARGON2,
-        **HASHING,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "BROKER_URL": settings.broker_url,
-        "SECRET_KEY": settings.secret_key,
-        "RATE_LIMITS_ENABLED": "false",
-        "WEB_CONCURRENCY": "1",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = one_worker_env(settings, tmp_path / "metrics", **ARGON2, **HASHING)
     with run_gunicorn(env, tmp_path / "gunicorn.log") as (base, _):
         yield base
 
