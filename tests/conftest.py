@@ -236,19 +236,23 @@ def drain(services) -> int:
     """
     from feed.outbox import relay_once
     from feed.projections import apply_fan_out_page, project
-    from sagas.engine import SAGA_EVENTS
-    from sagas.runtime import SUBSCRIBED_EVENTS, handle_saga_event, react_to_event
+    from sagas.runtime import handle_saga_event, react_to_event
+    from workers.routing import Route, routes
 
     store = services.store
+    deliver = {  # what each route's actor does, in this process
+        Route.PROJECTIONS: lambda envelope: project(
+            store, envelope, lambda page: apply_fan_out_page(store, page)
+        ),
+        # a timer not due yet waits for sweep()
+        Route.SAGAS: lambda envelope: handle_saga_event(services, envelope),
+        Route.PARTICIPANTS: lambda envelope: react_to_event(services, envelope),
+    }
 
     def publish(batch):
         for envelope in batch:
-            if envelope.type in SAGA_EVENTS:
-                handle_saga_event(services, envelope)  # a timer not due yet waits for sweep()
-            else:
-                project(store, envelope, lambda page: apply_fan_out_page(store, page))
-                if envelope.type in SUBSCRIBED_EVENTS:
-                    react_to_event(services, envelope)
+            for route in routes(envelope.type):
+                deliver[route](envelope)
 
     total = 0
     while moved := relay_once(services.engine, publish):

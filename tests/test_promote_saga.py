@@ -16,6 +16,7 @@ from sagas.runtime import handle_saga_event
 from sagas.services import inject_fault
 from sagas.services.feed import withdrawal_events
 from tests.conftest import drain, fetch_all
+from workers.routing import Route, routes
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def test_duplicate_step_deliveries_and_replies_have_one_effect(app, client, engi
         if not batch:
             break
         for envelope in batch * 3:
-            if envelope.type in saga_engine.SAGA_EVENTS:
+            if Route.SAGAS in routes(envelope.type):
                 handle_saga_event(svc, envelope)
     assert saga(client, scene, saga_id)["status"] == "completed"
     assert client.get("/api/v1/wallet", headers=scene["author"].auth).get_json()["balance"] == 95

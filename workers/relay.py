@@ -23,16 +23,14 @@ from feed.bootstrap import build_engine, freeze_heap
 from feed.config import Settings
 from feed.observability import RELAY_ERRORS, RELAY_PUBLISHED, configure_logging
 from feed.outbox import Envelope, listen_connection, purge_published, relay_once
-from sagas.engine import SAGA_EVENTS
-from sagas.runtime import SUBSCRIBED_EVENTS
 from workers.actors import (
     SETTINGS,
     broker,
     participant_event,
-    project_event,
     project_events,
     saga_message,
 )
+from workers.routing import Route, routes
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0
@@ -47,10 +45,11 @@ def publish(batch: list[Envelope], *, chunk: int) -> None:
     each."""
     projected: list[Envelope] = []
     for envelope in batch:
-        for actor in routes(envelope.type):
-            if actor is project_event:
+        for route in routes(envelope.type):
+            if route is Route.PROJECTIONS:
                 projected.append(envelope)
                 continue
+            actor = ACTORS[route]
             message = actor.message(envelope.to_message())
             broker.enqueue(message.copy(message_id=f"{envelope.event_id}:{actor.actor_name}"))
     for start in range(0, len(projected), chunk):
@@ -60,14 +59,8 @@ def publish(batch: list[Envelope], *, chunk: int) -> None:
     RELAY_PUBLISHED.inc(len(batch))
 
 
-def routes(event_type: str) -> list:
-    """The actors an event goes to: saga messages to the saga actor; other events to the
-    projections, and to the participants that subscribe to them."""
-    if event_type in SAGA_EVENTS:
-        return [saga_message]
-    if event_type in SUBSCRIBED_EVENTS:
-        return [project_event, participant_event]
-    return [project_event]
+# The actor of each route but the projections' (batched above into project_events).
+ACTORS = {Route.SAGAS: saga_message, Route.PARTICIPANTS: participant_event}
 
 
 _last_purge = 0.0
