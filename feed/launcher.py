@@ -78,7 +78,7 @@ def edge_environment(settings: Settings) -> dict[str, str]:
         "EDGE_MAXCONN": str(settings.edge_max_concurrency or 8 * workers),
         "EDGE_QUEUE_MS": str(settings.edge_queue_ms),
         "EDGE_DIR": str(ROOT / "deploy"),
-        "TRUSTED_PROXIES": os.environ.get("TRUSTED_PROXIES", "1"),
+        "TRUSTED_PROXIES": str(settings.trusted_proxies or 1),
         "GUNICORN_KEEPALIVE": os.environ.get("GUNICORN_KEEPALIVE", "75"),
     }
 

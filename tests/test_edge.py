@@ -80,6 +80,19 @@ def edge(settings, clean_state, tmp_path):
             log.close()
 
 
+def in_background(base: str, headers: dict[str, str]):
+    """A home-feed read in a thread of its own, started: the thread and where its answer
+    lands."""
+    answer: list[requests.Response] = []
+    thread = threading.Thread(
+        target=lambda: answer.append(
+            requests.get(f"{base}/api/v1/timelines/home", headers=headers, timeout=10)
+        )
+    )
+    thread.start()
+    return thread, answer
+
+
 def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
     base, log = edge
     credentials = {"handle": "ada_l", "password": "analytical"}
@@ -90,23 +103,11 @@ def test_past_its_bound_and_queue_the_edge_refuses_with_the_services_503(edge):
     # Nothing projects here: a read with this consistency token waits READ_WAIT_MS in the API,
     # holding the one place the edge gives it.
     held = {**auth, "X-Consistency-Token": posted.headers["X-Consistency-Token"]}
-    held_answer: list[requests.Response] = []
-    slow = threading.Thread(
-        target=lambda: held_answer.append(
-            requests.get(f"{base}/api/v1/timelines/home", headers=held, timeout=10)
-        )
-    )
-    slow.start()
+    slow, held_answer = in_background(base, held)
     time.sleep(0.3)
 
     # One more waits in the queue (EDGE_QUEUE_MS), refused when the place does not free.
-    queued: list[requests.Response] = []
-    waiter = threading.Thread(
-        target=lambda: queued.append(
-            requests.get(f"{base}/api/v1/timelines/home", headers=auth, timeout=10)
-        )
-    )
-    waiter.start()
+    waiter, queued = in_background(base, auth)
     time.sleep(0.2)
     # The queue is full: refused at once. A bad token would be the API's 401: the 503 shows
     # the API never saw it.
